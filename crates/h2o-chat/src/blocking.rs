@@ -113,7 +113,10 @@ impl H2o {
     }
 
     /// The whole answer.
-    pub fn complete(&self, messages: impl IntoIterator<Item = Message>) -> Result<Completion, Error> {
+    pub fn complete(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Completion, Error> {
         self.run_complete(self.driver.client.request(messages))
     }
 

@@ -97,7 +97,9 @@ pub enum Error {
     },
 
     /// HTTP 403 or 405: the session cookie was lost or the ethics modal not accepted.
-    #[error("{step} ({url}): HTTP {status}: {message} (hint: the session was not set up — settings not accepted, cookie lost, or a Referer from another origin)")]
+    #[error(
+        "{step} ({url}): HTTP {status}: {message} (hint: the session was not set up — settings not accepted, cookie lost, or a Referer from another origin)"
+    )]
     Session {
         step: Step,
         url: String,
@@ -174,7 +176,9 @@ pub enum Error {
 
     /// The blocking API was called from inside an async runtime, where blocking would stall
     /// the runtime's worker.
-    #[error("the blocking h2o_chat API was called from inside an async runtime; use h2o_chat::H2o (async) there")]
+    #[error(
+        "the blocking h2o_chat API was called from inside an async runtime; use h2o_chat::H2o (async) there"
+    )]
     BlockingInsideRuntime,
 }
 

@@ -242,8 +242,7 @@ mod tests {
     #[test]
     fn module_facts_of_seed_001() {
         assert_eq!(URL, "https://gpt-gm.h2o.ai");
-        assert!(SUPPORTS_STREAM);
-        assert!(!NEEDS_AUTH);
+        assert_eq!((SUPPORTS_STREAM, NEEDS_AUTH), (true, false));
         assert_eq!(
             model_table()[2],
             ("llama-13b", "h2oai/h2ogpt-gm-oasst1-en-2048-open-llama-13b")
@@ -270,9 +269,17 @@ mod tests {
     fn unknown_alias_is_refused_before_any_request() {
         let legacy = Legacy::new("http://127.0.0.1:9").unwrap();
         let err = legacy
-            .create_completion("gpt-4", &[Message::user("Hi")], true, LegacyParams::default())
+            .create_completion(
+                "gpt-4",
+                &[Message::user("Hi")],
+                true,
+                LegacyParams::default(),
+            )
             .err()
             .unwrap();
-        assert!(err.to_string().contains("falcon-40b, falcon-7b, llama-13b"), "{err}");
+        assert!(
+            err.to_string().contains("falcon-40b, falcon-7b, llama-13b"),
+            "{err}"
+        );
     }
 }

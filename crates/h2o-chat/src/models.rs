@@ -79,7 +79,11 @@ pub struct UnknownModel {
 }
 
 fn known_aliases() -> String {
-    MODELS.iter().map(|m| m.alias).collect::<Vec<_>>().join(", ")
+    MODELS
+        .iter()
+        .map(|m| m.alias)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The legacy API's rule (seed 001): empty → the default, an alias → its id, a full id
@@ -138,7 +142,10 @@ mod tests {
     #[test]
     fn unknown_alias_lists_the_known_ones() {
         let err = resolve_alias("gpt-4").unwrap_err().to_string();
-        assert_eq!(err, "unknown model `gpt-4`: known aliases are falcon-40b, falcon-7b, llama-13b");
+        assert_eq!(
+            err,
+            "unknown model `gpt-4`: known aliases are falcon-40b, falcon-7b, llama-13b"
+        );
     }
 
     #[test]

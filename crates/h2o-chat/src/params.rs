@@ -26,18 +26,54 @@ pub struct Parameters(Map<String, Value>);
 /// The documented parameters: name, JSON type and what it does. `h2o-chat params` and the
 /// legacy `params` string are generated from this table.
 pub const KNOWN: &[(&str, &str, &str)] = &[
-    ("temperature", "float > 0", "sampling temperature (default 0.4)"),
-    ("truncate", "uint", "keep only the last N input tokens (default 2048)"),
-    ("max_new_tokens", "uint > 0", "maximum tokens to generate (default 1024)"),
-    ("do_sample", "bool", "sample instead of greedy decoding (default true)"),
-    ("repetition_penalty", "float > 0", "penalty for repeated tokens (default 1.2)"),
-    ("return_full_text", "bool", "prepend the prompt to generated_text (default false)"),
-    ("top_k", "int > 0", "sample only from the k most likely tokens"),
+    (
+        "temperature",
+        "float > 0",
+        "sampling temperature (default 0.4)",
+    ),
+    (
+        "truncate",
+        "uint",
+        "keep only the last N input tokens (default 2048)",
+    ),
+    (
+        "max_new_tokens",
+        "uint > 0",
+        "maximum tokens to generate (default 1024)",
+    ),
+    (
+        "do_sample",
+        "bool",
+        "sample instead of greedy decoding (default true)",
+    ),
+    (
+        "repetition_penalty",
+        "float > 0",
+        "penalty for repeated tokens (default 1.2)",
+    ),
+    (
+        "return_full_text",
+        "bool",
+        "prepend the prompt to generated_text (default false)",
+    ),
+    (
+        "top_k",
+        "int > 0",
+        "sample only from the k most likely tokens",
+    ),
     ("top_p", "float in (0,1)", "nucleus sampling"),
     ("typical_p", "float in (0,1)", "typical sampling"),
     ("seed", "uint", "random seed: same seed, same text"),
-    ("stop", "[string]", "stop sequences (at most 6 on the embedded server)"),
-    ("details", "bool", "report finish_reason, generated_tokens and seed"),
+    (
+        "stop",
+        "[string]",
+        "stop sequences (at most 6 on the embedded server)",
+    ),
+    (
+        "details",
+        "bool",
+        "report finish_reason, generated_tokens and seed",
+    ),
     ("best_of", "uint", "must be 1 when streaming"),
     ("watermark", "bool", "watermark the output"),
 ];
@@ -132,7 +168,10 @@ impl Parameters {
         self.set("seed", value)
     }
     pub fn stop<S: Into<String>>(self, sequences: impl IntoIterator<Item = S>) -> Self {
-        let stop: Vec<Value> = sequences.into_iter().map(|s| Value::String(s.into())).collect();
+        let stop: Vec<Value> = sequences
+            .into_iter()
+            .map(|s| Value::String(s.into()))
+            .collect();
         self.set("stop", stop)
     }
     pub fn details(self, value: bool) -> Self {
@@ -177,7 +216,15 @@ mod tests {
         let keys: Vec<&str> = merged.as_map().keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["temperature", "truncate", "max_new_tokens", "do_sample", "repetition_penalty", "return_full_text", "x"]
+            [
+                "temperature",
+                "truncate",
+                "max_new_tokens",
+                "do_sample",
+                "repetition_penalty",
+                "return_full_text",
+                "x"
+            ]
         );
         assert_eq!(merged.get("temperature"), Some(&Value::from(0.9)));
     }

@@ -28,7 +28,11 @@ pub fn format_prompt(messages: &[Message]) -> Result<String, PromptError> {
         [] => Err(PromptError::NoMessages),
         [only] => Ok(only.content.clone()),
         many => {
-            let capacity = many.iter().map(|m| m.role.len() + m.content.len() + 3).sum::<usize>() + 11;
+            let capacity = many
+                .iter()
+                .map(|m| m.role.len() + m.content.len() + 3)
+                .sum::<usize>()
+                + 11;
             let mut prompt = String::with_capacity(capacity);
             for message in many {
                 prompt.push_str(&capitalize(&message.role));
@@ -155,7 +159,10 @@ mod tests {
     #[test]
     fn format_prompt_content_is_verbatim_with_newlines() {
         let messages = [Message::user("a\nb"), Message::new("GPT4", "c")];
-        assert_eq!(format_prompt(&messages).unwrap(), "User: a\nb\nGpt4: c\nAssistant:");
+        assert_eq!(
+            format_prompt(&messages).unwrap(),
+            "User: a\nb\nGpt4: c\nAssistant:"
+        );
     }
 
     #[test]

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use crate::RetryPolicy;
 use crate::client::{Config, H2o};
 use crate::error::Error;
 use crate::models::DEFAULT_MODEL;
 use crate::params::Parameters;
 use crate::prompt::PromptFormat;
-use crate::RetryPolicy;
 
 /// The former public service. It is gone; pass the URL of a live deployment.
 pub const DEFAULT_URL: &str = "https://gpt-gm.h2o.ai";

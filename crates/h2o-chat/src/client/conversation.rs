@@ -45,7 +45,9 @@ impl Conversation {
             .timeout(config.request_timeout)
             .send()
             .await
-            .map_err(|err| transport(Step::CreateConversation, &url, err, config.request_timeout))?;
+            .map_err(|err| {
+                transport(Step::CreateConversation, &url, err, config.request_timeout)
+            })?;
         if !response.status().is_success() {
             return Err(status_error(Step::CreateConversation, &url, response).await);
         }
@@ -67,7 +69,11 @@ impl Conversation {
         })?;
         let id = created.conversation_id;
         // The id goes into a URL path: refuse anything that could change the path.
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(protocol(format!("unusable conversationId `{id}`")));
         }
         tracing::debug!(%id, "conversation created");

@@ -262,9 +262,12 @@ async fn attempt(
     let mut decoder = Decoder::new(config.max_event_size);
     match framing(url, &response)? {
         Framing::Json => {
-            let event = timeout_at(deadline, read_json_reply(url, response, config.max_event_size))
-                .await
-                .map_err(|_| first_event_timeout())??;
+            let event = timeout_at(
+                deadline,
+                read_json_reply(url, response, config.max_event_size),
+            )
+            .await
+            .map_err(|_| first_event_timeout())??;
             Ok((None, decoder, event))
         }
         Framing::Stream => {

@@ -296,10 +296,7 @@ async fn start(
     let config = &inner.config;
     let mut settings_resent = false;
     loop {
-        inner
-            .session
-            .ensure_settings(config, client, model)
-            .await?;
+        inner.session.ensure_settings(config, client, model).await?;
         let result = async {
             let conversation = config
                 .retry

@@ -131,7 +131,10 @@ mod tests {
 
     #[test]
     fn message_comes_from_message_error_or_error_message_or_text() {
-        assert_eq!(message_of(br#"{"message":"Conversation not found"}"#), "Conversation not found");
+        assert_eq!(
+            message_of(br#"{"message":"Conversation not found"}"#),
+            "Conversation not found"
+        );
         assert_eq!(
             message_of(br#"{"error":"You need to accept the welcome modal first"}"#),
             "You need to accept the welcome modal first"
@@ -140,7 +143,10 @@ mod tests {
             message_of(br#"{"type":"error","error":{"message":"Internal Error"}}"#),
             "Internal Error"
         );
-        assert_eq!(message_of(b"  Non-JSON form requests need to have a referer\n"), "Non-JSON form requests need to have a referer");
+        assert_eq!(
+            message_of(b"  Non-JSON form requests need to have a referer\n"),
+            "Non-JSON form requests need to have a referer"
+        );
         let long = "x".repeat(2000);
         assert_eq!(message_of(long.as_bytes()).chars().count(), 501);
     }

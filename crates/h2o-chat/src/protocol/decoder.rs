@@ -112,12 +112,10 @@ impl Decoder {
         let tail = std::mem::take(&mut self.buf);
         let tail = &tail[self.start.min(tail.len())..];
         self.start = 0;
-        let result = self
-            .decode_line(tail)
-            .and_then(|event| match event {
-                Some(event) => Ok(Some(event)),
-                None => self.dispatch_sse(),
-            });
+        let result = self.decode_line(tail).and_then(|event| match event {
+            Some(event) => Ok(Some(event)),
+            None => self.dispatch_sse(),
+        });
         if let Err(err) = &result {
             self.fail(err.clone());
         }
@@ -228,7 +226,9 @@ impl Decoder {
         let result = if self.data.is_empty() {
             Ok(None) // empty data: skipped (§b.5 step 4)
         } else {
-            parse_sse_data(&self.data).map(Some).map_err(DecodeError::from)
+            parse_sse_data(&self.data)
+                .map(Some)
+                .map_err(DecodeError::from)
         };
         self.data.clear();
         result
@@ -274,8 +274,16 @@ mod tests {
 
     #[test]
     fn crlf_and_lone_cr_line_ends() {
-        let body = format!("data:{}\r\n\r\ndata:{}\r\rdata: {}\n\n", token("a"), token("b"), token("c"));
-        assert_eq!(texts(&decode_all(&[body.as_bytes()]).unwrap()), ["a", "b", "c"]);
+        let body = format!(
+            "data:{}\r\n\r\ndata:{}\r\rdata: {}\n\n",
+            token("a"),
+            token("b"),
+            token("c")
+        );
+        assert_eq!(
+            texts(&decode_all(&[body.as_bytes()]).unwrap()),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]
@@ -295,7 +303,10 @@ mod tests {
 
     #[test]
     fn comments_keepalives_and_other_fields_are_ignored() {
-        let body = format!(":\n\n: ping\nevent: message\nid: 7\nretry: 10\nfoo\ndata:{}\n\n", token("a"));
+        let body = format!(
+            ":\n\n: ping\nevent: message\nid: 7\nretry: 10\nfoo\ndata:{}\n\n",
+            token("a")
+        );
         assert_eq!(texts(&decode_all(&[body.as_bytes()]).unwrap()), ["a"]);
     }
 
