@@ -1,0 +1,410 @@
+//! Choosing the next token with TGI's semantics (protocol §c).
+//!
+//! TGI's `NextTokenChooser` applies, in this order: the repetition penalty (over every
+//! distinct token of prompt and output), then — only when sampling — temperature, top-k,
+//! top-p and typical-p as Hugging Face's logits warpers define them; then it samples from
+//! the softmax with a seeded generator, or takes the arg-max. The reported log-probability
+//! is the chosen token's under the final distribution.
+//!
+//! This is written here rather than taken from llama.cpp's sampler chain because TGI's rules
+//! are the contract: llama.cpp's top-p keeps a different boundary token, its seed is 32-bit,
+//! and its repetition penalty looks only at a window. The cost is one pass over the logits
+//! per token (a sort only for top-p beyond the top 1,024 candidates, or typical-p).
+//!
+//! ```
+//! use h2o_chat_engine::{Sampler, SamplingParams};
+//!
+//! let mut sampler = Sampler::new(&SamplingParams::default(), 4);
+//! let (token, _logprob) = sampler.choose(&[0.1, 2.0, 0.3, -1.0]);
+//! assert_eq!(token, 1); // greedy: the arg-max
+//! ```
+
+use crate::request::SamplingParams;
+
+/// A small, fast, seedable generator (SplitMix64). Same seed, same sequence.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// A seed for requests that give none: different for every request.
+fn random_seed() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
+/// How many top candidates are sorted before falling back to a full sort for top-p.
+const TOP_P_WINDOW: usize = 1024;
+
+/// Chooses tokens for one generation; remembers the tokens seen for the repetition penalty.
+#[derive(Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    sampling: bool,
+    seed: Option<u64>,
+    rng: SplitMix64,
+    /// Which token ids are in prompt + output (the penalty applies once per distinct id).
+    seen: Vec<bool>,
+    seen_ids: Vec<u32>,
+    scratch: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    /// A sampler for a vocabulary of `vocab_size` tokens.
+    pub fn new(params: &SamplingParams, vocab_size: usize) -> Self {
+        let sampling = params.is_sampling();
+        let seed = sampling.then(|| params.seed.unwrap_or_else(random_seed));
+        Sampler {
+            params: params.clone(),
+            sampling,
+            seed,
+            rng: SplitMix64::new(seed.unwrap_or(0)),
+            seen: vec![false; vocab_size],
+            seen_ids: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The seed in use; `None` when decoding greedily (TGI reports `seed: null` then).
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    /// Records a prompt or output token for the repetition penalty.
+    pub fn observe(&mut self, token: u32) {
+        if let Some(seen) = self.seen.get_mut(token as usize)
+            && !*seen
+        {
+            *seen = true;
+            self.seen_ids.push(token);
+        }
+    }
+
+    /// Picks the next token from the model's logits; returns it with its log-probability.
+    /// The chosen token is observed.
+    pub fn choose(&mut self, logits: &[f32]) -> (u32, f32) {
+        let (token, logprob) = self.pick(logits);
+        self.observe(token);
+        (token, logprob)
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> (u32, f32) {
+        let mut candidates = std::mem::take(&mut self.scratch);
+        candidates.clear();
+        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        if let Some(penalty) = self.params.repetition_penalty.filter(|&p| p != 1.0) {
+            for &id in &self.seen_ids {
+                if let Some((_, logit)) = candidates.get_mut(id as usize) {
+                    *logit = if *logit < 0.0 {
+                        *logit * penalty
+                    } else {
+                        *logit / penalty
+                    };
+                }
+            }
+        }
+        let choice = if self.sampling {
+            self.warp(&mut candidates);
+            self.draw(&candidates)
+        } else {
+            greedy(&candidates)
+        };
+        self.scratch = candidates;
+        choice
+    }
+
+    /// Temperature, top-k, top-p, typical-p, in TGI's order. Removed candidates are dropped
+    /// from the list.
+    fn warp(&self, candidates: &mut Vec<(u32, f32)>) {
+        if let Some(t) = self.params.temperature.filter(|&t| t != 1.0) {
+            for (_, logit) in candidates.iter_mut() {
+                *logit /= t;
+            }
+        }
+        if let Some(k) = self.params.top_k {
+            let k = (k as usize).max(1);
+            if k < candidates.len() {
+                candidates.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+                candidates.truncate(k);
+            }
+        }
+        if let Some(p) = self.params.top_p.filter(|&p| p < 1.0) {
+            top_p(candidates, p);
+        }
+        if let Some(p) = self.params.typical_p.filter(|&p| p < 1.0) {
+            typical_p(candidates, p);
+        }
+    }
+
+    fn draw(&mut self, candidates: &[(u32, f32)]) -> (u32, f32) {
+        let max = candidates
+            .iter()
+            .map(|c| c.1)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = candidates.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
+        let mut target = self.rng.next_f64() * total;
+        let mut chosen = candidates[candidates.len() - 1];
+        for &candidate in candidates {
+            let weight = ((candidate.1 - max) as f64).exp();
+            if target < weight {
+                chosen = candidate;
+                break;
+            }
+            target -= weight;
+        }
+        let logprob = (chosen.1 - max) as f64 - total.ln();
+        (chosen.0, logprob as f32)
+    }
+}
+
+fn greedy(candidates: &[(u32, f32)]) -> (u32, f32) {
+    let mut best = candidates[0];
+    for &candidate in &candidates[1..] {
+        if candidate.1 > best.1 {
+            best = candidate;
+        }
+    }
+    let total: f64 = candidates
+        .iter()
+        .map(|c| ((c.1 - best.1) as f64).exp())
+        .sum();
+    (best.0, -(total.ln()) as f32)
+}
+
+fn softmax_total(candidates: &[(u32, f32)], max: f32) -> f64 {
+    candidates.iter().map(|c| ((c.1 - max) as f64).exp()).sum()
+}
+
+/// Hugging Face's TopPLogitsWarper: keep a token when the probability of the tokens more
+/// likely than it is below `p` (so the token that crosses `p` stays), at least one.
+fn top_p(candidates: &mut Vec<(u32, f32)>, p: f32) {
+    let max = candidates
+        .iter()
+        .map(|c| c.1)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let total = softmax_total(candidates, max);
+    let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+    let keep_in = |sorted: &[(u32, f32)]| -> Option<usize> {
+        let mut before = 0.0f64;
+        for (i, c) in sorted.iter().enumerate() {
+            if before >= p as f64 {
+                return Some(i.max(1));
+            }
+            before += ((c.1 - max) as f64).exp() / total;
+        }
+        None
+    };
+    if candidates.len() > TOP_P_WINDOW {
+        candidates.select_nth_unstable_by(TOP_P_WINDOW - 1, by_logit);
+        candidates[..TOP_P_WINDOW].sort_unstable_by(by_logit);
+        if let Some(keep) = keep_in(&candidates[..TOP_P_WINDOW]) {
+            candidates.truncate(keep);
+            return;
+        }
+    }
+    candidates.sort_unstable_by(by_logit);
+    if let Some(keep) = keep_in(candidates) {
+        candidates.truncate(keep);
+    }
+}
+
+/// Hugging Face's TypicalLogitsWarper: sort by how far each token's surprisal is from the
+/// entropy, keep the closest ones until their mass reaches `p` (the crossing token stays).
+fn typical_p(candidates: &mut Vec<(u32, f32)>, p: f32) {
+    let max = candidates
+        .iter()
+        .map(|c| c.1)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let log_total = softmax_total(candidates, max).ln();
+    let logprob = |c: &(u32, f32)| (c.1 - max) as f64 - log_total;
+    let entropy: f64 = -candidates
+        .iter()
+        .map(|c| {
+            let lp = logprob(c);
+            lp * lp.exp()
+        })
+        .sum::<f64>();
+    let mut scored: Vec<(f64, (u32, f32))> = candidates
+        .iter()
+        .map(|c| ((-logprob(c) - entropy).abs(), *c))
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut mass = 0.0;
+    let mut keep = scored.len();
+    for (i, (_, c)) in scored.iter().enumerate() {
+        mass += logprob(c).exp();
+        if mass >= p as f64 {
+            keep = i + 1;
+            break;
+        }
+    }
+    candidates.clear();
+    candidates.extend(scored[..keep.max(1)].iter().map(|(_, c)| *c));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> SamplingParams {
+        SamplingParams::default()
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_with_its_logprob() {
+        let mut sampler = Sampler::new(&params(), 3);
+        let (token, logprob) = sampler.choose(&[0.0, 1.0, 0.0]);
+        assert_eq!(token, 1);
+        let expected = 1.0f64 - (2.0 + 1.0f64.exp()).ln();
+        assert!((logprob as f64 - expected).abs() < 1e-5);
+        assert_eq!(sampler.seed(), None);
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let mut sampler = Sampler::new(
+            &SamplingParams {
+                repetition_penalty: Some(2.0),
+                ..params()
+            },
+            3,
+        );
+        sampler.observe(0);
+        // 3.0 / 2 = 1.5 < 2.0: the seen token loses.
+        assert_eq!(sampler.choose(&[3.0, 2.0, -1.0]).0, 1);
+        // Negative logits of seen tokens get more negative.
+        let mut sampler = Sampler::new(
+            &SamplingParams {
+                repetition_penalty: Some(2.0),
+                ..params()
+            },
+            3,
+        );
+        sampler.observe(2);
+        assert_eq!(sampler.choose(&[-1.0, -3.0, -0.6]).0, 0);
+    }
+
+    #[test]
+    fn same_seed_same_choices() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |seed| {
+            let mut sampler = Sampler::new(
+                &SamplingParams {
+                    do_sample: true,
+                    seed: Some(seed),
+                    ..params()
+                },
+                100,
+            );
+            (0..50)
+                .map(|_| sampler.choose(&logits).0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_even_when_sampling() {
+        let mut sampler = Sampler::new(
+            &SamplingParams {
+                top_k: Some(1),
+                seed: Some(7),
+                ..params()
+            },
+            4,
+        );
+        for _ in 0..20 {
+            assert_eq!(sampler.choose(&[0.5, 0.4, 0.6, 0.1]).0, 2);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_token_that_crosses_p() {
+        // Probabilities about 0.5, 0.3, 0.2 (logits are their logs).
+        let mut candidates = vec![(0, 0.5f32.ln()), (1, 0.3f32.ln()), (2, 0.2f32.ln())];
+        top_p(&mut candidates, 0.6);
+        let ids: Vec<u32> = candidates.iter().map(|c| c.0).collect();
+        assert_eq!(ids, [0, 1]);
+        let mut candidates = vec![(0, 0.5f32.ln()), (1, 0.3f32.ln()), (2, 0.2f32.ln())];
+        top_p(&mut candidates, 0.4);
+        assert_eq!(candidates.len(), 1);
+    }
+
+    #[test]
+    fn top_p_over_a_large_vocabulary_matches_the_full_sort() {
+        let logits: Vec<(u32, f32)> = (0..5000)
+            .map(|i| (i, ((i * 7919) % 1000) as f32 / 100.0))
+            .collect();
+        let mut windowed = logits.clone();
+        top_p(&mut windowed, 0.9);
+        // Reference: full sort.
+        let mut full = logits.clone();
+        full.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let max = full[0].1;
+        let total: f64 = full.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
+        let mut before = 0.0;
+        let mut keep = full.len();
+        for (i, c) in full.iter().enumerate() {
+            if before >= 0.9 {
+                keep = i;
+                break;
+            }
+            before += ((c.1 - max) as f64).exp() / total;
+        }
+        assert_eq!(windowed.len(), keep);
+    }
+
+    #[test]
+    fn typical_p_keeps_the_tokens_nearest_the_entropy() {
+        // Entropy 1.33 nats: the arg-max (surprisal 0.92) is less typical than the others (1.61).
+        let mut candidates = vec![
+            (0, 0.4f32.ln()),
+            (1, 0.2f32.ln()),
+            (2, 0.2f32.ln()),
+            (3, 0.2f32.ln()),
+        ];
+        typical_p(&mut candidates, 0.15);
+        assert_eq!(candidates.len(), 1);
+        assert_ne!(
+            candidates[0].0, 0,
+            "the typical token is not the arg-max here"
+        );
+    }
+
+    #[test]
+    fn temperature_alone_switches_sampling_on() {
+        let sampler = Sampler::new(
+            &SamplingParams {
+                temperature: Some(0.5),
+                ..params()
+            },
+            2,
+        );
+        assert!(sampler.seed().is_some());
+    }
+}
