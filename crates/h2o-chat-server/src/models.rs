@@ -77,8 +77,11 @@ impl ModelRegistry {
 
     /// By id or alias (TGI and OpenAI routes).
     pub fn by_name(&self, name: &str) -> Option<&ServedModel> {
-        self.by_id(name)
-            .or_else(|| self.models.iter().find(|m| m.aliases.iter().any(|a| a == name)))
+        self.by_id(name).or_else(|| {
+            self.models
+                .iter()
+                .find(|m| m.aliases.iter().any(|a| a == name))
+        })
     }
 
     /// A line per model for people: id, aliases, and what really serves it.

@@ -91,7 +91,9 @@ impl MemoryStore {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A MongoDB-style ObjectId: 4-byte time, 5 random bytes, 3-byte counter, 24 hex digits.
@@ -118,7 +120,9 @@ fn rand_u32() -> u32 {
 
 impl Store for MemoryStore {
     fn accept_ethics(&self, session: &str) {
-        self.state().ethics.insert(session.to_string(), SystemTime::now());
+        self.state()
+            .ethics
+            .insert(session.to_string(), SystemTime::now());
     }
 
     fn ethics_accepted(&self, session: &str) -> bool {
@@ -130,7 +134,9 @@ impl Store for MemoryStore {
         let mut state = self.state();
         let count = state.per_session.entry(session.to_string()).or_default();
         if *count >= self.max_per_session {
-            return Err(CreateError::TooMany { limit: self.max_per_session });
+            return Err(CreateError::TooMany {
+                limit: self.max_per_session,
+            });
         }
         *count += 1;
         let n = self.titles.fetch_add(1, Ordering::Relaxed) + 1;
@@ -151,14 +157,21 @@ impl Store for MemoryStore {
 
     fn get(&self, session: &str, id: &str) -> Option<Conversation> {
         let mut state = self.state();
-        let conversation = state.conversations.get_mut(id).filter(|c| c.session == session)?;
+        let conversation = state
+            .conversations
+            .get_mut(id)
+            .filter(|c| c.session == session)?;
         conversation.touched = Instant::now();
         Some(conversation.clone())
     }
 
     fn set_messages(&self, session: &str, id: &str, messages: Vec<StoredMessage>) -> bool {
         let mut state = self.state();
-        match state.conversations.get_mut(id).filter(|c| c.session == session) {
+        match state
+            .conversations
+            .get_mut(id)
+            .filter(|c| c.session == session)
+        {
             Some(conversation) => {
                 conversation.messages = messages;
                 conversation.touched = Instant::now();
@@ -170,7 +183,11 @@ impl Store for MemoryStore {
 
     fn set_title(&self, session: &str, id: &str, title: String) -> bool {
         let mut state = self.state();
-        match state.conversations.get_mut(id).filter(|c| c.session == session) {
+        match state
+            .conversations
+            .get_mut(id)
+            .filter(|c| c.session == session)
+        {
             Some(conversation) => {
                 conversation.title = title;
                 true
@@ -181,7 +198,11 @@ impl Store for MemoryStore {
 
     fn delete(&self, session: &str, id: &str) -> bool {
         let mut state = self.state();
-        if state.conversations.get(id).is_none_or(|c| c.session != session) {
+        if state
+            .conversations
+            .get(id)
+            .is_none_or(|c| c.session != session)
+        {
             return false;
         }
         state.conversations.remove(id);
@@ -205,7 +226,10 @@ impl Store for MemoryStore {
             return (0, None);
         };
         let now = Instant::now();
-        while events.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while events
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             events.pop_front();
         }
         let oldest_expires = events
@@ -230,7 +254,9 @@ impl Store for MemoryStore {
             }
         }
         state.generations.retain(|_, events| {
-            events.back().is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3600))
+            events
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3600))
         });
         expired.len()
     }
@@ -250,7 +276,10 @@ mod tests {
         let a = store.create("s", "m").unwrap();
         let b = store.create("s", "m").unwrap();
         assert_eq!(a.len(), 24);
-        assert!(a.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
         assert_ne!(a, b);
     }
 
@@ -268,7 +297,10 @@ mod tests {
         let store = MemoryStore::new(2);
         store.create("s", "m").unwrap();
         store.create("s", "m").unwrap();
-        assert_eq!(store.create("s", "m"), Err(CreateError::TooMany { limit: 2 }));
+        assert_eq!(
+            store.create("s", "m"),
+            Err(CreateError::TooMany { limit: 2 })
+        );
         assert_eq!(store.sweep(Duration::ZERO), 2);
         assert!(store.create("s", "m").is_ok());
     }

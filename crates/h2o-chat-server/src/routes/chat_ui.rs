@@ -1,0 +1,532 @@
+//! chat-ui's routes as gpt-gm.h2o.ai ran them (§a): the page, the settings form action,
+//! conversations (create, generate, delete, rename, stop).
+//!
+//! The hooks (`hooks.rs`) have already run: the Referer check, the ethics gate, and the
+//! session is in the request's extensions.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::generate::OnFinish;
+use crate::hooks::session;
+use crate::reply::{escape_html, html_error, internal_error, prefers_json, route_error};
+use crate::routes::tgi::{respond, type_error};
+use crate::store::{From, StoredMessage};
+use crate::validation::{GenerateBody, Parameters, normalize_whole_floats};
+use h2o_chat_engine::ChatTurn;
+
+/// `GET /`: a small page with the models, and the session cookie (§a.1).
+pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let items: String = state
+        .models()
+        .describe()
+        .iter()
+        .map(|line| format!("<li>{}</li>", escape_html(line)))
+        .collect();
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>h2o-chat</title></head><body>\
+         <h1>h2o-chat</h1><p>An H2o-compatible chat-ui server (protocol of gpt-gm.h2o.ai, mid-2023), \
+         with text-generation-inference routes.</p><h2>Models</h2><ul>{items}</ul></body></html>"
+    );
+    let session = crate::session::session_of(&headers);
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response();
+    if let Some(cookie) = crate::session::set_cookie(&session, state.config().secure_cookie) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The settings action's failure (§a.2): JSON or an HTML page by `Accept`.
+fn settings_failure(headers: &HeaderMap) -> Response {
+    if prefers_json(headers, true) {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"type": "error", "error": {"message": "Internal Error"}})),
+        )
+            .into_response()
+    } else {
+        html_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error")
+    }
+}
+
+/// `POST /settings`: the SvelteKit form action (§a.2).
+pub async fn settings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Bytes,
+) -> Response {
+    let session = session(&extensions);
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if media != "application/x-www-form-urlencoded" && media != "multipart/form-data" {
+        return settings_failure(&headers);
+    }
+    let fields: Vec<(String, String)> = url_form(&body);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(share) = field("shareConversationsWithModelAuthors")
+        && !matches!(share, "true" | "on" | "false" | "")
+    {
+        return settings_failure(&headers);
+    }
+    if let Some(model) = field("activeModel")
+        && state.models().by_id(model).is_none()
+    {
+        return settings_failure(&headers);
+    }
+    if field("ethicsModalAccepted").is_some_and(|v| !v.is_empty()) {
+        state.store().accept_ethics(&session.0);
+    }
+    let location = headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("/")
+        .to_string();
+    if prefers_json(&headers, true) {
+        Json(json!({"type": "redirect", "status": 303, "location": location})).into_response()
+    } else {
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        response
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding (the only form the settings action reads).
+fn url_form(body: &[u8]) -> Vec<(String, String)> {
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let mut parts = pair.splitn(2, |&b| b == b'=');
+            let key = percent_decode(parts.next().unwrap_or_default());
+            let value = percent_decode(parts.next().unwrap_or_default());
+            (key, value)
+        })
+        .collect()
+}
+
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /conversation` redirects home (§a.3).
+pub async fn conversation_index() -> Redirect {
+    Redirect::to("/")
+}
+
+/// `POST /conversation` (§a.3).
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Bytes,
+) -> Response {
+    let session = session(&extensions);
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return internal_error(&headers);
+    };
+    if value.get("fromShare").is_some_and(|v| !v.is_null()) {
+        // Shared conversations are not kept by this server.
+        return route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found");
+    }
+    let Some(model) = value.get("model").and_then(Value::as_str) else {
+        return internal_error(&headers);
+    };
+    if state.models().by_id(model).is_none() {
+        return internal_error(&headers);
+    }
+    match state.store().create(&session.0, model) {
+        Ok(id) => Json(json!({ "conversationId": id })).into_response(),
+        Err(crate::store::CreateError::TooMany { limit }) => route_error(
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "Too many conversations: this session already has {limit}. Delete some first."
+            ),
+        ),
+    }
+}
+
+fn is_object_id(id: &str) -> bool {
+    id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A textual UUID of version 1–5, any case, or the nil UUID (chat-ui's zod `uuid()`).
+fn is_uuid(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    if bytes.len() != 36 {
+        return false;
+    }
+    for (i, &b) in bytes.iter().enumerate() {
+        let ok = if matches!(i, 8 | 13 | 18 | 23) {
+            b == b'-'
+        } else {
+            b.is_ascii_hexdigit()
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if value == "00000000-0000-0000-0000-000000000000" {
+        return true;
+    }
+    matches!(bytes[14], b'1'..=b'5')
+        && matches!(bytes[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b')
+}
+
+/// chat-ui's body schema (§a.4). `None` on any violation (→ 500).
+struct ChatUiBody {
+    inputs: String,
+    message_id: Option<String>,
+    is_retry: bool,
+    rest: Map<String, Value>,
+}
+
+fn parse_chat_ui_body(body: &[u8]) -> Option<ChatUiBody> {
+    let Value::Object(map) = serde_json::from_slice::<Value>(body).ok()? else {
+        return None;
+    };
+    let inputs = map.get("inputs")?.as_str()?;
+    // JavaScript's trim: Unicode white space, line breaks and U+FEFF.
+    let inputs = inputs.trim_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}');
+    if inputs.is_empty() {
+        return None;
+    }
+    let Value::Object(options) = map.get("options")? else {
+        return None;
+    };
+    let uuid_field = |key: &str| -> Option<Option<String>> {
+        match options.get(key) {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::String(s)) if is_uuid(s) => Some(Some(s.clone())),
+            Some(_) => None,
+        }
+    };
+    let message_id = uuid_field("id")?;
+    uuid_field("response_id")?;
+    let is_retry = match options.get("is_retry") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return None,
+    };
+    match options.get("web_search_id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        // No web searches are stored here, so any id names a missing one.
+        Some(_) => return None,
+    }
+    Some(ChatUiBody {
+        inputs: inputs.to_string(),
+        message_id,
+        is_retry,
+        rest: map,
+    })
+}
+
+/// chat-ui's cleaning of the stored answer (§a.4 step 10).
+fn clean_answer(generated: &str, prompt: &str, stop: &[String]) -> String {
+    let mut text = generated.strip_prefix(prompt).unwrap_or(generated);
+    text = text.strip_prefix("<|startoftext|>").unwrap_or(text);
+    text = text.strip_suffix("</s>").unwrap_or(text);
+    let mut text = text.trim_end().to_string();
+    loop {
+        let before = text.len();
+        for stop in stop.iter().map(String::as_str).chain(["<|endoftext|>"]) {
+            if !stop.is_empty()
+                && let Some(stripped) = text.strip_suffix(stop)
+            {
+                text = stripped.trim_end().to_string();
+            }
+        }
+        if text.len() == before {
+            return text;
+        }
+    }
+}
+
+/// `POST /conversation/{id}`: generate (§a.4), in chat-ui's order of checks.
+pub async fn generate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Bytes,
+) -> Response {
+    let session = session(&extensions);
+    if !is_object_id(&id) {
+        return internal_error(&headers);
+    }
+    let Some(conversation) = state.store().get(&session.0, &id) else {
+        return route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found");
+    };
+    if let Some(limit) = state.config().rate_limit {
+        let (recent, oldest_expires) = state
+            .store()
+            .recent_generations(&session.0, Duration::from_secs(60));
+        if recent >= limit as usize {
+            let mut response = route_error(
+                &headers,
+                StatusCode::TOO_MANY_REQUESTS,
+                "You are sending too many messages. Try again later.",
+            );
+            let wait = oldest_expires.map_or(60, |d| d.as_secs().max(1));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return response;
+        }
+    }
+    let Some(model) = state.models().by_id(&conversation.model).cloned() else {
+        return route_error(&headers, StatusCode::GONE, "Model not available anymore");
+    };
+    let Some(request) = parse_chat_ui_body(&body) else {
+        return internal_error(&headers);
+    };
+
+    let mut messages = conversation.messages.clone();
+    if request.is_retry
+        && let Some(message_id) = &request.message_id
+        && let Some(at) = messages.iter().position(|m| &m.id == message_id)
+    {
+        messages.truncate(at);
+    }
+    messages.push(StoredMessage {
+        from: From::User,
+        content: request.inputs.clone(),
+        id: request
+            .message_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    });
+    let turns: Vec<ChatTurn> = messages
+        .iter()
+        .map(|m| ChatTurn {
+            role: match m.from {
+                From::User => "user".into(),
+                From::Assistant => "assistant".into(),
+            },
+            content: m.content.clone(),
+        })
+        .collect();
+    let prompt = match model.engine.render_chat(&turns) {
+        Ok(prompt) => prompt,
+        Err(_) => return internal_error(&headers),
+    };
+
+    // chat-ui relays `{...body, inputs: prompt}` to TGI after a JavaScript round trip.
+    let mut relayed = request.rest;
+    relayed.insert("inputs".into(), Value::String(prompt.clone()));
+    let mut relayed = Value::Object(relayed);
+    if let Some(parameters) = relayed.get_mut("parameters") {
+        normalize_whole_floats(parameters);
+    }
+    let stream = relayed
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let parameters: Parameters = match relayed.get("parameters") {
+        None | Some(Value::Null) => Parameters::default(),
+        Some(value) => match serde_path_to_error::deserialize(value) {
+            Ok(parameters) => parameters,
+            Err(err) => {
+                return type_error(format!(
+                    "Failed to deserialize the JSON body into the target type: parameters.{err}"
+                ));
+            }
+        },
+    };
+    let tgi_body = GenerateBody {
+        inputs: prompt.clone(),
+        parameters,
+        stream,
+    };
+
+    let store = state.store_arc();
+    let session_id = session.0.clone();
+    let conversation_id = id.clone();
+    let stop = tgi_body.parameters.stop.clone();
+    let on_finish: OnFinish = Box::new(move |finish| {
+        let answer = clean_answer(&finish.generated_text, &prompt, &stop);
+        messages.push(StoredMessage {
+            from: From::Assistant,
+            content: answer,
+            id: uuid::Uuid::new_v4().to_string(),
+        });
+        store.set_messages(&session_id, &conversation_id, messages);
+        store.record_generation(&session_id);
+    });
+    respond(
+        &state,
+        &model.engine,
+        &tgi_body,
+        stream,
+        true,
+        Some(on_finish),
+    )
+    .await
+}
+
+/// `DELETE /conversation/{id}` (§a.5): 200 with an empty body.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
+    let session = session(&extensions);
+    if !is_object_id(&id) {
+        return internal_error(&headers);
+    }
+    if state.store().delete(&session.0, &id) {
+        StatusCode::OK.into_response()
+    } else {
+        route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found")
+    }
+}
+
+/// `PATCH /conversation/{id}` with `{"title": "1..100 chars"}`.
+pub async fn rename(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Bytes,
+) -> Response {
+    let session = session(&extensions);
+    if !is_object_id(&id) {
+        return internal_error(&headers);
+    }
+    if state.store().get(&session.0, &id).is_none() {
+        return route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found");
+    }
+    let title = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("title").and_then(Value::as_str).map(str::to_string));
+    match title {
+        Some(title) if (1..=100).contains(&title.chars().count()) => {
+            state.store().set_title(&session.0, &id, title);
+            StatusCode::OK.into_response()
+        }
+        _ => internal_error(&headers),
+    }
+}
+
+/// `POST /conversation/{id}/stop-generating`: acknowledged. A generation stops when its
+/// client disconnects, which is how the browser stops one too.
+pub async fn stop_generating(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
+    let session = session(&extensions);
+    if !is_object_id(&id) {
+        return internal_error(&headers);
+    }
+    if state.store().get(&session.0, &id).is_none() {
+        return route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found");
+    }
+    StatusCode::OK.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_of_versions_one_to_five_and_nil() {
+        assert!(is_uuid("5b3f0cd6-1b42-4e8a-9f3e-2f4a1c6d7e80"));
+        assert!(is_uuid("5B3F0CD6-1B42-1E8A-9F3E-2F4A1C6D7E80"));
+        assert!(is_uuid("00000000-0000-0000-0000-000000000000"));
+        assert!(!is_uuid("5b3f0cd6-1b42-7e8a-9f3e-2f4a1c6d7e80"));
+        assert!(!is_uuid("not-a-uuid"));
+    }
+
+    #[test]
+    fn chat_ui_schema() {
+        let ok = br#"{"inputs":"  hi\n","options":{"id":"5b3f0cd6-1b42-4e8a-9f3e-2f4a1c6d7e80","is_retry":false,"web_search_id":""}}"#;
+        assert_eq!(parse_chat_ui_body(ok).unwrap().inputs, "hi");
+        for bad in [
+            &br#"{"inputs":"   ","options":{}}"#[..],
+            br#"{"inputs":"hi"}"#,
+            br#"{"inputs":"hi","options":{"id":"x"}}"#,
+            br#"{"inputs":"hi","options":{"is_retry":"yes"}}"#,
+            br#"{"inputs":"hi","options":{"web_search_id":"abc"}}"#,
+            br#"{"inputs":5,"options":{}}"#,
+            b"not json",
+        ] {
+            assert!(
+                parse_chat_ui_body(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn stored_answer_is_cleaned_like_chat_ui() {
+        assert_eq!(clean_answer("P<|startoftext|>Hi</s>", "P", &[]), "Hi");
+        assert_eq!(
+            clean_answer("Hi there\nUser:", "", &["\nUser:".into()]),
+            "Hi there"
+        );
+        assert_eq!(clean_answer("Hi<|endoftext|>  ", "", &[]), "Hi");
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(
+            url_form(b"a=1&activeModel=h2oai%2Fx&c=&d=a+b"),
+            vec![
+                ("a".into(), "1".into()),
+                ("activeModel".into(), "h2oai/x".into()),
+                ("c".into(), "".into()),
+                ("d".into(), "a b".into())
+            ]
+        );
+        assert_eq!(percent_decode(b"%zz%4"), "%zz%4");
+    }
+}

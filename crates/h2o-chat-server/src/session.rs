@@ -1,0 +1,80 @@
+//! The `hf-chat` session cookie (§a.0).
+
+use std::time::{Duration, SystemTime};
+
+use axum::http::{HeaderMap, HeaderValue, header};
+
+/// The cookie's name (chat-ui's default `COOKIE_NAME`).
+pub const COOKIE_NAME: &str = "hf-chat";
+
+/// The session id of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionId(pub String);
+
+/// The session from the cookie, used verbatim; or a new random UUIDv4.
+pub fn session_of(headers: &HeaderMap) -> SessionId {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
+        .find(|value| !value.is_empty())
+        .map(|value| SessionId(value.to_string()))
+        .unwrap_or_else(|| SessionId(uuid::Uuid::new_v4().to_string()))
+}
+
+/// `Set-Cookie` for a session, expiring in a year. `Secure` only over HTTPS (emulator note).
+pub fn set_cookie(session: &SessionId, secure: bool) -> Option<HeaderValue> {
+    let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(365 * 24 * 3600));
+    let attributes = if secure {
+        "HttpOnly; Secure; SameSite=None"
+    } else {
+        "HttpOnly; SameSite=Lax"
+    };
+    // A cookie value from the client is echoed; refuse to echo one that could break the header.
+    if !session
+        .0
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+    {
+        return None;
+    }
+    HeaderValue::from_str(&format!(
+        "{COOKIE_NAME}={}; Path=/; Expires={expires}; {attributes}",
+        session.0
+    ))
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_value_is_used_verbatim() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; hf-chat=abc-123; b=2"),
+        );
+        assert_eq!(session_of(&headers), SessionId("abc-123".into()));
+    }
+
+    #[test]
+    fn no_cookie_gives_a_fresh_uuid() {
+        let a = session_of(&HeaderMap::new());
+        let b = session_of(&HeaderMap::new());
+        assert_ne!(a, b);
+        assert_eq!(a.0.len(), 36);
+    }
+
+    #[test]
+    fn set_cookie_has_path_expiry_and_no_secure_over_http() {
+        let value = set_cookie(&SessionId("x".into()), false).unwrap();
+        let value = value.to_str().unwrap();
+        assert!(value.starts_with("hf-chat=x; Path=/; Expires="), "{value}");
+        assert!(value.ends_with("HttpOnly; SameSite=Lax"));
+        assert!(!value.contains("Secure"));
+    }
+}
