@@ -62,6 +62,8 @@ pub trait Store: Send + Sync + 'static {
     fn sweep(&self, ttl: Duration) -> usize;
     /// All conversations (for tests and metrics).
     fn conversation_count(&self) -> usize;
+    /// The session a conversation belongs to (for operators and tests).
+    fn owner_of(&self, id: &str) -> Option<String>;
 }
 
 #[derive(Default)]
@@ -263,6 +265,13 @@ impl Store for MemoryStore {
 
     fn conversation_count(&self) -> usize {
         self.state().conversations.len()
+    }
+
+    fn owner_of(&self, id: &str) -> Option<String> {
+        self.state()
+            .conversations
+            .get(id)
+            .map(|c| c.session.clone())
     }
 }
 

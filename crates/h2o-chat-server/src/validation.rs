@@ -12,7 +12,7 @@ use crate::config::Limits;
 use h2o_chat_engine::{GenerationRequest, SamplingParams};
 
 /// TGI's `parameters` object, with serde types that reproduce its type errors.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Parameters {
     #[serde(default)]
     pub best_of: Option<usize>,
@@ -48,6 +48,29 @@ pub struct Parameters {
 
 fn default_max_new_tokens() -> u32 {
     20
+}
+
+impl Default for Parameters {
+    /// What TGI uses when `parameters` is absent: every field's serde default.
+    fn default() -> Self {
+        Parameters {
+            best_of: None,
+            temperature: None,
+            repetition_penalty: None,
+            top_k: None,
+            top_p: None,
+            typical_p: None,
+            do_sample: false,
+            max_new_tokens: default_max_new_tokens(),
+            return_full_text: None,
+            stop: Vec::new(),
+            truncate: None,
+            watermark: false,
+            details: false,
+            decoder_input_details: false,
+            seed: None,
+        }
+    }
 }
 
 /// A TGI request body (`/generate`, `/generate_stream`, `/`).
