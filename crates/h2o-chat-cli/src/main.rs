@@ -1,0 +1,124 @@
+//! `h2o-chat`, the command-line face of the H2o provider: one-shot and interactive chat,
+//! batch, and the embedded server. Thin over the library (`h2o-chat`) and the server
+//! (`h2o-chat-server`).
+
+mod batch;
+mod chat;
+mod cli;
+mod failure;
+mod info;
+mod local;
+mod serve;
+mod setup;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use h2o_chat::Message;
+
+use cli::{Cli, Command};
+use failure::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("h2o-chat: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("h2o-chat: {failure}");
+            ExitCode::from(u8::try_from(failure.code()).unwrap_or(1))
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "h2o_chat=debug,h2o_chat_cli=debug,h2o_chat_server=info,h2o_chat_engine=info,warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("H2O_CHAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Models => {
+            info::models();
+            Ok(())
+        }
+        Command::Params => {
+            info::params();
+            Ok(())
+        }
+        Command::Serve(args) => serve::run(global, args).await,
+        Command::Chat(args) => {
+            let prompt = chat::read_prompt(args.prompt.as_deref())?;
+            let interactive =
+                args.interactive || (prompt.is_none() && std::io::stdin().is_terminal());
+            if prompt.is_none() && !interactive {
+                return Err(Failure::Usage("no prompt: give one as an argument, pipe it on standard input, or run on a terminal for an interactive chat".into()));
+            }
+            if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                return Err(Failure::Usage("the prompt is empty".into()));
+            }
+            with_client(global, |h2o, model| async move {
+                let result = match prompt {
+                    Some(prompt) if !interactive => {
+                        let messages = setup::with_system(global, vec![Message::user(prompt)]);
+                        chat::stream_answer(&h2o, global, model.as_deref(), messages)
+                            .await
+                            .map(|_| ())
+                    }
+                    _ => chat::interactive(&h2o, global, model).await,
+                };
+                h2o.wait_for_cleanup().await;
+                result
+            })
+            .await
+        }
+        Command::Batch(args) => {
+            with_client(global, |h2o, model| async move {
+                batch::run(&h2o, global, model, args).await
+            })
+            .await
+        }
+    }
+}
+
+/// Runs `work` with a client for `--url`, or for the embedded server started for it.
+async fn with_client<F, Fut>(global: &cli::Global, work: F) -> Result<(), Failure>
+where
+    F: FnOnce(h2o_chat::H2o, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
+{
+    match &global.url {
+        Some(url) => {
+            let h2o = setup::client(global, url, false)?;
+            let model = setup::model(global, false)?;
+            work(h2o, model).await
+        }
+        None => {
+            let server = local::start(global.gguf.clone(), global.quiet).await?;
+            let h2o = setup::client(global, &server.url(), true)?;
+            let model = setup::model(global, true)?;
+            let result = work(h2o, model).await;
+            server.shutdown();
+            result
+        }
+    }
+}

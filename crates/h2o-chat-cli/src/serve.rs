@@ -1,0 +1,65 @@
+//! `h2o-chat serve`: the embedded server on a chosen address, until SIGINT or SIGTERM.
+
+use h2o_chat_server::{ModelRegistry, Server, ServerConfig};
+
+use crate::cli::{Global, ServeArgs};
+use crate::failure::Failure;
+use crate::local;
+
+pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
+    let gguf = global.gguf.clone();
+    let quiet = global.quiet;
+    let parallel = args.parallel;
+    let engine = tokio::task::spawn_blocking(move || local::load_engine(gguf, quiet, parallel))
+        .await
+        .map_err(|e| Failure::Other(format!("model loading panicked: {e}")))??;
+    let config = ServerConfig {
+        ethics_gate: !args.no_ethics_gate,
+        rate_limit: args.rate_limit,
+        public_origin: args.public_origin.clone(),
+        ..ServerConfig::default()
+    };
+    let models = ModelRegistry::with_h2o_stand_ins(engine);
+    let lines = models.describe();
+    let server = Server::new(config, models)
+        .bind(&args.addr)
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
+    eprintln!("h2o-chat serve: listening on {}", server.url());
+    eprintln!(
+        "routes: chat-ui (/settings, /conversation, /conversation/{{id}}), TGI (/generate, /generate_stream, /, /info)"
+    );
+    eprintln!("models:");
+    for line in lines {
+        eprintln!("  {line}");
+    }
+    shutdown_signal().await;
+    eprintln!("h2o-chat serve: shutting down");
+    server.shutdown();
+    server
+        .wait()
+        .await
+        .map_err(|e| Failure::Other(format!("server error: {e}")))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

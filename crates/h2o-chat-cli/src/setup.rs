@@ -1,0 +1,123 @@
+//! From global options to a configured client, parameters and messages.
+
+use std::time::Duration;
+
+use h2o_chat::{H2o, Message, Parameters, PromptFormat, models};
+use serde_json::Value;
+
+use crate::cli::Global;
+use crate::failure::Failure;
+
+/// The model to use: `--model` (checked against the alias table with `--legacy`), else
+/// the server's default. For the embedded server the default is its own model.
+pub fn model(global: &Global, embedded: bool) -> Result<Option<String>, Failure> {
+    match &global.model {
+        Some(name) if global.legacy => models::resolve_alias(name)
+            .map(|id| Some(id.to_string()))
+            .map_err(|e| Failure::Usage(e.to_string())),
+        Some(name) => Ok(Some(models::resolve(name).to_string())),
+        None if embedded => Ok(Some(h2o_chat_server::LOCAL_MODEL_ID.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// The starting parameters for the embedded local model. g4f's defaults (temperature 0.4,
+/// repetition penalty 1.2, 1,024 new tokens) make a 135M-parameter model ramble to the
+/// limit; greedy decoding with a light penalty answers cleanly ("The capital of France is
+/// Paris."). Every option still overrides these.
+pub fn local_defaults() -> Parameters {
+    Parameters::empty()
+        .truncate(2048)
+        .max_new_tokens(512)
+        .do_sample(false)
+        .repetition_penalty(1.1)
+        .return_full_text(false)
+}
+
+/// The defaults (g4f's six for a remote server, [`local_defaults`] for the embedded one)
+/// overridden by the options, then every `-p KEY=VALUE`.
+pub fn parameters(global: &Global, embedded: bool) -> Result<Parameters, Failure> {
+    let mut params = if embedded {
+        local_defaults()
+    } else {
+        Parameters::default()
+    };
+    if let Some(v) = global.temperature {
+        params.insert("temperature", v);
+    }
+    if let Some(v) = global.max_new_tokens {
+        params.insert("max_new_tokens", v);
+    }
+    if let Some(v) = global.top_k {
+        params.insert("top_k", v);
+    }
+    if let Some(v) = global.top_p {
+        params.insert("top_p", v);
+    }
+    if let Some(v) = global.repetition_penalty {
+        params.insert("repetition_penalty", v);
+    }
+    if let Some(v) = global.seed {
+        params.insert("seed", v);
+    }
+    if !global.stop.is_empty() {
+        params.insert("stop", global.stop.clone());
+    }
+    for pair in &global.params {
+        let (key, raw) = pair
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(format!("--param `{pair}`: expected KEY=VALUE")))?;
+        if key.is_empty() {
+            return Err(Failure::Usage(format!(
+                "--param `{pair}`: the key is empty"
+            )));
+        }
+        let value =
+            serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        params.insert(key, value);
+    }
+    Ok(params)
+}
+
+/// The client for `url` (`embedded`: the tool's own local server).
+pub fn client(global: &Global, url: &str, embedded: bool) -> Result<H2o, Failure> {
+    let mut builder = H2o::builder().url(url);
+    if let Some(proxy) = &global.proxy {
+        builder = builder.proxy(proxy);
+    }
+    if let Some(secs) = global.timeout {
+        let timeout = seconds("--timeout", secs)?;
+        builder = builder
+            .request_timeout(timeout)
+            .first_event_timeout(timeout);
+    }
+    if let Some(secs) = global.idle_timeout {
+        builder = builder.idle_timeout(seconds("--idle-timeout", secs)?);
+    }
+    if global.legacy {
+        builder = builder.prompt_format(PromptFormat::Legacy);
+    }
+    builder = builder.parameters(parameters(global, embedded)?);
+    Ok(builder.build()?)
+}
+
+fn seconds(flag: &str, secs: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "{flag} takes a positive number of seconds, not {secs}"
+            ))
+        })
+}
+
+/// `--system` first, then the rest.
+pub fn with_system(global: &Global, rest: Vec<Message>) -> Vec<Message> {
+    let mut messages = Vec::with_capacity(rest.len() + 1);
+    if let Some(system) = &global.system {
+        messages.push(Message::system(system.clone()));
+    }
+    messages.extend(rest);
+    messages
+}
