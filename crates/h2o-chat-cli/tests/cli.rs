@@ -1,0 +1,428 @@
+//! The `h2o-chat` binary as scripts and people use it: the embedded default, `--url` test
+//! servers (the library's fault-injecting one), stdin, `--json`, exit codes per error kind,
+//! batch, and `serve` with its signals.
+
+#[path = "../../h2o-chat/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use support::{Chunk, Reply, TestServer, sse_body, stream_reply, token_event};
+
+fn h2o_chat() -> Command {
+    let mut cmd = Command::cargo_bin("h2o-chat").unwrap();
+    cmd.env_remove("H2O_CHAT_URL")
+        .env("NO_PROXY", "*")
+        .timeout(Duration::from_secs(240));
+    cmd
+}
+
+/// A test server on its own runtime (the binary runs in another process).
+fn server() -> (TestServer, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TestServer::start());
+    (server, runtime)
+}
+
+#[test]
+fn one_shot_on_the_embedded_local_model_answers_paris() {
+    let output = h2o_chat()
+        .args(["chat", "What is the capital of France?"])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(
+        stdout.ends_with('\n') && !stdout.ends_with("\n\n"),
+        "one newline after the answer: {stdout:?}"
+    );
+}
+
+#[test]
+fn one_shot_against_a_url_with_a_path_prefix_prints_only_the_answer() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TestServer::start_with_prefix("/chat"));
+    server.script_generate(stream_reply(sse_body(&["Bonjour", " le", " monde"])));
+    let output = h2o_chat()
+        .args(["--url", &server.url, "--model", "falcon-7b", "chat", "Hi"])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "Bonjour le monde\n"
+    );
+    let create = server.requests_to(axum::http::Method::POST, "/chat/conversation");
+    assert_eq!(
+        create[0].json()["model"],
+        "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v3"
+    );
+    runtime.block_on(async {
+        for _ in 0..100 {
+            if server.conversations() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert_eq!(server.conversations(), 0);
+}
+
+#[test]
+fn piped_stdin_is_joined_to_the_prompt() {
+    let (server, _rt) = server();
+    h2o_chat()
+        .args(["--url", &server.url, "chat", "summarise:"])
+        .write_stdin("line one\nline two\n")
+        .assert()
+        .success();
+    let generate = server
+        .requests_to(axum::http::Method::POST, "/conversation/")
+        .pop()
+        .unwrap();
+    assert_eq!(
+        generate.json()["inputs"],
+        "summarise:\n\nline one\nline two"
+    );
+}
+
+#[test]
+fn dash_reads_the_prompt_from_stdin_and_system_goes_first() {
+    let (server, _rt) = server();
+    h2o_chat()
+        .args(["--url", &server.url, "--system", "Be brief.", "chat", "-"])
+        .write_stdin("Hi\n")
+        .assert()
+        .success();
+    let generate = server
+        .requests_to(axum::http::Method::POST, "/conversation/")
+        .pop()
+        .unwrap();
+    assert_eq!(
+        generate.json()["inputs"],
+        "System: Be brief.\nUser: Hi\nAssistant:"
+    );
+}
+
+#[test]
+fn options_become_parameters() {
+    let (server, _rt) = server();
+    h2o_chat()
+        .args([
+            "--url",
+            &server.url,
+            "--temperature",
+            "0.7",
+            "--max-new-tokens",
+            "5",
+            "--seed",
+            "3",
+            "--stop",
+            "\n",
+            "-p",
+            "top_k=40",
+            "-p",
+            "note=hello",
+            "chat",
+            "Hi",
+        ])
+        .write_stdin("")
+        .assert()
+        .success();
+    let body = server
+        .requests_to(axum::http::Method::POST, "/conversation/")
+        .pop()
+        .unwrap()
+        .json();
+    assert_eq!(
+        serde_json::to_string(&body["parameters"]).unwrap(),
+        r#"{"temperature":0.7,"truncate":2048,"max_new_tokens":5,"do_sample":true,"repetition_penalty":1.2,"return_full_text":false,"seed":3,"stop":["\n"],"top_k":40,"note":"hello"}"#
+    );
+}
+
+#[test]
+fn json_events_parse_and_end_with_final() {
+    let (server, _rt) = server();
+    let output = h2o_chat()
+        .args(["--url", &server.url, "--json", "chat", "Hi"])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["token", "token", "token", "final"]);
+    assert_eq!(events[2]["special"], true);
+    assert_eq!(events[3]["generated_text"], "Hello!");
+}
+
+fn exit_code_for(reply: Reply, extra: &[&str]) -> (i32, String, String) {
+    let (server, _rt) = server();
+    server.script_generate(reply);
+    let mut args = vec!["--url".to_string(), server.url.clone()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["chat".to_string(), "Hi".to_string()]);
+    let output = h2o_chat().args(&args).write_stdin("").output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn server_500_exits_4() {
+    let (code, stdout, stderr) = exit_code_for(
+        Reply::Status(500, vec![], r#"{"message":"Internal Error"}"#.into()),
+        &[],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("HTTP 500: Internal Error"), "{stderr}");
+}
+
+#[test]
+fn error_event_exits_7_and_keeps_the_partial_text_printed_once() {
+    let body = format!(
+        "{}data:{{\"error\":\"Request failed during generation: boom\",\"error_type\":\"generation\"}}\n\n",
+        token_event(1, "Par", false)
+    );
+    let (code, stdout, stderr) = exit_code_for(stream_reply(body), &[]);
+    assert_eq!(code, 7, "{stderr}");
+    assert_eq!(stdout, "Par\n");
+    assert!(stderr.contains("boom"));
+}
+
+#[test]
+fn truncated_stream_exits_8() {
+    let (code, stdout, stderr) = exit_code_for(stream_reply(token_event(1, "Par", false)), &[]);
+    assert_eq!(code, 8, "{stderr}");
+    assert_eq!(stdout, "Par\n");
+    assert!(stderr.contains("incomplete"), "{stderr}");
+}
+
+#[test]
+fn stall_with_idle_timeout_one_second_exits_10() {
+    let started = Instant::now();
+    let reply = Reply::Stream(
+        "text/event-stream",
+        vec![
+            Chunk::Bytes(token_event(1, "Par", false).into_bytes()),
+            Chunk::Sleep(Duration::from_secs(60)),
+        ],
+    );
+    let (code, _, stderr) = exit_code_for(reply, &["--idle-timeout", "1"]);
+    assert_eq!(code, 10, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn connection_refused_exits_3() {
+    let output = h2o_chat()
+        .args(["--url", "http://127.0.0.1:9", "chat", "Hi"])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn unknown_alias_in_legacy_mode_exits_2_before_any_request() {
+    let (server, _rt) = server();
+    let output = h2o_chat()
+        .args([
+            "--url",
+            &server.url,
+            "--legacy",
+            "--model",
+            "gpt-4",
+            "chat",
+            "Hi",
+        ])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("falcon-40b, falcon-7b, llama-13b"));
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn legacy_mode_sends_the_role_content_prompt() {
+    let (server, _rt) = server();
+    h2o_chat()
+        .args([
+            "--url",
+            &server.url,
+            "--legacy",
+            "--model",
+            "llama-13b",
+            "chat",
+            "Hi",
+        ])
+        .write_stdin("")
+        .assert()
+        .success();
+    let body = server
+        .requests_to(axum::http::Method::POST, "/conversation/")
+        .pop()
+        .unwrap()
+        .json();
+    assert_eq!(
+        body["inputs"],
+        format!(
+            "{}user: Hi\nassistant:",
+            h2o_chat::prompt::LEGACY_INSTRUCTION
+        )
+    );
+}
+
+#[test]
+fn batch_of_200_at_concurrency_32_keeps_order_and_survives_failures() {
+    let (server, _rt) = server();
+    for _ in 0..5 {
+        server.script_generate(Reply::Status(
+            500,
+            vec![],
+            r#"{"message":"Internal Error"}"#.into(),
+        ));
+    }
+    let mut input = String::new();
+    for i in 0..200 {
+        if i % 2 == 0 {
+            input.push_str(&format!("prompt number {i}\n"));
+        } else {
+            input.push_str(&format!("{{\"id\":\"item-{i}\",\"messages\":[{{\"role\":\"user\",\"content\":\"q{i}\"}}],\"parameters\":{{\"max_new_tokens\":5}}}}\n"));
+        }
+    }
+    let output = h2o_chat()
+        .args([
+            "--url",
+            &server.url,
+            "-q",
+            "batch",
+            "-",
+            "--concurrency",
+            "32",
+        ])
+        .write_stdin(input)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(20),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 200);
+    for (i, line) in lines.iter().enumerate() {
+        let expected = if i % 2 == 0 {
+            serde_json::json!(i + 1)
+        } else {
+            serde_json::json!(format!("item-{i}"))
+        };
+        assert_eq!(line["id"], expected);
+    }
+    assert_eq!(lines.iter().filter(|l| !l["error"].is_null()).count(), 5);
+    assert_eq!(lines.iter().filter(|l| l["text"] == "Hello!").count(), 195);
+}
+
+#[test]
+fn models_lists_stand_ins_and_params_lists_the_legacy_string() {
+    let models = h2o_chat().arg("models").output().unwrap();
+    let text = String::from_utf8(models.stdout).unwrap();
+    assert!(
+        text.contains("h2oai/h2ogpt-gm-oasst1-en-2048-falcon-40b-v1")
+            && text.contains("stand-in")
+            && text.contains("smollm2")
+    );
+    let params = h2o_chat().arg("params").output().unwrap();
+    assert!(
+        String::from_utf8(params.stdout)
+            .unwrap()
+            .starts_with("h2o_chat::legacy supports: (model: &str")
+    );
+}
+
+#[test]
+fn serve_answers_and_stops_cleanly_on_sigterm() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("h2o-chat"))
+        .args(["-q", "serve", "--addr", &format!("127.0.0.1:{port}")])
+        .env_remove("H2O_CHAT_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited before listening"
+        );
+        assert!(Instant::now() < deadline);
+    }
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let answer: serde_json::Value = client
+        .post(format!("http://127.0.0.1:{port}/generate"))
+        .json(&serde_json::json!({"inputs": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n", "parameters": {"max_new_tokens": 12}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        answer["generated_text"].as_str().unwrap().contains("Paris"),
+        "{answer}"
+    );
+    StdCommand::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "serve exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
