@@ -14,7 +14,6 @@ use bytes::Bytes;
 use futures_util::Stream;
 use h2o_chat::protocol::wire::{Details, ErrorEvent, FinishReason, StreamResponse, Token};
 use h2o_chat_engine::{Engine, EngineError, Finish, GenerationEvent, TokenOut};
-use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::validation::Validated;
@@ -190,7 +189,11 @@ async fn next_frame(state: &mut StreamState) -> Option<Bytes> {
 
 /// The result of a generation read to its end (for `/generate` and non-stream `/`).
 pub enum Collected {
-    Done { text: String, finish: Finish },
+    Done {
+        text: String,
+        finish: Finish,
+        tokens: Vec<Token>,
+    },
     Failed(ErrorEvent),
 }
 
@@ -204,13 +207,16 @@ pub async fn collect(
         Ok(started) => started,
         Err(error) => return Collected::Failed(error),
     };
+    let mut tokens = Vec::new();
     while let Some(event) = events.recv().await {
         match event {
-            GenerationEvent::Token(_) => {}
-            GenerationEvent::Finished(_, finish) => {
+            GenerationEvent::Token(token) => tokens.push(wire_token(token)),
+            GenerationEvent::Finished(token, finish) => {
+                tokens.push(wire_token(token));
                 return Collected::Done {
                     text: generated_text(validated, &finish),
                     finish,
+                    tokens,
                 };
             }
             GenerationEvent::Failed(message) => {
@@ -227,12 +233,42 @@ pub async fn collect(
     ))
 }
 
-/// TGI's non-stream JSON object for a finished generation.
-pub fn json_answer(validated: &Validated, text: String, finish: &Finish) -> serde_json::Value {
-    if validated.details {
-        json!({"generated_text": text, "details": details_of(finish)})
-    } else {
-        json!({"generated_text": text})
+/// `details` of a non-stream answer: the stream's, plus the generated tokens and an empty
+/// `prefill` (no `decoder_input_details`), as TGI's own Python client requires.
+#[derive(serde::Serialize)]
+pub struct FullDetails {
+    pub finish_reason: FinishReason,
+    pub generated_tokens: u32,
+    pub seed: Option<u64>,
+    pub prefill: Vec<Token>,
+    pub tokens: Vec<Token>,
+}
+
+/// TGI's non-stream answer. Serialised directly (not through `serde_json::Value`) so a
+/// log-probability keeps its short `f32` form, as in the stream.
+#[derive(serde::Serialize)]
+pub struct Answer {
+    pub generated_text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<FullDetails>,
+}
+
+/// The answer for a finished generation.
+pub fn json_answer(
+    validated: &Validated,
+    text: String,
+    finish: &Finish,
+    tokens: Vec<Token>,
+) -> Answer {
+    Answer {
+        generated_text: text,
+        details: validated.details.then(|| FullDetails {
+            finish_reason: wire_reason(finish.reason),
+            generated_tokens: finish.generated_tokens,
+            seed: finish.seed,
+            prefill: Vec::new(),
+            tokens,
+        }),
     }
 }
 

@@ -663,9 +663,14 @@ async fn tgi_routes_generate_details_stop_and_full_text() {
         .json()
         .await
         .unwrap();
+    assert_eq!(answer["generated_text"], "Hello!");
+    assert_eq!(answer["details"]["finish_reason"], "eos_token");
+    assert_eq!(answer["details"]["generated_tokens"], 3);
+    assert_eq!(answer["details"]["seed"], 5);
+    assert_eq!(answer["details"]["prefill"], json!([]));
     assert_eq!(
-        answer,
-        json!({"generated_text": "Hello!", "details": {"finish_reason": "eos_token", "generated_tokens": 3, "seed": 5}})
+        answer["details"]["tokens"][2],
+        json!({"id": 2, "text": "<|im_end|>", "logprob": -0.01, "special": true})
     );
     let stopped: Value = client
         .post(format!("{url}/generate"))
@@ -676,10 +681,10 @@ async fn tgi_routes_generate_details_stop_and_full_text() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        stopped,
-        json!({"generated_text": "Hello", "details": {"finish_reason": "stop_sequence", "generated_tokens": 1, "seed": null}})
-    );
+    assert_eq!(stopped["generated_text"], "Hello");
+    assert_eq!(stopped["details"]["finish_reason"], "stop_sequence");
+    assert_eq!(stopped["details"]["generated_tokens"], 1);
+    assert_eq!(stopped["details"]["seed"], Value::Null);
     let compat: Value = client
         .post(format!("{url}/"))
         .json(&json!({"inputs": "Hi", "parameters": {"max_new_tokens": 1}}))

@@ -125,18 +125,21 @@ pub async fn respond(
         }
     };
     match collect(engine, state.permits(), &validated).await {
-        Collected::Done { text, finish } => {
-            let answer = json_answer(&validated, text, &finish);
+        Collected::Done {
+            text,
+            finish,
+            tokens,
+        } => {
+            let answer = json_answer(&validated, text, &finish, tokens);
             if let Some(on_finish) = on_finish {
                 on_finish(&finish);
             }
             // `/` answers a list (§b.7), `/generate` an object.
-            let answer = if default_full_text {
-                json!([answer])
+            if default_full_text {
+                (StatusCode::OK, axum::Json([answer])).into_response()
             } else {
-                answer
-            };
-            (StatusCode::OK, axum::Json(answer)).into_response()
+                (StatusCode::OK, axum::Json(answer)).into_response()
+            }
         }
         Collected::Failed(error) => {
             let status = match error.error_type.as_deref() {
