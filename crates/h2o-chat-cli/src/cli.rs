@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Generations run at once (each has its own KV cache).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// Require `Authorization: Bearer KEY` on the OpenAI routes (/v1/...).
+    #[arg(long, env = "H2O_CHAT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 #[derive(Debug, Args)]

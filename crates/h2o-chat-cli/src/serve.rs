@@ -17,6 +17,7 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
         ethics_gate: !args.no_ethics_gate,
         rate_limit: args.rate_limit,
         public_origin: args.public_origin.clone(),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         ..ServerConfig::default()
     };
     let models = ModelRegistry::with_h2o_stand_ins(engine);

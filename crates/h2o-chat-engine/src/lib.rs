@@ -43,7 +43,7 @@ pub mod stopping;
 
 pub use engine::{ChatTurn, Engine, EngineInfo, Generation};
 pub use error::EngineError;
-pub use llama::{LlamaConfig, LlamaEngine};
+pub use llama::{LlamaConfig, LlamaEngine, backend as llama_backend};
 pub use request::{
     Finish, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, TokenOut,
 };

@@ -64,8 +64,9 @@ impl LlamaConfig {
     }
 }
 
-/// llama.cpp may be initialised once per process.
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+/// llama.cpp may be initialised once per process; this is the process's backend (for code
+/// that drives the bindings directly beside the engine, such as the benchmarks).
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

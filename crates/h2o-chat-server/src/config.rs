@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Send `Secure` on the session cookie (only when served over HTTPS).
     pub secure_cookie: bool,
+    /// When set, the OpenAI routes require `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             conversation_ttl: Duration::from_secs(3600),
             keep_alive: Duration::from_secs(15),
             secure_cookie: false,
+            api_key: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! # h2o-chat-server
 //!
 //! An H2o-compatible server: the chat-ui routes of gpt-gm.h2o.ai as they were in mid-2023
-//! (protocol §a–§f) and text-generation-inference's routes, answered by a local engine
+//! (protocol §a–§f), text-generation-inference's routes and an OpenAI-compatible gateway,
+//! answered by a local engine
 //! (`h2o-chat-engine`). The original Python provider and the browser-style client both work
 //! against it unmodified, and so does this project's own client library.
 //!
@@ -128,7 +129,13 @@ impl Server {
             .route("/", get(routes::chat_ui::page).post(routes::tgi::compat))
             .route("/generate", post(routes::tgi::generate))
             .route("/generate_stream", post(routes::tgi::generate_stream))
-            .route("/info", get(routes::tgi::info));
+            .route("/info", get(routes::tgi::info))
+            .route("/v1/models", get(routes::openai::models))
+            .route(
+                "/v1/chat/completions",
+                post(routes::openai::chat_completions),
+            )
+            .route("/v1/completions", post(routes::openai::completions));
         chat_ui
             .merge(tgi)
             .fallback(not_found)

@@ -11,6 +11,10 @@ use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, Serv
 use serde_json::{Value, json};
 
 async fn start() -> RunningServer {
+    start_with(ServerConfig::default()).await
+}
+
+async fn start_with(config: ServerConfig) -> RunningServer {
     let engine = tokio::task::spawn_blocking(|| {
         let gguf = ensure_model(&cache_dir(), &SMOLLM2, &mut |_, _, _| {}).expect("model fetched");
         let mut config = LlamaConfig::new(gguf, LOCAL_MODEL_ID);
@@ -20,13 +24,10 @@ async fn start() -> RunningServer {
     })
     .await
     .unwrap();
-    Server::new(
-        ServerConfig::default(),
-        ModelRegistry::with_h2o_stand_ins(Arc::new(engine)),
-    )
-    .bind("127.0.0.1:0")
-    .await
-    .unwrap()
+    Server::new(config, ModelRegistry::with_h2o_stand_ins(Arc::new(engine)))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap()
 }
 
 fn greedy_client(url: &str) -> H2o {
@@ -198,6 +199,30 @@ async fn tgi_python_client_streams_and_generates() {
     assert!(
         output.status.success(),
         "TGI's Python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_client_against_the_gateway() {
+    let config = ServerConfig {
+        api_key: Some("test-key".into()),
+        ..ServerConfig::default()
+    };
+    let server = start_with(config).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(server.url())
+        .arg("test-key")
+        .env("NO_PROXY", "*")
+        .output()
+        .await
+        .expect("python3 runs (installed by .ci/run)");
+    assert!(
+        output.status.success(),
+        "the openai client failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );

@@ -1,4 +1,6 @@
-//! The HTTP routes: chat-ui's (`chat_ui`) and text-generation-inference's (`tgi`).
+//! The HTTP routes: chat-ui's (`chat_ui`), text-generation-inference's (`tgi`) and the
+//! OpenAI-compatible gateway (`openai`).
 
 pub mod chat_ui;
+pub mod openai;
 pub mod tgi;

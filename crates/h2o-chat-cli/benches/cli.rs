@@ -1,0 +1,146 @@
+//! The `h2o-chat` binary as a person feels it (BENCHMARKS.md): cold start to the first
+//! answer byte on the local model, warm time to first byte against a loopback server, and a
+//! batch of 64 × 2,000-token completions at concurrency 64 (wall time, peak RSS).
+//!
+//! `cargo bench -p h2o-chat-cli --bench cli` (it builds the release binary first).
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use h2o_chat_engine::{Script, ScriptedEngine};
+use h2o_chat_server::{ModelRegistry, Server, ServerConfig};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_h2o-chat");
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// Milliseconds from spawning the binary to the first byte on its stdout.
+fn first_byte_ms(args: &[&str]) -> f64 {
+    let started = Instant::now();
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .env("NO_PROXY", "*")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn h2o-chat");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut byte = [0u8; 1];
+    let _ = stdout.read(&mut byte);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "h2o-chat {args:?} failed: {status}");
+    ms
+}
+
+/// Runs the binary to its end with `input` on stdin; returns (wall s, peak RSS MB).
+fn run_with_rss(args: &[&str], input: String) -> (f64, f64) {
+    let started = Instant::now();
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .env("NO_PROXY", "*")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn h2o-chat");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let mut peak_kb = 0f64;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        {
+            peak_kb = peak_kb.max(kb);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "batch failed: {status}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (started.elapsed().as_secs_f64(), peak_kb / 1024.0)
+}
+
+fn main() {
+    println!(
+        "cli bench (nproc {}), release binary",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    // Fetch the model first so the cold figure is a start, not a download.
+    first_byte_ms(&["-q", "--max-new-tokens", "1", "chat", "Hi"]);
+    let cold: Vec<f64> = (0..5)
+        .map(|_| {
+            first_byte_ms(&[
+                "-q",
+                "--max-new-tokens",
+                "8",
+                "chat",
+                "What is the capital of France?",
+            ])
+        })
+        .collect();
+    println!(
+        "cold start to first answer byte, local model (load + embedded server + lifecycle), median of 5: {:.0} ms",
+        median(cold)
+    );
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let script = Script {
+        tokens: vec![" word".into()],
+        endless: true,
+        ..Script::default()
+    };
+    let server = runtime
+        .block_on(
+            Server::new(
+                ServerConfig::default(),
+                ModelRegistry::with_h2o_stand_ins(Arc::new(ScriptedEngine::new(script))),
+            )
+            .bind("127.0.0.1:0"),
+        )
+        .expect("server");
+    let url = server.url();
+    let warm: Vec<f64> = (0..10)
+        .map(|_| first_byte_ms(&["-q", "--url", &url, "--max-new-tokens", "4", "chat", "Hi"]))
+        .collect();
+    println!(
+        "process start to first answer byte against a loopback server (scripted engine), median of 10: {:.1} ms",
+        median(warm)
+    );
+
+    let input: String = (0..64)
+        .map(|i| format!("{{\"id\":{i},\"prompt\":\"question {i}\",\"parameters\":{{\"max_new_tokens\":2000}}}}\n"))
+        .collect();
+    let mut walls = Vec::new();
+    let mut peaks = Vec::new();
+    for _ in 0..3 {
+        let (wall, peak) = run_with_rss(
+            &["-q", "--url", &url, "batch", "-", "--concurrency", "64"],
+            input.clone(),
+        );
+        walls.push(wall);
+        peaks.push(peak);
+    }
+    println!(
+        "batch of 64 × 2,000-token completions at concurrency 64 (128,000 tokens), median of 3: {:.2} s wall, {:.0} tokens/s, peak RSS {:.1} MB",
+        median(walls.clone()),
+        128_000.0 / median(walls),
+        median(peaks)
+    );
+}

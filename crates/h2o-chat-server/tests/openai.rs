@@ -1,0 +1,342 @@
+//! The OpenAI-compatible gateway with the scripted engine: exact reply shapes, streaming
+//! chunks ending in `[DONE]`, errors in OpenAI's shape, the API key, curl, disconnects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use h2o_chat_engine::{Script, ScriptedEngine};
+use h2o_chat_server::{Limits, ModelRegistry, RunningServer, Server, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn start_with(config: ServerConfig, script: Script) -> RunningServer {
+    Server::new(
+        config,
+        ModelRegistry::with_h2o_stand_ins(Arc::new(ScriptedEngine::new(script))),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap()
+}
+
+async fn start() -> RunningServer {
+    start_with(ServerConfig::default(), Script::default()).await
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn chat(extra: Value) -> Value {
+    let mut body = json!({"model": "falcon-40b", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+/// The `data:` payloads of an SSE body.
+fn payloads(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn models_list_flags_stand_ins() {
+    let server = start().await;
+    let list: Value = client()
+        .get(format!("{}/v1/models", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(
+        list["data"][0]["id"],
+        "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-40b-v1"
+    );
+    assert_eq!(list["data"][0]["object"], "model");
+    assert_eq!(list["data"][0]["owned_by"], "h2o-chat (stand-in)");
+    assert_eq!(list["data"][0]["h2o_chat"]["stand_in"], true);
+    assert_eq!(list["data"][3]["h2o_chat"]["stand_in"], false);
+}
+
+#[tokio::test]
+async fn chat_completion_shape_and_usage() {
+    let server = start().await;
+    let reply: Value = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&chat(json!({})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(reply["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(reply["object"], "chat.completion");
+    assert_eq!(
+        reply["model"],
+        "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-40b-v1"
+    );
+    assert_eq!(
+        reply["choices"],
+        json!([{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "logprobs": null, "finish_reason": "stop"}])
+    );
+    let prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(
+        reply["usage"],
+        json!({"prompt_tokens": prompt.len(), "completion_tokens": 3, "total_tokens": prompt.len() + 3})
+    );
+}
+
+#[tokio::test]
+async fn max_tokens_ends_with_length() {
+    let server = start().await;
+    let reply: Value = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&chat(json!({"max_tokens": 1})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["choices"][0]["finish_reason"], "length");
+    assert_eq!(reply["choices"][0]["message"]["content"], "Hello");
+}
+
+#[tokio::test]
+async fn streaming_chunks_end_with_finish_usage_and_done() {
+    let server = start().await;
+    let body = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&chat(
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let payloads = payloads(&body);
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    let deltas: Vec<Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"].as_array().unwrap().is_empty())
+        .map(|c| c["choices"][0].clone())
+        .collect();
+    assert_eq!(
+        deltas[0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    assert_eq!(deltas[1]["delta"], json!({"content": "Hello"}));
+    assert_eq!(deltas[2]["delta"], json!({"content": "!"}));
+    assert_eq!(deltas[3]["delta"], json!({}));
+    let reasons: Vec<&Value> = deltas.iter().map(|d| &d["finish_reason"]).collect();
+    assert_eq!(
+        reasons,
+        [&Value::Null, &Value::Null, &Value::Null, &json!("stop")]
+    );
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 3);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"])
+    );
+}
+
+#[tokio::test]
+async fn failure_mid_stream_is_an_error_chunk_then_done() {
+    let server = start_with(
+        ServerConfig::default(),
+        Script {
+            fail_after: Some((1, "boom".into())),
+            ..Script::default()
+        },
+    )
+    .await;
+    let body = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&chat(json!({"stream": true})))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let payloads = payloads(&body);
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let error: Value = serde_json::from_str(&payloads[payloads.len() - 2]).unwrap();
+    assert_eq!(error["error"]["message"], "generation failed: boom");
+}
+
+#[tokio::test]
+async fn legacy_completions_use_the_prompt_as_is() {
+    let server = start().await;
+    let reply: Value = client()
+        .post(format!("{}/v1/completions", server.url()))
+        .json(&json!({"model": "smollm2", "prompt": "Once upon"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["object"], "text_completion");
+    assert_eq!(reply["choices"][0]["text"], "Hello!");
+    assert_eq!(reply["usage"]["prompt_tokens"], 9);
+}
+
+#[tokio::test]
+async fn invalid_requests_get_openai_shaped_errors() {
+    let server = start().await;
+    let url = format!("{}/v1/chat/completions", server.url());
+    for (body, status, param) in [
+        (chat(json!({"n": 2})), StatusCode::BAD_REQUEST, "n"),
+        (
+            chat(json!({"temperature": 3})),
+            StatusCode::BAD_REQUEST,
+            "temperature",
+        ),
+        (
+            chat(json!({"stop": ["a", "b", "c", "d", "e"]})),
+            StatusCode::BAD_REQUEST,
+            "stop",
+        ),
+        (
+            chat(json!({"max_tokens": 100000})),
+            StatusCode::BAD_REQUEST,
+            "max_tokens",
+        ),
+        (
+            json!({"model": "smollm2", "messages": []}),
+            StatusCode::BAD_REQUEST,
+            "messages",
+        ),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "tool", "content": "x"}]}),
+            StatusCode::BAD_REQUEST,
+            "messages",
+        ),
+        (
+            chat(json!({"model": "gpt-9"})),
+            StatusCode::NOT_FOUND,
+            "model",
+        ),
+    ] {
+        let response = client().post(&url).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["param"], param, "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert!(error["error"]["type"].is_string());
+    }
+    let response = client().post(&url).body("{oops").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn api_key_is_required_when_configured() {
+    let server = start_with(
+        ServerConfig {
+            api_key: Some("sekret".into()),
+            ..ServerConfig::default()
+        },
+        Script::default(),
+    )
+    .await;
+    let url = format!("{}/v1/models", server.url());
+    let denied = client().get(&url).send().await.unwrap();
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    let wrong = client()
+        .get(&url)
+        .bearer_auth("sekreT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let ok = client()
+        .get(&url)
+        .bearer_auth("sekret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn curl_streams_the_chunks() {
+    let server = start().await;
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--noproxy",
+            "*",
+            "-H",
+            "content-type: application/json",
+            "-d",
+        ])
+        .arg(chat(json!({"stream": true})).to_string())
+        .arg(format!("{}/v1/chat/completions", server.url()))
+        .output()
+        .await
+        .expect("curl runs");
+    assert!(output.status.success());
+    let body = String::from_utf8(output.stdout).unwrap();
+    assert!(body.starts_with("data: {"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_stops_its_generation() {
+    let config = ServerConfig {
+        limits: Limits {
+            max_concurrent_requests: 2,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(
+        config,
+        Script {
+            endless: true,
+            delay: Duration::from_millis(10),
+            ..Script::default()
+        },
+    )
+    .await;
+    let mut response = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&chat(json!({"stream": true, "max_tokens": 3000})))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.chunk().await.unwrap().is_some());
+    assert_eq!(server.state().permits().available_permits(), 1);
+    drop(response);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.state().permits().available_permits() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "generation kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
