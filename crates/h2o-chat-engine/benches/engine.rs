@@ -85,11 +85,10 @@ fn bare_round(backend: &LlamaBackend, model: &LlamaModel, prompt: &str) -> (f64,
     context.decode(&mut batch).unwrap();
     let mut token = sampler.sample(&context, batch.n_tokens() - 1);
     let first = Instant::now();
-    let mut position = tokens.len() as i32;
-    for _ in 1..DECODE_TOKENS {
+    let first_position = tokens.len() as i32;
+    for position in first_position..first_position + DECODE_TOKENS as i32 - 1 {
         batch.clear();
         batch.add(token, position, &[0], true).unwrap();
-        position += 1;
         context.decode(&mut batch).unwrap();
         token = sampler.sample(&context, batch.n_tokens() - 1);
         let _ = model.vocab().token_to_piece(token, false, None);

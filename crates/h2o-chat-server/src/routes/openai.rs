@@ -33,22 +33,32 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use crate::AppState;
 use crate::models::ServedModel;
 
-/// OpenAI-style error reply.
+/// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}` with a status.
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
 fn error(
     status: StatusCode,
     message: impl Into<String>,
     kind: &str,
     param: Option<&str>,
     code: Option<&str>,
-) -> Response {
-    (
+) -> ApiError {
+    ApiError {
         status,
-        Json(json!({"error": {"message": message.into(), "type": kind, "param": param, "code": code}})),
-    )
-        .into_response()
+        body: json!({"error": {"message": message.into(), "type": kind, "param": param, "code": code}}),
+    }
 }
 
-fn invalid(message: impl Into<String>, param: &str) -> Response {
+fn invalid(message: impl Into<String>, param: &str) -> ApiError {
     error(
         StatusCode::BAD_REQUEST,
         message,
@@ -65,7 +75,7 @@ fn now() -> u64 {
 }
 
 /// Checks `Authorization: Bearer <key>` in constant time when a key is configured.
-pub fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+pub fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &state.config().api_key else {
         return Ok(());
     };
@@ -101,7 +111,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `GET /v1/models`. Stand-ins carry an extra `h2o_chat` object that clients ignore.
 pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(response) = authorized(&state, &headers) {
-        return response;
+        return response.into_response();
     }
     let data: Vec<Value> = state
         .models()
@@ -148,7 +158,7 @@ fn content_text(content: &Value) -> Option<String> {
     }
 }
 
-fn number(body: &Value, key: &str) -> Result<Option<f64>, Response> {
+fn number(body: &Value, key: &str) -> Result<Option<f64>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
@@ -160,8 +170,8 @@ fn number(body: &Value, key: &str) -> Result<Option<f64>, Response> {
 fn prepare(
     state: &AppState,
     body: &Value,
-    prompt_of: impl FnOnce(&ServedModel) -> Result<String, Response>,
-) -> Result<Prepared, Response> {
+    prompt_of: impl FnOnce(&ServedModel) -> Result<String, ApiError>,
+) -> Result<Prepared, ApiError> {
     if !body.is_object() {
         return Err(invalid("the request body must be a JSON object", "body"));
     }
@@ -319,7 +329,7 @@ fn prepare(
     })
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, Response> {
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         invalid(
             format!("We could not parse the JSON body of your request: {e}"),
@@ -335,11 +345,11 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Response {
     if let Err(response) = authorized(&state, &headers) {
-        return response;
+        return response.into_response();
     }
     let body = match parse_json(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return response.into_response(),
     };
     let prepared = prepare(&state, &body, |model| {
         let Some(messages) = body
@@ -381,7 +391,7 @@ pub async fn chat_completions(
     });
     match prepared {
         Ok(prepared) => answer(&state, prepared, Kind::Chat).await,
-        Err(response) => response,
+        Err(response) => response.into_response(),
     }
 }
 
@@ -392,11 +402,11 @@ pub async fn completions(
     body: Bytes,
 ) -> Response {
     if let Err(response) = authorized(&state, &headers) {
-        return response;
+        return response.into_response();
     }
     let body = match parse_json(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return response.into_response(),
     };
     let prepared = prepare(&state, &body, |_| match body.get("prompt") {
         Some(Value::String(prompt)) if !prompt.is_empty() => Ok(prompt.clone()),
@@ -404,7 +414,7 @@ pub async fn completions(
     });
     match prepared {
         Ok(prepared) => answer(&state, prepared, Kind::Text).await,
-        Err(response) => response,
+        Err(response) => response.into_response(),
     }
 }
 
@@ -433,7 +443,7 @@ fn start(
     state: &AppState,
     engine: &Arc<dyn Engine>,
     generation: GenerationRequest,
-) -> Result<(mpsc::Receiver<GenerationEvent>, OwnedSemaphorePermit), Response> {
+) -> Result<(mpsc::Receiver<GenerationEvent>, OwnedSemaphorePermit), ApiError> {
     let overloaded = || {
         error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -469,7 +479,7 @@ async fn answer(state: &AppState, prepared: Prepared, kind: Kind) -> Response {
     let model_id = prepared.model.id.clone();
     let (events, permit) = match start(state, &prepared.model.engine, prepared.generation) {
         Ok(started) => started,
-        Err(response) => return response,
+        Err(response) => return response.into_response(),
     };
     if prepared.stream {
         let stream = chunks(events, permit, id, model_id, kind, prepared.include_usage);
@@ -523,7 +533,8 @@ async fn answer(state: &AppState, prepared: Prepared, kind: Kind) -> Response {
                     "server_error",
                     None,
                     None,
-                );
+                )
+                .into_response();
             }
         }
     }
@@ -534,6 +545,7 @@ async fn answer(state: &AppState, prepared: Prepared, kind: Kind) -> Response {
         None,
         None,
     )
+    .into_response()
 }
 
 fn sse(value: &Value) -> Bytes {
@@ -579,7 +591,7 @@ fn chunks(
     };
     futures_util::stream::unfold(run, move |mut run| {
         let chunk = chunk.clone();
-        let content_choice = content_choice.clone();
+        let content_choice = content_choice;
         async move {
             loop {
                 if let Some(bytes) = run.pending.pop_front() {
