@@ -82,9 +82,21 @@ pub struct ServeArgs {
     /// Generations run at once (each has its own KV cache).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// Relay to this remote server instead of running the local model.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// What the upstream speaks: `h2o` (chat-ui, through the provider library) or `tgi`.
+    #[arg(long, value_enum, default_value = "h2o")]
+    pub upstream_kind: UpstreamKind,
     /// Require `Authorization: Bearer KEY` on the OpenAI routes (/v1/...).
     #[arg(long, env = "H2O_CHAT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamKind {
+    H2o,
+    Tgi,
 }
 
 #[derive(Debug, Args)]

@@ -2,17 +2,28 @@
 
 use h2o_chat_server::{ModelRegistry, Server, ServerConfig};
 
-use crate::cli::{Global, ServeArgs};
+use crate::cli::{Global, ServeArgs, UpstreamKind};
 use crate::failure::Failure;
 use crate::local;
 
 pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
-    let gguf = global.gguf.clone();
-    let quiet = global.quiet;
-    let parallel = args.parallel;
-    let engine = tokio::task::spawn_blocking(move || local::load_engine(gguf, quiet, parallel))
-        .await
-        .map_err(|e| Failure::Other(format!("model loading panicked: {e}")))??;
+    let models = match &args.upstream {
+        Some(url) => match args.upstream_kind {
+            UpstreamKind::H2o => ModelRegistry::relaying_to_h2o(url),
+            UpstreamKind::Tgi => ModelRegistry::relaying_to_tgi(url),
+        }
+        .map_err(|e| Failure::Usage(format!("--upstream {url}: {e}")))?,
+        None => {
+            let gguf = global.gguf.clone();
+            let quiet = global.quiet;
+            let parallel = args.parallel;
+            let engine =
+                tokio::task::spawn_blocking(move || local::load_engine(gguf, quiet, parallel))
+                    .await
+                    .map_err(|e| Failure::Other(format!("model loading panicked: {e}")))??;
+            ModelRegistry::with_h2o_stand_ins(engine)
+        }
+    };
     let config = ServerConfig {
         ethics_gate: !args.no_ethics_gate,
         rate_limit: args.rate_limit,
@@ -20,7 +31,6 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         ..ServerConfig::default()
     };
-    let models = ModelRegistry::with_h2o_stand_ins(engine);
     let lines = models.describe();
     let server = Server::new(config, models)
         .bind(&args.addr)

@@ -28,6 +28,7 @@ pub mod reply;
 pub mod routes;
 pub mod session;
 pub mod store;
+pub mod upstream;
 pub mod validation;
 
 use std::net::SocketAddr;

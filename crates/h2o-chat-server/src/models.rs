@@ -62,6 +62,34 @@ impl ModelRegistry {
         ModelRegistry { models }
     }
 
+    /// The H2o ids relayed to a remote H2o server, one provider session per id.
+    pub fn relaying_to_h2o(url: &str) -> Result<Self, h2o_chat_engine::EngineError> {
+        let mut models = Vec::new();
+        for model in H2O_MODELS.iter() {
+            let engine = crate::upstream::RemoteH2o::new(url, Some(model.id.to_string()))?;
+            models.push(ServedModel {
+                id: model.id.to_string(),
+                aliases: vec![model.alias.to_string()],
+                engine: Arc::new(engine),
+                stand_in: false,
+            });
+        }
+        Ok(ModelRegistry { models })
+    }
+
+    /// One model relayed to a remote TGI server.
+    pub fn relaying_to_tgi(url: &str) -> Result<Self, h2o_chat_engine::EngineError> {
+        let engine = crate::upstream::RemoteTgi::new(url)?;
+        Ok(ModelRegistry {
+            models: vec![ServedModel {
+                id: "tgi".into(),
+                aliases: vec![],
+                engine: Arc::new(engine),
+                stand_in: false,
+            }],
+        })
+    }
+
     pub fn all(&self) -> &[ServedModel] {
         &self.models
     }

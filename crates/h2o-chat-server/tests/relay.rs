@@ -1,0 +1,166 @@
+//! The gateway relaying to remote servers: an H2o (chat-ui) upstream through the provider
+//! library — faults become OpenAI-shaped errors and nothing is left upstream — and a TGI
+//! upstream.
+
+#[path = "../../h2o-chat/tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use h2o_chat_engine::{Script, ScriptedEngine};
+use h2o_chat_server::{ModelRegistry, RunningServer, Server, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Chunk, Reply, TestServer, token_event};
+
+async fn gateway_to(upstream: &TestServer) -> RunningServer {
+    let models = ModelRegistry::relaying_to_h2o(&upstream.url).unwrap();
+    Server::new(ServerConfig::default(), models)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap()
+}
+
+fn request(stream: bool) -> Value {
+    json!({"model": "falcon-7b", "messages": [{"role": "user", "content": "Hi"}], "stream": stream})
+}
+
+async fn post(gateway: &RunningServer, body: &Value) -> reqwest::Response {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/v1/chat/completions", gateway.url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn nothing_left(upstream: &TestServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while upstream.conversations() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a conversation was left upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn relays_an_answer_through_the_provider_lifecycle() {
+    let upstream = TestServer::start().await;
+    let gateway = gateway_to(&upstream).await;
+    let reply: Value = post(&gateway, &request(false)).await.json().await.unwrap();
+    assert_eq!(reply["choices"][0]["message"]["content"], "Hello!");
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    let create = upstream.requests_to(axum::http::Method::POST, "/conversation");
+    assert_eq!(
+        create[0].json()["model"],
+        "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v3"
+    );
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn upstream_500_is_an_openai_error_and_nothing_is_left() {
+    let upstream = TestServer::start().await;
+    upstream.script_generate(Reply::Status(
+        500,
+        vec![],
+        r#"{"message":"Internal Error"}"#.into(),
+    ));
+    let gateway = gateway_to(&upstream).await;
+    let response = post(&gateway, &request(false)).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 500: Internal Error"),
+        "{error}"
+    );
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn upstream_error_event_mid_stream_is_an_error_chunk_then_done() {
+    let upstream = TestServer::start().await;
+    upstream.script_generate(support::stream_reply(format!(
+        "{}data:{{\"error\":\"Request failed during generation: boom\",\"error_type\":\"generation\"}}\n\n",
+        token_event(1, "Hel", false)
+    )));
+    let gateway = gateway_to(&upstream).await;
+    let body = post(&gateway, &request(true)).await.text().await.unwrap();
+    assert!(body.contains("\"content\":\"Hel\""), "{body}");
+    assert!(body.contains("boom"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn upstream_disconnect_is_an_error_and_nothing_is_left() {
+    let upstream = TestServer::start().await;
+    upstream.script_generate(Reply::Stream(
+        "text/event-stream",
+        vec![
+            Chunk::Bytes(token_event(1, "Hel", false).into_bytes()),
+            Chunk::Sleep(Duration::from_millis(100)),
+            Chunk::Disconnect,
+        ],
+    ));
+    let gateway = gateway_to(&upstream).await;
+    let body = post(&gateway, &request(true)).await.text().await.unwrap();
+    assert!(body.contains("incomplete"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_the_gateway_deletes_the_upstream_conversation() {
+    let upstream = TestServer::start().await;
+    let mut slow = Vec::new();
+    for i in 0..500 {
+        slow.push(Chunk::Bytes(token_event(i, "la", false).into_bytes()));
+        slow.push(Chunk::Sleep(Duration::from_millis(20)));
+    }
+    upstream.script_generate(Reply::Stream("text/event-stream", slow));
+    let gateway = gateway_to(&upstream).await;
+    let mut response = post(&gateway, &request(true)).await;
+    assert!(response.chunk().await.unwrap().is_some());
+    assert!(response.chunk().await.unwrap().is_some());
+    assert_eq!(upstream.conversations(), 1);
+    drop(response);
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn relays_to_a_tgi_server() {
+    let tgi = Server::new(
+        ServerConfig::default(),
+        ModelRegistry::with_h2o_stand_ins(Arc::new(ScriptedEngine::new(Script::default()))),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap();
+    let gateway = Server::new(
+        ServerConfig::default(),
+        ModelRegistry::relaying_to_tgi(&tgi.url()).unwrap(),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap();
+    let reply: Value = post(
+        &gateway,
+        &json!({"model": "tgi", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(reply["choices"][0]["message"]["content"], "Hello!");
+    assert_eq!(reply["usage"]["completion_tokens"], 3);
+}
