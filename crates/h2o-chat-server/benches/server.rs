@@ -20,10 +20,18 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// (ms to the first token, tokens received) for one completion.
+const SHORT: &str = "What is the capital of France?";
+const LONG: &str = "Write a long story about a dragon who learns to fly.";
+
 async fn first_token(h2o: &H2o, params: Parameters) -> (f64, usize) {
+    ask(h2o, SHORT, params).await
+}
+
+/// (ms to the first token, tokens received) for one completion of `question`.
+async fn ask(h2o: &H2o, question: &str, params: Parameters) -> (f64, usize) {
     let started = Instant::now();
     let mut events = h2o
-        .request([Message::user("What is the capital of France?")])
+        .request([Message::user(question)])
         .parameters(params)
         .events()
         .await
@@ -94,9 +102,7 @@ async fn main() {
             .max_new_tokens(64)
             .set("temperature", 0.7)
             .seed(1);
-        tasks.push(tokio::spawn(
-            async move { first_token(&h2o, params).await.1 },
-        ));
+        tasks.push(tokio::spawn(async move { ask(&h2o, LONG, params).await.1 }));
     }
     let mut tokens = 0;
     for task in tasks {
@@ -106,6 +112,44 @@ async fn main() {
         "8 concurrent streams (64 new tokens each, one generation at a time on 2 threads): {tokens} tokens in {:.2} s = {:.1} tokens/s served",
         started.elapsed().as_secs_f64(),
         tokens as f64 / started.elapsed().as_secs_f64()
+    );
+    // The OpenAI gateway against the chat-ui routes: same engine, same greedy request.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut gateway_ttft = Vec::new();
+    let mut gateway_rate = Vec::new();
+    let mut chat_ui_ttft = Vec::new();
+    let mut chat_ui_rate = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut response = http
+            .post(format!("{}/v1/chat/completions", server.url()))
+            .json(&serde_json::json!({"model": "smollm2", "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to fly."}], "temperature": 0, "max_tokens": 64, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        let mut first = None;
+        let mut chunks = 0usize;
+        while let Some(bytes) = response.chunk().await.unwrap() {
+            let text = String::from_utf8_lossy(&bytes);
+            if text.contains("\"content\":\"") && !text.contains("\"content\":\"\"") {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+            }
+            chunks +=
+                text.matches("\"content\":\"").count() - text.matches("\"content\":\"\"").count();
+        }
+        gateway_ttft.push(first.unwrap_or(0.0));
+        gateway_rate.push(chunks as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let (ttft, count) = ask(&h2o, LONG, Parameters::empty().max_new_tokens(64)).await;
+        chat_ui_ttft.push(ttft);
+        chat_ui_rate.push(count as f64 / started.elapsed().as_secs_f64());
+    }
+    let (g_ttft, c_ttft) = (median(gateway_ttft), median(chat_ui_ttft));
+    let (g_rate, c_rate) = (median(gateway_rate), median(chat_ui_rate));
+    println!(
+        "OpenAI gateway vs chat-ui routes, same engine, greedy 64 tokens, medians of 5: TTFT {g_ttft:.1} ms vs {c_ttft:.1} ms (ratio {:.2}); tokens/s {g_rate:.1} vs {c_rate:.1} (ratio {:.2})",
+        g_ttft / c_ttft,
+        g_rate / c_rate
     );
     server.shutdown();
 
@@ -136,5 +180,25 @@ async fn main() {
     println!(
         "no-op engine, one connection, 4,000-token completions: {:.0} events/s (median of 5)",
         median(rates)
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut relayed = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut response = http
+            .post(format!("{}/v1/chat/completions", noop.url()))
+            .json(&serde_json::json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4000, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        let mut chunks = 0usize;
+        while let Some(bytes) = response.chunk().await.unwrap() {
+            chunks += bytes.windows(6).filter(|w| w == b"data: ").count();
+        }
+        relayed.push(chunks as f64 / started.elapsed().as_secs_f64());
+    }
+    println!(
+        "no-op engine, one client, 4,000-token streams through /v1/chat/completions: {:.0} chunks/s (median of 5)",
+        median(relayed)
     );
 }
