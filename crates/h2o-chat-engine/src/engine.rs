@@ -16,6 +16,21 @@ pub struct ChatTurn {
     pub content: String,
 }
 
+/// ChatML (`<|im_start|>role\ncontent<|im_end|>\n` per turn, then the open assistant turn),
+/// with no default system message — SmolLM2's format, used where no model template is known.
+pub fn chatml(turns: &[ChatTurn]) -> String {
+    let mut prompt = String::new();
+    for turn in turns {
+        prompt.push_str("<|im_start|>");
+        prompt.push_str(&turn.role);
+        prompt.push('\n');
+        prompt.push_str(&turn.content);
+        prompt.push_str("<|im_end|>\n");
+    }
+    prompt.push_str("<|im_start|>assistant\n");
+    prompt
+}
+
 /// What an engine tells about itself (for `/info`, `/v1/models`, `h2o-chat models`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineInfo {

@@ -41,7 +41,7 @@ pub mod sampling;
 mod scripted;
 pub mod stopping;
 
-pub use engine::{ChatTurn, Engine, EngineInfo, Generation};
+pub use engine::{ChatTurn, Engine, EngineInfo, Generation, chatml};
 pub use error::EngineError;
 pub use llama::{LlamaConfig, LlamaEngine, backend as llama_backend};
 pub use request::{

@@ -71,15 +71,7 @@ impl Engine for ScriptedEngine {
 
     /// ChatML, like SmolLM2's template, with no default system message.
     fn render_chat(&self, turns: &[ChatTurn]) -> Result<String, EngineError> {
-        let mut prompt = String::new();
-        for turn in turns {
-            prompt.push_str(&format!(
-                "<|im_start|>{}\n{}<|im_end|>\n",
-                turn.role, turn.content
-            ));
-        }
-        prompt.push_str("<|im_start|>assistant\n");
-        Ok(prompt)
+        Ok(crate::engine::chatml(turns))
     }
 
     fn count_tokens(&self, text: &str) -> Result<usize, EngineError> {

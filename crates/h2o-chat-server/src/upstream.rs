@@ -253,15 +253,7 @@ impl Engine for RemoteTgi {
 
     /// ChatML, the common instruction format; the remote model may expect another.
     fn render_chat(&self, turns: &[ChatTurn]) -> Result<String, EngineError> {
-        let mut prompt = String::new();
-        for turn in turns {
-            prompt.push_str(&format!(
-                "<|im_start|>{}\n{}<|im_end|>\n",
-                turn.role, turn.content
-            ));
-        }
-        prompt.push_str("<|im_start|>assistant\n");
-        Ok(prompt)
+        Ok(h2o_chat_engine::chatml(turns))
     }
 
     fn count_tokens(&self, text: &str) -> Result<usize, EngineError> {
