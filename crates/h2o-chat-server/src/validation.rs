@@ -213,6 +213,11 @@ pub fn validate(
     if best_of > 1 && parameters.seed.is_some() {
         return rule("`seed` must not be set when `best_of` > 1".into());
     }
+    // TGI would generate `best_of` sequences and return the likeliest; this server generates
+    // one, so it says so instead of silently ignoring the request.
+    if best_of > 1 {
+        return rule("`best_of` > 1 is not supported by this server".into());
+    }
     if inputs.is_empty() {
         return rule("`inputs` cannot be empty".into());
     }
@@ -326,6 +331,27 @@ mod tests {
                 "{params}"
             );
         }
+    }
+
+    #[test]
+    fn best_of_above_one_is_refused_on_generate_too() {
+        let body =
+            serde_json::json!({"inputs": "hello", "parameters": {"best_of": 2, "do_sample": true}})
+                .to_string();
+        let parsed = parse_body(body.as_bytes()).unwrap();
+        let err = validate(
+            &parsed.inputs,
+            &parsed.parameters,
+            false,
+            false,
+            &Limits::default(),
+            |s| Ok(s.len()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Input validation error: `best_of` > 1 is not supported by this server"
+        );
     }
 
     #[test]
