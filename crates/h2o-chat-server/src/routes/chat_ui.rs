@@ -194,6 +194,37 @@ fn is_object_id(id: &str) -> bool {
     id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Why a `/conversation/{id}` route cannot go on (§a.4 steps 2–3).
+enum Lookup {
+    /// Not an ObjectId: chat-ui's schema failure, 500.
+    BadId,
+    /// Missing, or another session's: 404.
+    NotFound,
+}
+
+impl Lookup {
+    fn reply(self, headers: &HeaderMap) -> Response {
+        match self {
+            Lookup::BadId => internal_error(headers),
+            Lookup::NotFound => {
+                route_error(headers, StatusCode::NOT_FOUND, "Conversation not found")
+            }
+        }
+    }
+}
+
+/// The session's conversation `id`, checked in chat-ui's order.
+fn lookup(
+    state: &AppState,
+    session: &crate::session::SessionId,
+    id: &str,
+) -> Result<crate::store::Conversation, Lookup> {
+    if !is_object_id(id) {
+        return Err(Lookup::BadId);
+    }
+    state.store().get(&session.0, id).ok_or(Lookup::NotFound)
+}
+
 /// A textual UUID of version 1–5, any case, or the nil UUID (chat-ui's zod `uuid()`).
 fn is_uuid(value: &str) -> bool {
     let bytes = value.as_bytes();
@@ -296,11 +327,9 @@ pub async fn generate(
     body: Bytes,
 ) -> Response {
     let session = session(&extensions);
-    if !is_object_id(&id) {
-        return internal_error(&headers);
-    }
-    let Some(conversation) = state.store().get(&session.0, &id) else {
-        return route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found");
+    let conversation = match lookup(&state, &session, &id) {
+        Ok(conversation) => conversation,
+        Err(lookup) => return lookup.reply(&headers),
     };
     if let Some(limit) = state.config().rate_limit {
         let (recent, oldest_expires) = state
@@ -418,12 +447,12 @@ pub async fn delete(
 ) -> Response {
     let session = session(&extensions);
     if !is_object_id(&id) {
-        return internal_error(&headers);
+        return Lookup::BadId.reply(&headers);
     }
     if state.store().delete(&session.0, &id) {
         StatusCode::OK.into_response()
     } else {
-        route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found")
+        Lookup::NotFound.reply(&headers)
     }
 }
 
@@ -436,11 +465,8 @@ pub async fn rename(
     body: Bytes,
 ) -> Response {
     let session = session(&extensions);
-    if !is_object_id(&id) {
-        return internal_error(&headers);
-    }
-    if state.store().get(&session.0, &id).is_none() {
-        return route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found");
+    if let Err(lookup) = lookup(&state, &session, &id) {
+        return lookup.reply(&headers);
     }
     let title = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -463,11 +489,8 @@ pub async fn stop_generating(
     extensions: Extensions,
 ) -> Response {
     let session = session(&extensions);
-    if !is_object_id(&id) {
-        return internal_error(&headers);
-    }
-    if state.store().get(&session.0, &id).is_none() {
-        return route_error(&headers, StatusCode::NOT_FOUND, "Conversation not found");
+    if let Err(lookup) = lookup(&state, &session, &id) {
+        return lookup.reply(&headers);
     }
     StatusCode::OK.into_response()
 }

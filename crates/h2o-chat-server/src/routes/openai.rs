@@ -329,6 +329,12 @@ fn prepare(
     })
 }
 
+/// The key check and the JSON body, the start of every POST route.
+fn authorized_json(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    authorized(state, headers)?;
+    parse_json(body)
+}
+
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         invalid(
@@ -344,10 +350,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = authorized(&state, &headers) {
-        return response.into_response();
-    }
-    let body = match parse_json(&body) {
+    let body = match authorized_json(&state, &headers, &body) {
         Ok(body) => body,
         Err(response) => return response.into_response(),
     };
@@ -401,10 +404,7 @@ pub async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = authorized(&state, &headers) {
-        return response.into_response();
-    }
-    let body = match parse_json(&body) {
+    let body = match authorized_json(&state, &headers, &body) {
         Ok(body) => body,
         Err(response) => return response.into_response(),
     };
