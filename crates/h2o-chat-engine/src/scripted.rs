@@ -11,7 +11,7 @@ use tokio::sync::mpsc as channel;
 
 use crate::engine::{ChatTurn, Engine, EngineInfo, Generation};
 use crate::error::EngineError;
-use crate::request::{Finish, FinishReason, GenerationEvent, GenerationRequest, TokenOut};
+use crate::request::{Finish, GenerationEvent, GenerationRequest, TokenOut};
 use crate::stopping::StoppingCriteria;
 
 /// The id of the scripted end-of-sequence token.
@@ -150,22 +150,10 @@ fn play(script: &Script, request: &GenerationRequest, events: &channel::Sender<G
                 true,
             ),
         };
-        let reason = criteria.check(generated, is_eos, &text);
-        if let Some(reason) = reason {
+        // EOS always finishes: the criteria answer `length` or `eos_token` for it.
+        if let Some(reason) = criteria.check(generated, is_eos, &text) {
             let finish = Finish {
                 reason,
-                generated_tokens: generated,
-                seed,
-                generated_text: text,
-                input_tokens,
-            };
-            let _ = events.blocking_send(GenerationEvent::Finished(out, finish));
-            return;
-        }
-        if is_eos {
-            // EOS always finishes (criteria returned EosToken above); unreachable in practice.
-            let finish = Finish {
-                reason: FinishReason::EosToken,
                 generated_tokens: generated,
                 seed,
                 generated_text: text,

@@ -7,7 +7,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::AppState;
-use crate::reply::hook_error;
+use crate::reply::{hook_error, media_type};
 use crate::session::{SessionId, session_of, set_cookie};
 
 const FORM_TYPES: [&str; 3] = [
@@ -54,13 +54,7 @@ fn is_form_post(method: &Method, headers: &HeaderMap) -> bool {
     if method != Method::POST {
         return false;
     }
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    FORM_TYPES.contains(&media.as_str())
+    FORM_TYPES.contains(&media_type(headers).as_str())
 }
 
 /// The middleware.

@@ -4,6 +4,16 @@
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// The request's media type (`Content-Type` before any `;`), lower-cased; empty if none.
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// The q-value `Accept` gives a media type (exact, `type/*` or `*/*`); 0 when not accepted.
 fn quality(accept: &str, media: &str) -> f32 {
     let (kind, _) = media.split_once('/').unwrap_or((media, ""));

@@ -16,7 +16,9 @@ use serde_json::{Map, Value, json};
 use crate::AppState;
 use crate::generate::OnFinish;
 use crate::hooks::session;
-use crate::reply::{escape_html, html_error, internal_error, prefers_json, route_error};
+use crate::reply::{
+    escape_html, html_error, internal_error, media_type, prefers_json, route_error,
+};
 use crate::routes::tgi::{respond, type_error};
 use crate::store::{From, StoredMessage};
 use crate::validation::{GenerateBody, Parameters, normalize_whole_floats};
@@ -69,12 +71,7 @@ pub async fn settings(
     body: Bytes,
 ) -> Response {
     let session = session(&extensions);
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
+    let media = media_type(&headers);
     if media != "application/x-www-form-urlencoded" && media != "multipart/form-data" {
         return settings_failure(&headers);
     }
