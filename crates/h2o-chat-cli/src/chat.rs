@@ -32,7 +32,24 @@ pub fn read_prompt(arg: Option<&str>) -> Result<Option<String>, Failure> {
     })
 }
 
+/// Events taken at once from the stream: everything already received, up to this many.
+const COALESCE: usize = 4096;
+
+/// Writes one token: its text, or its NDJSON line.
+fn write_token(out: &mut Vec<u8>, json_mode: bool, token: &h2o_chat::Token) {
+    if json_mode {
+        let line = json!({"type": "token", "id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special});
+        let _ = serde_json::to_writer(&mut *out, &line);
+        out.push(b'\n');
+    } else if !token.special {
+        out.extend_from_slice(token.text.as_bytes());
+    }
+}
+
 /// Streams one answer to stdout. Returns the text (for the interactive history).
+///
+/// Tokens are written as they arrive, but what has already arrived is written together:
+/// one write and one flush per network chunk, not per token.
 pub async fn stream_answer(
     h2o: &H2o,
     global: &Global,
@@ -46,71 +63,68 @@ pub async fn stream_answer(
     let started = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
     let mut text = String::new();
-    let mut events = match request.events().await {
+    let events = match request.events().await {
         Ok(events) => events,
         Err(err) => return Err(report(&mut stdout, global, err, &text)),
     };
+    let mut batches = events.ready_chunks(COALESCE);
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut first_token = None;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Token(token)) => {
-                first_token.get_or_insert_with(|| started.elapsed());
-                if global.json {
-                    writeln!(
-                        stdout,
-                        "{}",
-                        json!({"type": "token", "id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special})
-                    )?;
-                } else if !token.special {
-                    stdout.write_all(token.text.as_bytes())?;
-                }
-                if !token.special {
-                    text.push_str(&token.text);
-                }
-                stdout.flush()?;
-            }
-            Ok(Event::Final(final_event)) => {
-                let final_text = match &final_event.token {
-                    Some(token) if !token.special => token.text.clone(),
-                    None if text.is_empty() => final_event.generated_text.clone(),
-                    _ => String::new(),
-                };
-                text.push_str(&final_text);
-                if global.json {
-                    if let Some(token) = &final_event.token {
-                        writeln!(
-                            stdout,
-                            "{}",
-                            json!({"type": "token", "id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special})
-                        )?;
+    while let Some(batch) = batches.next().await {
+        for event in batch {
+            match event {
+                Ok(Event::Token(token)) => {
+                    first_token.get_or_insert_with(|| started.elapsed());
+                    write_token(&mut out, global.json, &token);
+                    if !token.special {
+                        text.push_str(&token.text);
                     }
-                    writeln!(
-                        stdout,
-                        "{}",
-                        json!({"type": "final", "generated_text": final_event.generated_text, "details": final_event.details})
-                    )?;
-                } else {
-                    stdout.write_all(final_text.as_bytes())?;
-                    stdout.write_all(b"\n")?;
                 }
-                stdout.flush()?;
-                tracing::info!(
-                    first_token_ms = first_token.map(|d| d.as_millis()),
-                    total_ms = started.elapsed().as_millis(),
-                    "answer complete"
-                );
-                return Ok(text);
+                Ok(Event::Final(final_event)) => {
+                    let final_text = match &final_event.token {
+                        Some(token) if !token.special => token.text.clone(),
+                        None if text.is_empty() => final_event.generated_text.clone(),
+                        _ => String::new(),
+                    };
+                    text.push_str(&final_text);
+                    if global.json {
+                        if let Some(token) = &final_event.token {
+                            write_token(&mut out, true, token);
+                        }
+                        let line = json!({"type": "final", "generated_text": final_event.generated_text, "details": final_event.details});
+                        let _ = serde_json::to_writer(&mut out, &line);
+                        out.push(b'\n');
+                    } else {
+                        out.extend_from_slice(final_text.as_bytes());
+                        out.push(b'\n');
+                    }
+                    stdout.write_all(&out)?;
+                    stdout.flush()?;
+                    tracing::info!(
+                        first_token_ms = first_token.map(|d| d.as_millis()),
+                        total_ms = started.elapsed().as_millis(),
+                        "answer complete"
+                    );
+                    return Ok(text);
+                }
+                Ok(Event::Error(err)) => {
+                    stdout.write_all(&out)?;
+                    let err = Error::Stream {
+                        error_type: err.error_type,
+                        message: err.error,
+                        partial: text.clone(),
+                    };
+                    return Err(report(&mut stdout, global, err, &text));
+                }
+                Err(err) => {
+                    stdout.write_all(&out)?;
+                    return Err(report(&mut stdout, global, err, &text));
+                }
             }
-            Ok(Event::Error(err)) => {
-                let err = Error::Stream {
-                    error_type: err.error_type,
-                    message: err.error,
-                    partial: text.clone(),
-                };
-                return Err(report(&mut stdout, global, err, &text));
-            }
-            Err(err) => return Err(report(&mut stdout, global, err, &text)),
         }
+        stdout.write_all(&out)?;
+        stdout.flush()?;
+        out.clear();
     }
     Err(report(
         &mut stdout,

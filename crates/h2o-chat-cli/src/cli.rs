@@ -38,7 +38,7 @@ pub enum Command {
     Chat(ChatArgs),
     /// Answer many prompts: one per line, or JSONL {"id", "messages"|"prompt", "parameters"}.
     Batch(BatchArgs),
-    /// Serve the H2o protocol (chat-ui and TGI routes) from the local model.
+    /// Serve the H2o protocol (chat-ui, TGI and OpenAI routes) from the local model.
     Serve(ServeArgs),
     /// List the known models, their aliases, and which are stand-ins.
     Models,
@@ -79,16 +79,32 @@ pub struct ServeArgs {
     /// The public origin for the Referer check, when behind a proxy (chat-ui's PUBLIC_ORIGIN).
     #[arg(long)]
     pub public_origin: Option<String>,
-    /// Generations run at once (each has its own KV cache).
-    #[arg(long, default_value_t = 1)]
-    pub parallel: usize,
+    /// Sequences the local model generates at once (continuous batching).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256), visible_alias = "parallel")]
+    pub slots: u32,
+    /// Positions (prompt + answer) each slot holds; lowered to fit the machine's memory.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=131072))]
+    pub context_per_slot: u32,
+    /// Do not reuse a slot's cached prompt for the next turn of a conversation.
+    #[arg(long)]
+    pub no_prompt_cache: bool,
+    /// One KV cache shared by all slots instead of one per slot (llama.cpp's kv_unified).
+    #[arg(long, hide = true)]
+    pub kv_unified: bool,
+    /// Seconds a graceful shutdown lets running answers finish before ending them.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub shutdown_timeout: f64,
+    /// Connections open at once; beyond it the longest-idle one is closed (or 503).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
     /// Relay to this remote server instead of running the local model.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
     /// What the upstream speaks: `h2o` (chat-ui, through the provider library) or `tgi`.
     #[arg(long, value_enum, default_value = "h2o")]
     pub upstream_kind: UpstreamKind,
-    /// Require `Authorization: Bearer KEY` on the OpenAI routes (/v1/...).
+    /// Require `Authorization: Bearer KEY` on every route that generates or reads
+    /// conversations (TGI, chat-ui and OpenAI routes; /, /info, /health and /metrics stay open).
     #[arg(long, env = "H2O_CHAT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 }

@@ -1,12 +1,14 @@
-//! The embedded server: the local model, fetched once, served on an ephemeral loopback port
-//! through the real protocol — so the one-shot chat exercises every layer end to end.
+//! The local model: fetched once into the cache, loaded by llama.cpp, served by the embedded
+//! server on an ephemeral loopback port through the real protocol — so the one-shot chat
+//! exercises every layer end to end.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use h2o_chat_engine::fetch::{FetchStage, SMOLLM2, cache_dir, ensure_model};
-use h2o_chat_engine::{Engine, LlamaConfig, LlamaEngine};
+use h2o_chat_engine::Engine;
+use h2o_chat_llama::fetch::{FetchStage, SMOLLM2, cache_dir, ensure_model};
+use h2o_chat_llama::{LlamaConfig, LlamaEngine};
 use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, ServerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -63,25 +65,54 @@ pub fn model_path(gguf: Option<PathBuf>, quiet: bool) -> Result<PathBuf, Failure
     result.map_err(|e| Failure::Model(e.to_string()))
 }
 
-/// Loads the model.
+/// How the local model is run.
+#[derive(Debug, Clone)]
+pub struct Sizing {
+    pub slots: usize,
+    pub context_per_slot: usize,
+    pub prompt_cache: bool,
+    pub kv_unified: bool,
+}
+
+impl Sizing {
+    /// For one person's chat: one slot.
+    pub fn single() -> Self {
+        Sizing {
+            slots: 1,
+            context_per_slot: 4096,
+            prompt_cache: true,
+            kv_unified: false,
+        }
+    }
+}
+
+/// Fetches (if needed) and loads the model. Blocking: call it off the async runtime.
 pub fn load_engine(
     gguf: Option<PathBuf>,
     quiet: bool,
-    parallel: usize,
-) -> Result<Arc<dyn Engine>, Failure> {
+    sizing: &Sizing,
+) -> Result<LlamaEngine, Failure> {
     let path = model_path(gguf, quiet)?;
     let mut config = LlamaConfig::new(path, LOCAL_MODEL_ID);
-    config.parallel = parallel.max(1);
+    config.slots = sizing.slots.max(1);
+    config.context_per_slot = sizing.context_per_slot;
+    config.prompt_cache = sizing.prompt_cache;
+    config.kv_unified = sizing.kv_unified;
     let engine = LlamaEngine::load(config).map_err(|e| Failure::Model(e.to_string()))?;
     tracing::debug!(load_ms = engine.load_ms(), "local model loaded");
-    Ok(Arc::new(engine))
+    Ok(engine)
 }
 
 /// Starts the embedded server on an ephemeral loopback port.
-pub async fn start(gguf: Option<PathBuf>, quiet: bool) -> Result<RunningServer, Failure> {
-    let engine = tokio::task::spawn_blocking(move || load_engine(gguf, quiet, 1))
+pub async fn start(
+    gguf: Option<PathBuf>,
+    quiet: bool,
+    sizing: Sizing,
+) -> Result<RunningServer, Failure> {
+    let engine = tokio::task::spawn_blocking(move || load_engine(gguf, quiet, &sizing))
         .await
         .map_err(|e| Failure::Other(format!("model loading panicked: {e}")))??;
+    let engine: Arc<dyn Engine> = Arc::new(engine);
     Server::new(
         ServerConfig::default(),
         ModelRegistry::with_h2o_stand_ins(engine),

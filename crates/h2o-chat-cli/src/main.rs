@@ -19,6 +19,7 @@ use h2o_chat::Message;
 
 use cli::{Cli, Command};
 use failure::Failure;
+use local::Sizing;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,7 +77,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
                 return Err(Failure::Usage("the prompt is empty".into()));
             }
-            with_client(global, |h2o, model| async move {
+            with_client(global, Sizing::single(), |h2o, model| async move {
                 let result = match prompt {
                     Some(prompt) if !interactive => {
                         let messages = setup::with_system(global, vec![Message::user(prompt)]);
@@ -92,7 +93,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await
         }
         Command::Batch(args) => {
-            with_client(global, |h2o, model| async move {
+            // One slot per concurrent prompt, up to the server's default.
+            let sizing = Sizing {
+                slots: (args.concurrency as usize).min(8),
+                ..Sizing::single()
+            };
+            with_client(global, sizing, |h2o, model| async move {
                 batch::run(&h2o, global, model, args).await
             })
             .await
@@ -101,7 +107,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// Runs `work` with a client for `--url`, or for the embedded server started for it.
-async fn with_client<F, Fut>(global: &cli::Global, work: F) -> Result<(), Failure>
+async fn with_client<F, Fut>(global: &cli::Global, sizing: Sizing, work: F) -> Result<(), Failure>
 where
     F: FnOnce(h2o_chat::H2o, Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
@@ -113,7 +119,7 @@ where
             work(h2o, model).await
         }
         None => {
-            let server = local::start(global.gguf.clone(), global.quiet).await?;
+            let server = local::start(global.gguf.clone(), global.quiet, sizing).await?;
             let h2o = setup::client(global, &server.url(), true)?;
             let model = setup::model(global, true)?;
             let result = work(h2o, model).await;

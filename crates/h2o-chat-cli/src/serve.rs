@@ -1,27 +1,41 @@
-//! `h2o-chat serve`: the embedded server on a chosen address, until SIGINT or SIGTERM.
+//! `h2o-chat serve`: the server on a chosen address until SIGINT or SIGTERM.
+//!
+//! It listens at once: `/health` answers 503 "loading" while the model is fetched and
+//! loaded, then 200. The first SIGINT/SIGTERM drains — no new requests, running answers get
+//! `--shutdown-timeout` to finish, then end with an error event — and a second signal exits
+//! at once.
 
-use h2o_chat_server::{ModelRegistry, Server, ServerConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+use h2o_chat_engine::{DeferredEngine, Engine};
+use h2o_chat_server::{Bounds, LOCAL_MODEL_ID, ModelRegistry, Server, ServerConfig, Timeouts};
 
 use crate::cli::{Global, ServeArgs, UpstreamKind};
 use crate::failure::Failure;
-use crate::local;
+use crate::local::{self, Sizing};
+
+/// The exit code of a serve stopped by a second signal.
+const FORCED_EXIT: i32 = 130;
 
 pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
-    let models = match &args.upstream {
-        Some(url) => match args.upstream_kind {
-            UpstreamKind::H2o => ModelRegistry::relaying_to_h2o(url),
-            UpstreamKind::Tgi => ModelRegistry::relaying_to_tgi(url),
+    // Installed before anything else, so no signal is missed between the two stages.
+    let mut signals = Signals::new()?;
+    let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout)
+        .map_err(|_| Failure::Usage("--shutdown-timeout takes a number of seconds".into()))?;
+    let (models, loading) = match &args.upstream {
+        Some(url) => {
+            let models = match args.upstream_kind {
+                UpstreamKind::H2o => ModelRegistry::relaying_to_h2o(url),
+                UpstreamKind::Tgi => ModelRegistry::relaying_to_tgi(url),
+            }
+            .map_err(|e| Failure::Usage(format!("--upstream {url}: {e}")))?;
+            (models, None)
         }
-        .map_err(|e| Failure::Usage(format!("--upstream {url}: {e}")))?,
         None => {
-            let gguf = global.gguf.clone();
-            let quiet = global.quiet;
-            let parallel = args.parallel;
-            let engine =
-                tokio::task::spawn_blocking(move || local::load_engine(gguf, quiet, parallel))
-                    .await
-                    .map_err(|e| Failure::Other(format!("model loading panicked: {e}")))??;
-            ModelRegistry::with_h2o_stand_ins(engine)
+            let deferred = Arc::new(DeferredEngine::new(LOCAL_MODEL_ID));
+            let engine: Arc<dyn Engine> = deferred.clone();
+            (ModelRegistry::with_h2o_stand_ins(engine), Some(deferred))
         }
     };
     let config = ServerConfig {
@@ -29,8 +43,17 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
         rate_limit: args.rate_limit,
         public_origin: args.public_origin.clone(),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        bounds: Bounds {
+            max_connections: args.max_connections as usize,
+            ..Bounds::default()
+        },
+        timeouts: Timeouts {
+            shutdown: shutdown_timeout,
+            ..Timeouts::default()
+        },
         ..ServerConfig::default()
     };
+    let guarded = config.api_key.is_some();
     let lines = models.describe();
     let server = Server::new(config, models)
         .bind(&args.addr)
@@ -38,39 +61,93 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
     eprintln!("h2o-chat serve: listening on {}", server.url());
     eprintln!(
-        "routes: chat-ui (/settings, /conversation, /conversation/{{id}}), TGI (/generate, /generate_stream, /, /info)"
+        "routes: chat-ui (/settings, /conversation, /conversation/{{id}}), TGI (/generate, /generate_stream, /, /info), OpenAI (/v1/models, /v1/chat/completions, /v1/completions), /health, /metrics"
     );
+    if guarded {
+        eprintln!("API key required on the TGI, chat-ui and OpenAI routes");
+    }
     eprintln!("models:");
     for line in lines {
         eprintln!("  {line}");
     }
-    shutdown_signal().await;
-    eprintln!("h2o-chat serve: shutting down");
+    if let Some(deferred) = loading {
+        let sizing = Sizing {
+            slots: args.slots as usize,
+            context_per_slot: args.context_per_slot as usize,
+            prompt_cache: !args.no_prompt_cache,
+            kv_unified: args.kv_unified,
+        };
+        let gguf = global.gguf.clone();
+        let quiet = global.quiet;
+        tokio::task::spawn_blocking(move || match local::load_engine(gguf, quiet, &sizing) {
+            Ok(engine) => {
+                let info = engine.info();
+                eprintln!(
+                    "model loaded: {} slots × {} positions, prompt cache {}",
+                    info.slots,
+                    info.context_length,
+                    if sizing.prompt_cache { "on" } else { "off" }
+                );
+                deferred.resolve(Ok(Arc::new(engine)));
+            }
+            Err(failure) => {
+                eprintln!("h2o-chat serve: {failure}");
+                deferred.resolve(Err(failure.to_string()));
+            }
+        });
+    }
+    signals.next().await;
+    eprintln!(
+        "h2o-chat serve: shutting down (running answers have {} s; a second signal exits now)",
+        shutdown_timeout.as_secs_f64()
+    );
     server.shutdown();
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("h2o-chat serve: second signal, exiting now");
+        std::process::exit(FORCED_EXIT);
+    });
     server
         .wait()
         .await
         .map_err(|e| Failure::Other(format!("server error: {e}")))
 }
 
-async fn shutdown_signal() {
+/// SIGINT and SIGTERM, as one stream.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, Failure> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let install = |kind| {
+                signal(kind).map_err(|e| Failure::Other(format!("cannot handle signals: {e}")))
+            };
+            Ok(Signals {
+                interrupt: install(SignalKind::interrupt())?,
+                terminate: install(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -372,37 +372,109 @@ fn models_lists_stand_ins_and_params_lists_the_legacy_string() {
     );
 }
 
+/// `h2o-chat serve` on a free loopback port, once its model is loaded.
+struct Serve {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start(extra: &[&str]) -> Serve {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("h2o-chat"))
+            .args(["-q", "serve", "--addr", &addr, "--slots", "2"])
+            .args(extra)
+            .env_remove("H2O_CHAT_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        // The server's own word that it is ready; the read ends if it exits instead.
+        while !line.contains("model loaded") {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "serve exited before loading its model"
+            );
+        }
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while stderr.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        Serve { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, name: &str) {
+        StdCommand::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the exit (the bound only turns a hang into a failure).
+    fn exit_status(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+/// A long answer, opened and read up to its first event.
+fn long_stream(url: &str) -> reqwest::blocking::Response {
+    let mut response = client()
+        .post(format!("{url}/generate_stream"))
+        .json(&serde_json::json!({
+            // A raw continuation: the model counts on for as long as it is let.
+            "inputs": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+            "parameters": {"max_new_tokens": 1900, "repetition_penalty": 1.0}
+        }))
+        .send()
+        .unwrap();
+    let mut first = [0u8; 5];
+    std::io::Read::read_exact(&mut response, &mut first).unwrap();
+    assert_eq!(&first, b"data:");
+    response
+}
+
 #[test]
 fn serve_answers_and_stops_cleanly_on_sigterm() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("h2o-chat"))
-        .args(["-q", "serve", "--addr", &format!("127.0.0.1:{port}")])
-        .env_remove("H2O_CHAT_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !line.contains("listening on") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening"
-        );
-        assert!(Instant::now() < deadline);
-    }
-    let client = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
-    let answer: serde_json::Value = client
-        .post(format!("http://127.0.0.1:{port}/generate"))
+    let serve = Serve::start(&[]);
+    let answer: serde_json::Value = client()
+        .post(format!("{}/generate", serve.url()))
         .json(&serde_json::json!({"inputs": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n", "parameters": {"max_new_tokens": 12}}))
         .send()
         .unwrap()
@@ -412,17 +484,50 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
         answer["generated_text"].as_str().unwrap().contains("Paris"),
         "{answer}"
     );
-    StdCommand::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "serve exited with {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
+    serve.signal("TERM");
+    assert!(serve.exit_status(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn sigint_shuts_serve_down_like_sigterm() {
+    let serve = Serve::start(&[]);
+    serve.signal("INT");
+    assert!(serve.exit_status(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn on_sigterm_running_streams_end_with_an_error_event_after_the_shutdown_timeout() {
+    let serve = Serve::start(&["--shutdown-timeout", "1"]);
+    let url = serve.url();
+    let streams: Vec<_> = (0..2).map(|_| long_stream(&url)).collect();
+    serve.signal("TERM");
+    for mut stream in streams {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut rest).unwrap();
+        assert!(
+            rest.ends_with("\"error_type\":\"shutdown\"}\n\n"),
+            "{}",
+            &rest[rest.len().saturating_sub(300)..]
+        );
     }
+    assert!(serve.exit_status(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let serve = Serve::start(&["--shutdown-timeout", "3600"]);
+    let _stream = long_stream(&serve.url());
+    serve.signal("TERM");
+    // The first signal has taken effect once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", serve.port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "serve kept listening after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    serve.signal("TERM");
+    let status = serve.exit_status(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130));
 }

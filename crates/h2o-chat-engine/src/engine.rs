@@ -1,47 +1,58 @@
 //! The boundary between the server and a model: the [`Engine`] trait.
 //!
-//! The server only ever sees this trait, so the real model and a scripted engine (for fault
-//! injection and for measuring the server's own ceiling) are interchangeable.
+//! The server only ever sees this trait, so the local model (crate `h2o-chat-llama`), a
+//! relay to another server and a scripted engine (for fault injection and for measuring the
+//! server's own ceiling) are interchangeable — and none of them makes the server compile
+//! llama.cpp.
 
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
-use crate::request::{GenerationEvent, GenerationRequest};
-
-/// One chat message for the chat template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatTurn {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    pub content: String,
-}
-
-/// ChatML (`<|im_start|>role\ncontent<|im_end|>\n` per turn, then the open assistant turn),
-/// with no default system message — SmolLM2's format, used where no model template is known.
-pub fn chatml(turns: &[ChatTurn]) -> String {
-    let mut prompt = String::new();
-    for turn in turns {
-        prompt.push_str("<|im_start|>");
-        prompt.push_str(&turn.role);
-        prompt.push('\n');
-        prompt.push_str(&turn.content);
-        prompt.push_str("<|im_end|>\n");
-    }
-    prompt.push_str("<|im_start|>assistant\n");
-    prompt
-}
+use crate::prompt::{ChatTurn, Prompt};
+use crate::request::{GenerationEvent, GenerationRequest, Tokenized};
 
 /// What an engine tells about itself (for `/info`, `/v1/models`, `h2o-chat models`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineInfo {
     /// The model's own id, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`.
     pub model_id: String,
-    /// How it is run, e.g. `llama.cpp (GGUF Q4_1, 2 threads)`.
+    /// How it is run, e.g. `llama.cpp, 8 slots`.
     pub backend: String,
     /// The model file or source, for people.
     pub source: String,
-    /// The largest number of positions one sequence can use.
+    /// The largest number of positions one sequence can use (prompt + output).
     pub context_length: usize,
+    /// Sequences generated at once (the scheduler's slots).
+    pub slots: usize,
+    /// Positions held for all sequences together (TGI's `max_batch_total_tokens`).
+    pub batch_total_tokens: usize,
+}
+
+/// Whether an engine can take requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The model is still being fetched or loaded.
+    Loading,
+    Ready,
+    /// It will not serve: the model failed to load, or the scheduler stopped.
+    Failed(String),
+}
+
+/// A snapshot of an engine's work, for `/metrics`. Counters only ever grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub slots: usize,
+    /// Slots running a generation.
+    pub busy_slots: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Prompt tokens run through the model.
+    pub prompt_tokens_evaluated: u64,
+    /// Prompt tokens whose evaluation was reused from a slot's cache instead.
+    pub prompt_tokens_cached: u64,
+    pub generated_tokens: u64,
+    /// Decode steps run (one batch each).
+    pub batches: u64,
 }
 
 /// A running generation: events arrive on `events`; dropping the receiver cancels it.
@@ -50,18 +61,47 @@ pub struct Generation {
 }
 
 /// A language model that generates with TGI's semantics.
+///
+/// `render_chat` and `tokenize` may take milliseconds for long prompts: async callers run
+/// them off their runtime (`spawn_blocking`).
 pub trait Engine: Send + Sync + 'static {
     /// Who this engine is.
     fn info(&self) -> EngineInfo;
 
-    /// Renders a conversation with the model's own chat template, ending with the open
-    /// assistant turn.
-    fn render_chat(&self, turns: &[ChatTurn]) -> Result<String, EngineError>;
+    /// Whether it can take requests now.
+    fn health(&self) -> Health {
+        Health::Ready
+    }
 
-    /// How many tokens `text` is for this model (for TGI's length validation).
-    fn count_tokens(&self, text: &str) -> Result<usize, EngineError>;
+    /// Its work so far.
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
+
+    /// Renders a conversation with the model's own chat template, ending with the open
+    /// assistant turn. Message text becomes [`crate::Piece::Content`].
+    fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError>;
+
+    /// The prompt's tokens for this model (for TGI's length rules, and handed back to
+    /// [`Engine::start`] so the work is done once).
+    fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError>;
+
+    /// The text of token ids (what the model saw of a truncated prompt); `None` when the
+    /// engine has no tokenizer.
+    fn detokenize(&self, _ids: &[u32]) -> Option<String> {
+        None
+    }
 
     /// Queues a generation. Fails with [`EngineError::Overloaded`] when the queue is full.
     /// Generation runs off the caller's thread and stops when the receiver is dropped.
     fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError>;
+
+    /// Work still owed after generations ended (a relay's upstream deletions), for a
+    /// graceful shutdown to await within its deadline.
+    fn pending_cleanup(&self) -> Option<Cleanup> {
+        None
+    }
 }
+
+/// A future a graceful shutdown awaits (see [`Engine::pending_cleanup`]).
+pub type Cleanup = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

@@ -1,4 +1,4 @@
-//! What can go wrong in local inference.
+//! What can go wrong before a generation starts.
 
 use std::path::PathBuf;
 
@@ -12,16 +12,19 @@ pub enum EngineError {
     /// Getting the model (pip, the wheel, the checksum) failed.
     #[error("cannot get the model: {0}")]
     Fetch(String),
+    /// The model is still being fetched or loaded.
+    #[error("the model is loading")]
+    Loading,
     /// More requests than the engine queues (TGI's `overloaded`).
     #[error("Model is overloaded")]
     Overloaded,
     /// The prompt could not be rendered or tokenized.
     #[error("{0}")]
     Input(String),
-    /// Generation failed mid-way (TGI's `generation` error).
+    /// The request does not fit what the engine can do (too long for a sequence).
     #[error("{0}")]
-    Generation(String),
-    /// The engine has shut down.
-    #[error("the engine has stopped")]
-    Stopped,
+    TooLong(String),
+    /// The engine has shut down or failed.
+    #[error("the engine has stopped: {0}")]
+    Stopped(String),
 }

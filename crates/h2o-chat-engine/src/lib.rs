@@ -1,51 +1,50 @@
 //! # h2o-chat-engine
 //!
-//! Local inference for h2o-chat: a GGUF language model run by llama.cpp, with the generation
+//! The boundary between the h2o-chat server and a language model, with the generation
 //! semantics of text-generation-inference (protocol §b–§c): TGI's sampling (temperature,
 //! top-k, top-p, typical-p, repetition penalty, seed), its stopping rules and their order,
 //! and incremental text that never splits a UTF-8 character.
 //!
-//! - [`Engine`]: the trait the server talks to; [`LlamaEngine`] is the real model,
-//!   [`ScriptedEngine`] a deterministic stand-in for fault injection and benchmarks.
-//! - [`fetch`]: the model cache and its one-time fetch with pip.
+//! This crate never compiles llama.cpp: the local model lives in `h2o-chat-llama`, which
+//! implements [`Engine`] with these same pieces.
+//!
+//! - [`Engine`]: the trait the server talks to; [`ScriptedEngine`] a deterministic stand-in
+//!   for fault injection and benchmarks; [`DeferredEngine`] one that is still loading.
+//! - [`Prompt`]: template markup kept apart from message content, so message text can never
+//!   forge a turn.
+//! - [`Sampler`], [`stopping`], [`detokenize`]: TGI's semantics, shared by every local engine.
 //!
 //! ```
-//! use h2o_chat_engine::{Engine, GenerationEvent, GenerationRequest, Script, ScriptedEngine, SamplingParams};
+//! use h2o_chat_engine::{Engine, GenerationEvent, GenerationRequest, Prompt, Script, ScriptedEngine};
 //!
 //! let engine = ScriptedEngine::new(Script::default());
-//! let mut generation = engine.start(GenerationRequest {
-//!     prompt: "Hi".into(),
-//!     sampling: SamplingParams::default(),
-//!     max_new_tokens: 20,
-//!     stop: vec![],
-//!     truncate: None,
-//! }).unwrap();
+//! let mut generation = engine.start(GenerationRequest::new(Prompt::raw("Hi"), 20)).unwrap();
 //! let mut text = String::new();
 //! while let Some(event) = generation.events.blocking_recv() {
 //!     match event {
 //!         GenerationEvent::Token(token) => text.push_str(&token.text),
 //!         GenerationEvent::Finished(_, finish) => { assert_eq!(finish.generated_text, "Hello!"); break }
-//!         GenerationEvent::Failed(message) => panic!("{message}"),
+//!         GenerationEvent::Failed(failure) => panic!("{failure}"),
 //!     }
 //! }
 //! assert_eq!(text, "Hello!");
 //! ```
 
+mod deferred;
 pub mod detokenize;
 mod engine;
 mod error;
-pub mod fetch;
-mod llama;
+mod prompt;
 mod request;
 pub mod sampling;
 mod scripted;
 pub mod stopping;
 
-pub use engine::{ChatTurn, Engine, EngineInfo, Generation, chatml};
+pub use deferred::DeferredEngine;
+pub use engine::{Cleanup, Engine, EngineInfo, EngineStats, Generation, Health};
 pub use error::EngineError;
-pub use llama::{LlamaConfig, LlamaEngine, backend as llama_backend};
-pub use request::{
-    Finish, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, TokenOut,
-};
+pub use h2o_chat_protocol::{FinishReason, Token};
+pub use prompt::{ChatTurn, Piece, Prompt, chatml};
+pub use request::{Failure, Finish, GenerationEvent, GenerationRequest, SamplingParams, Tokenized};
 pub use sampling::Sampler;
-pub use scripted::{SCRIPTED_EOS_ID, Script, ScriptedEngine};
+pub use scripted::{SCRIPTED_EOS_ID, Script, ScriptGate, ScriptedEngine};

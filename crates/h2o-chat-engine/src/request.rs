@@ -1,5 +1,12 @@
 //! What a generation is asked for and what it produces, independent of the model backend.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use h2o_chat_protocol::{FinishReason, Token};
+
+use crate::prompt::Prompt;
+
 /// TGI's sampling parameters (protocol §c), already validated by the server.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SamplingParams {
@@ -25,35 +32,73 @@ impl SamplingParams {
     }
 }
 
+/// A prompt's length for one model, and its token ids when the engine has a tokenizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    /// Tokens in the prompt (an estimate for engines without the model's tokenizer).
+    pub count: usize,
+    /// The ids, in order; `None` when the engine cannot know them (a remote model).
+    pub ids: Option<Arc<[u32]>>,
+}
+
+impl Tokenized {
+    /// A count without ids.
+    pub fn counted(count: usize) -> Self {
+        Tokenized { count, ids: None }
+    }
+
+    /// Ids, counted.
+    pub fn ids(ids: Vec<u32>) -> Self {
+        Tokenized {
+            count: ids.len(),
+            ids: Some(ids.into()),
+        }
+    }
+
+    /// TGI's left truncation: only the last `keep` tokens.
+    pub fn keep_last(self, keep: usize) -> Self {
+        if self.count <= keep {
+            return self;
+        }
+        Tokenized {
+            count: keep,
+            ids: self.ids.map(|ids| ids[ids.len() - keep..].into()),
+        }
+    }
+}
+
 /// One generation to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationRequest {
-    /// The full prompt text (already rendered with the chat template, or raw TGI `inputs`).
-    pub prompt: String,
+    /// The prompt: a rendered chat (markup and content), or TGI's raw `inputs`.
+    pub prompt: Prompt,
+    /// The prompt as [`crate::Engine::tokenize`] returned it, already truncated, when the
+    /// caller has it (tokenising twice costs time on the engine's thread).
+    pub tokens: Option<Tokenized>,
     pub sampling: SamplingParams,
     pub max_new_tokens: u32,
     /// Stop strings: generation ends when the output ends with one of them.
     pub stop: Vec<String>,
     /// Keep only the last `truncate` prompt tokens.
     pub truncate: Option<usize>,
+    /// What this request probably continues (a conversation id): a scheduler prefers the
+    /// sequence it served before, whose cache holds the shared prefix.
+    pub cache_hint: Option<String>,
 }
 
-/// One generated token as the stream reports it (§b.2).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenOut {
-    pub id: u32,
-    /// Decoded incrementally: never half a UTF-8 character; may be empty.
-    pub text: String,
-    pub logprob: f32,
-    pub special: bool,
-}
-
-/// Why generation ended (§b.3 order: length, then EOS, then stop sequence).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    Length,
-    EosToken,
-    StopSequence,
+impl GenerationRequest {
+    /// A request with TGI's defaults around a prompt.
+    pub fn new(prompt: Prompt, max_new_tokens: u32) -> Self {
+        GenerationRequest {
+            prompt,
+            tokens: None,
+            sampling: SamplingParams::default(),
+            max_new_tokens,
+            stop: Vec::new(),
+            truncate: None,
+            cache_hint: None,
+        }
+    }
 }
 
 /// The end of a generation.
@@ -67,15 +112,37 @@ pub struct Finish {
     pub generated_text: String,
     /// Prompt tokens after truncation.
     pub input_tokens: u32,
+    /// Prompt tokens whose evaluation was reused from an earlier request (prompt cache).
+    pub cached_tokens: u32,
+}
+
+/// Why a started generation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// A remote server answered with an error status before any token (relays). Servers
+    /// pass the status on, as chat-ui relays TGI's (§a.4 step 9).
+    #[error("upstream HTTP {status}: {message}")]
+    Upstream {
+        status: u16,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// Generation failed (TGI's `generation` error).
+    #[error("{0}")]
+    Generation(String),
+    /// The reader did not take events for this long, so the sequence was given up to keep
+    /// the others going.
+    #[error("the client did not read its stream for {} s", waited.as_secs())]
+    Stalled { waited: Duration },
 }
 
 /// What a running generation sends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerationEvent {
-    /// A token that is not the last.
-    Token(TokenOut),
+    /// A token that is not the last. Its text is decoded incrementally and may be empty.
+    Token(Token),
     /// The last token and the summary.
-    Finished(TokenOut, Finish),
-    /// Generation failed after starting.
-    Failed(String),
+    Finished(Token, Finish),
+    /// Generation failed after starting; nothing follows.
+    Failed(Failure),
 }

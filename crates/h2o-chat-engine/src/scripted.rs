@@ -5,13 +5,18 @@
 //! It follows the same stopping rules as the real engine (length, EOS, stop strings).
 //! Token counts are by UTF-8 byte: one byte, one token — a stand-in rule, documented so.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc as channel;
+use tokio::sync::{mpsc as channel, watch};
 
-use crate::engine::{ChatTurn, Engine, EngineInfo, Generation};
+use h2o_chat_protocol::Token;
+
+use crate::engine::{Engine, EngineInfo, Generation};
 use crate::error::EngineError;
-use crate::request::{Finish, GenerationEvent, GenerationRequest, TokenOut};
+use crate::prompt::{ChatTurn, Prompt, chatml};
+use crate::request::{Failure, Finish, GenerationEvent, GenerationRequest, Tokenized};
 use crate::stopping::StoppingCriteria;
 
 /// The id of the scripted end-of-sequence token.
@@ -30,6 +35,81 @@ pub struct Script {
     pub fail_after: Option<(usize, String)>,
     /// Generations that may wait; more are `overloaded`.
     pub capacity: usize,
+    /// When set, each token waits for a permit from the gate (tests drive the pace with
+    /// events instead of timers).
+    pub gate: Option<ScriptGate>,
+}
+
+/// Token permits for a scripted engine, and counters of generations started and ended that
+/// a test can await.
+#[derive(Clone)]
+pub struct ScriptGate {
+    permits: Arc<(Mutex<u64>, Condvar)>,
+    started: Arc<watch::Sender<usize>>,
+    ended: Arc<watch::Sender<usize>>,
+}
+
+impl std::fmt::Debug for ScriptGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptGate")
+            .field("started", &*self.started.borrow())
+            .field("ended", &*self.ended.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ScriptGate {
+    fn default() -> Self {
+        ScriptGate {
+            permits: Arc::new((Mutex::new(0), Condvar::new())),
+            started: Arc::new(watch::channel(0).0),
+            ended: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl ScriptGate {
+    pub fn new() -> Self {
+        ScriptGate::default()
+    }
+
+    /// Lets `tokens` more tokens through (shared by every generation).
+    pub fn release(&self, tokens: u64) {
+        let (permits, changed) = &*self.permits;
+        let mut permits = permits.lock().unwrap_or_else(|e| e.into_inner());
+        *permits = permits.saturating_add(tokens);
+        changed.notify_all();
+    }
+
+    /// Generations that have started (their first token is waiting for a permit).
+    pub fn started(&self) -> watch::Receiver<usize> {
+        self.started.subscribe()
+    }
+
+    /// Generations whose thread has ended (finished, failed or cancelled).
+    pub fn ended(&self) -> watch::Receiver<usize> {
+        self.ended.subscribe()
+    }
+
+    /// Takes a permit; `false` when the reader went away while waiting.
+    fn pass(&self, events: &channel::Sender<GenerationEvent>) -> bool {
+        let (permits, changed) = &*self.permits;
+        let mut permits = permits.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if events.is_closed() {
+                return false;
+            }
+            if *permits > 0 {
+                *permits -= 1;
+                return true;
+            }
+            // Woken by `release`; the timeout only notices a reader that left.
+            permits = changed
+                .wait_timeout(permits, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 impl Default for Script {
@@ -40,6 +120,7 @@ impl Default for Script {
             delay: Duration::ZERO,
             fail_after: None,
             capacity: 128,
+            gate: None,
         }
     }
 }
@@ -47,7 +128,7 @@ impl Default for Script {
 /// The scripted engine.
 pub struct ScriptedEngine {
     script: Script,
-    running: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    running: Arc<AtomicUsize>,
 }
 
 impl ScriptedEngine {
@@ -66,20 +147,22 @@ impl Engine for ScriptedEngine {
             backend: "scripted (no model)".into(),
             source: "script".into(),
             context_length: 8192,
+            slots: self.script.capacity,
+            batch_total_tokens: 8192 * self.script.capacity,
         }
     }
 
     /// ChatML, like SmolLM2's template, with no default system message.
-    fn render_chat(&self, turns: &[ChatTurn]) -> Result<String, EngineError> {
-        Ok(crate::engine::chatml(turns))
+    fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
+        Ok(chatml(turns))
     }
 
-    fn count_tokens(&self, text: &str) -> Result<usize, EngineError> {
-        Ok(text.len())
+    /// One byte, one token (no ids: there is no vocabulary).
+    fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
+        Ok(Tokenized::counted(prompt.len()))
     }
 
     fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
-        use std::sync::atomic::Ordering;
         if self.running.fetch_add(1, Ordering::AcqRel) >= self.script.capacity {
             self.running.fetch_sub(1, Ordering::AcqRel);
             return Err(EngineError::Overloaded);
@@ -88,8 +171,14 @@ impl Engine for ScriptedEngine {
         let script = self.script.clone();
         let running = self.running.clone();
         std::thread::spawn(move || {
+            if let Some(gate) = &script.gate {
+                gate.started.send_modify(|n| *n += 1);
+            }
             play(&script, &request, &events);
             running.fetch_sub(1, Ordering::AcqRel);
+            if let Some(gate) = &script.gate {
+                gate.ended.send_modify(|n| *n += 1);
+            }
         });
         Ok(Generation { events: receiver })
     }
@@ -112,10 +201,17 @@ fn play(script: &Script, request: &GenerationRequest, events: &channel::Sender<G
         if !script.delay.is_zero() {
             std::thread::sleep(script.delay);
         }
+        if let Some(gate) = &script.gate
+            && !gate.pass(events)
+        {
+            return;
+        }
         if let Some((after, message)) = &script.fail_after
             && generated as usize >= *after
         {
-            let _ = events.blocking_send(GenerationEvent::Failed(message.clone()));
+            let _ = events.blocking_send(GenerationEvent::Failed(Failure::Generation(
+                message.clone(),
+            )));
             return;
         }
         let next = if script.tokens.is_empty() {
@@ -131,20 +227,20 @@ fn play(script: &Script, request: &GenerationRequest, events: &channel::Sender<G
             Some(piece) => {
                 text.push_str(piece);
                 (
-                    TokenOut {
+                    Token {
                         id: 100 + index as u32,
                         text: piece.clone(),
-                        logprob: -0.25,
+                        logprob: Some(-0.25),
                         special: false,
                     },
                     false,
                 )
             }
             None => (
-                TokenOut {
+                Token {
                     id: SCRIPTED_EOS_ID,
                     text: "<|im_end|>".into(),
-                    logprob: -0.01,
+                    logprob: Some(-0.01),
                     special: true,
                 },
                 true,
@@ -158,6 +254,7 @@ fn play(script: &Script, request: &GenerationRequest, events: &channel::Sender<G
                 seed,
                 generated_text: text,
                 input_tokens,
+                cached_tokens: 0,
             };
             let _ = events.blocking_send(GenerationEvent::Finished(out, finish));
             return;

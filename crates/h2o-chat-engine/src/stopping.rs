@@ -1,7 +1,7 @@
 //! When a generation ends, in TGI's order (protocol §b.3): the length limit first, then the
 //! end-of-sequence token, then a stop string at the end of the output.
 
-use crate::request::FinishReason;
+use h2o_chat_protocol::FinishReason;
 
 /// The stopping rules of one generation.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! Everything a server is configured with, with the emulator defaults of the protocol
-//! document (§c "Emulator defaults", §a.6 "Emulator note").
+//! Everything a server is configured with: the emulator defaults of the protocol document
+//! (§c "Emulator defaults", §a.6 "Emulator note") and the bounds that keep a hostile or
+//! careless client from exhausting it. Every map, queue and wait has its limit here.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ pub struct Limits {
     pub max_total_tokens: usize,
     pub max_stop_sequences: usize,
     pub max_best_of: usize,
+    /// Generations in flight (running or queued); more get `overloaded`.
     pub max_concurrent_requests: usize,
 }
 
@@ -26,27 +28,95 @@ impl Default for Limits {
     }
 }
 
+/// Bounds on what clients can make the server hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Largest request body; a larger `Content-Length` is refused at once with 413.
+    pub body_limit: usize,
+    /// Longest `hf-chat` cookie value taken as a session; a longer one is ignored and a
+    /// fresh session issued.
+    pub max_cookie_len: usize,
+    /// Sessions remembered (ethics acceptance, rate-limit events); the least recently seen
+    /// is forgotten first.
+    pub max_sessions: usize,
+    /// Conversations one session may hold; creating more is refused with 429.
+    pub max_conversations_per_session: usize,
+    /// Conversations on the whole server; creating more is refused with 429 (and a
+    /// `Retry-After`) until some are deleted or expire.
+    pub max_conversations: usize,
+    /// Bytes of messages kept per conversation (besides the model's window); the oldest
+    /// messages go first.
+    pub max_history_bytes: usize,
+    /// Open connections. At the cap the longest-idle connection is closed to make room; when
+    /// none is idle, a new connection gets 503 and is closed.
+    pub max_connections: usize,
+    /// Tokenisations and template renderings running at once (TGI's `validation_workers`).
+    pub validation_workers: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            body_limit: 2 * 1024 * 1024,
+            max_cookie_len: 128,
+            max_sessions: 100_000,
+            max_conversations_per_session: 256,
+            max_conversations: 100_000,
+            max_history_bytes: 256 * 1024,
+            max_connections: 1024,
+            validation_workers: 2,
+        }
+    }
+}
+
+/// Deadlines on every wait a client can cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the first byte of a request to its last header.
+    pub header_read: Duration,
+    /// From the end of a response to the next request on a kept-alive connection.
+    pub keep_alive_idle: Duration,
+    /// Reading a request body.
+    pub body_read: Duration,
+    /// A response write that makes no progress (the client stopped reading).
+    pub write_stall: Duration,
+    /// SSE keep-alive interval (TGI: 15 s).
+    pub sse_keep_alive: Duration,
+    /// How long shutdown lets running generations finish before ending them.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_read: Duration::from_secs(10),
+            keep_alive_idle: Duration::from_secs(60),
+            body_read: Duration::from_secs(30),
+            write_stall: Duration::from_secs(60),
+            sse_keep_alive: Duration::from_secs(15),
+            shutdown: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The server's settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub limits: Limits,
+    pub bounds: Bounds,
+    pub timeouts: Timeouts,
     /// chat-ui's ethics modal gate (on by default: g4f always accepts it first).
     pub ethics_gate: bool,
     /// chat-ui's `RATE_LIMIT`: finished generations per session per minute; `None` = off.
     pub rate_limit: Option<u32>,
     /// chat-ui's `PUBLIC_ORIGIN`, for the Referer check; by default the request's own origin.
     pub public_origin: Option<String>,
-    /// Largest request body accepted.
-    pub body_limit: usize,
-    /// Conversations one session may hold; creating more is refused with 429.
-    pub max_conversations_per_session: usize,
     /// Conversations untouched for this long are removed.
     pub conversation_ttl: Duration,
-    /// SSE keep-alive interval (TGI: 15 s).
-    pub keep_alive: Duration,
     /// Send `Secure` on the session cookie (only when served over HTTPS).
     pub secure_cookie: bool,
-    /// When set, the OpenAI routes require `Authorization: Bearer <key>`.
+    /// When set, every route that generates or reads conversations requires
+    /// `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
 }
 
@@ -54,13 +124,12 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             limits: Limits::default(),
+            bounds: Bounds::default(),
+            timeouts: Timeouts::default(),
             ethics_gate: true,
             rate_limit: None,
             public_origin: None,
-            body_limit: 2 * 1024 * 1024,
-            max_conversations_per_session: 256,
             conversation_ttl: Duration::from_secs(3600),
-            keep_alive: Duration::from_secs(15),
             secure_cookie: false,
             api_key: None,
         }

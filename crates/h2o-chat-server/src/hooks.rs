@@ -2,13 +2,13 @@
 //! CSRF check on `Referer`, the ethics gate, then the session cookie is refreshed.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::AppState;
-use crate::reply::{hook_error, media_type};
 use crate::session::{SessionId, session_of, set_cookie};
+use crate::wire::chat_ui::{hook_error, media_type};
 
 const FORM_TYPES: [&str; 3] = [
     "application/x-www-form-urlencoded",
@@ -57,6 +57,28 @@ fn is_form_post(method: &Method, headers: &HeaderMap) -> bool {
     FORM_TYPES.contains(&media_type(headers).as_str())
 }
 
+/// Whether the request comes with a body the hook would leave unread.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// A hook's refusal. It answers before reading the body, so when there is one the
+/// connection cannot be reused: say so.
+fn refuse(headers: &HeaderMap, status: StatusCode, message: &str) -> Response {
+    let mut response = hook_error(headers, status, message);
+    if has_body(headers) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// The middleware.
 pub async fn chat_ui_hooks(
     State(state): State<AppState>,
@@ -67,21 +89,21 @@ pub async fn chat_ui_hooks(
     let method = request.method().clone();
     if is_form_post(&method, headers) {
         let Some(referer) = headers.get(header::REFERER).and_then(|v| v.to_str().ok()) else {
-            return hook_error(
+            return refuse(
                 headers,
                 StatusCode::FORBIDDEN,
                 "Non-JSON form requests need to have a referer",
             );
         };
         if origin_of(referer).is_none() || origin_of(referer) != own_origin(&state, headers) {
-            return hook_error(
+            return refuse(
                 headers,
                 StatusCode::FORBIDDEN,
                 "Invalid referer for POST request",
             );
         }
     }
-    let session = session_of(headers);
+    let session = session_of(headers, state.config().bounds.max_cookie_len);
     let path = request.uri().path();
     let gated = state.config().ethics_gate
         && !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -89,7 +111,7 @@ pub async fn chat_ui_hooks(
             .iter()
             .any(|p| path == *p || path.starts_with(&format!("{p}/")));
     if gated && !state.store().ethics_accepted(&session.0) {
-        return hook_error(
+        return refuse(
             headers,
             StatusCode::METHOD_NOT_ALLOWED,
             "You need to accept the welcome modal first",

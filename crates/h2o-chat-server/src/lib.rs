@@ -2,9 +2,16 @@
 //!
 //! An H2o-compatible server: the chat-ui routes of gpt-gm.h2o.ai as they were in mid-2023
 //! (protocol §a–§f), text-generation-inference's routes and an OpenAI-compatible gateway,
-//! answered by a local engine
-//! (`h2o-chat-engine`). The original Python provider and the browser-style client both work
-//! against it unmodified, and so does this project's own client library.
+//! answered by any [`h2o_chat_engine::Engine`] — the local model (`h2o-chat-llama`), a relay
+//! to another server, or a scripted engine. The original Python provider and the
+//! browser-style client both work against it unmodified, and so does this project's own
+//! client library.
+//!
+//! The shape: routes (`routes/`) are thin shells that translate their wire format into one
+//! validated request ([`validation`]) and the steps of one [`pipeline`] back into their
+//! wire format ([`wire`]). Around them: the chat-ui hooks, the API-key guard ([`auth`]),
+//! metrics, and a listener that bounds every connection ([`config::Bounds`],
+//! [`config::Timeouts`]) and shuts down with a deadline ([`shutdown`]).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -20,36 +27,53 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod config;
-pub mod generate;
+pub mod history;
 pub mod hooks;
+mod listener;
+pub mod metrics;
 pub mod models;
-pub mod reply;
+pub mod openai_request;
+pub mod pipeline;
 pub mod routes;
 pub mod session;
+pub mod settings_form;
+pub mod shutdown;
 pub mod store;
 pub mod upstream;
 pub mod validation;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::Response;
 use axum::routing::{get, post};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
-pub use config::{Limits, ServerConfig};
+pub use config::{Bounds, Limits, ServerConfig, Timeouts};
+pub use metrics::Metrics;
 pub use models::{LOCAL_ALIAS, LOCAL_MODEL_ID, ModelRegistry, ServedModel};
-pub use store::{MemoryStore, Store};
+pub use shutdown::Shutdown;
+pub use store::{MemoryStore, Store, StoreBounds};
 
 struct Shared {
     config: ServerConfig,
     models: ModelRegistry,
     store: Arc<dyn Store>,
     permits: Arc<Semaphore>,
+    validation_workers: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
 }
 
 /// What every handler can reach. Cheap to clone.
@@ -69,8 +93,19 @@ impl AppState {
     pub fn store_arc(&self) -> Arc<dyn Store> {
         self.0.store.clone()
     }
+    /// Generations in flight (`max_concurrent_requests`).
     pub fn permits(&self) -> &Arc<Semaphore> {
         &self.0.permits
+    }
+    /// Tokenisations and renderings running at once.
+    pub fn validation_workers(&self) -> &Arc<Semaphore> {
+        &self.0.validation_workers
+    }
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.0.shutdown
     }
 }
 
@@ -82,19 +117,28 @@ pub struct Server {
 impl Server {
     /// A server with the in-memory store.
     pub fn new(config: ServerConfig, models: ModelRegistry) -> Self {
-        let store = Arc::new(MemoryStore::new(config.max_conversations_per_session));
+        let store = Arc::new(MemoryStore::new(StoreBounds::from(&config.bounds)));
         Server::with_store(config, models, store)
     }
 
     /// A server with any store.
     pub fn with_store(config: ServerConfig, models: ModelRegistry, store: Arc<dyn Store>) -> Self {
         let permits = Arc::new(Semaphore::new(config.limits.max_concurrent_requests));
+        let validation_workers = Arc::new(Semaphore::new(config.bounds.validation_workers.max(1)));
+        let engines = models
+            .all()
+            .iter()
+            .map(|m| (m.engine.info().model_id, m.engine.clone()))
+            .collect();
         Server {
             state: AppState(Arc::new(Shared {
                 config,
                 models,
                 store,
                 permits,
+                validation_workers,
+                metrics: Arc::new(Metrics::new(engines)),
+                shutdown: Shutdown::new(),
             })),
         }
     }
@@ -112,9 +156,11 @@ impl Server {
                 "/conversation",
                 post(routes::chat_ui::create).get(routes::chat_ui::conversation_index),
             )
+            .route("/conversations", get(routes::chat_ui::list))
             .route(
                 "/conversation/{id}",
                 post(routes::chat_ui::generate)
+                    .get(routes::chat_ui::show)
                     .delete(routes::chat_ui::delete)
                     .patch(routes::chat_ui::rename),
             )
@@ -122,25 +168,48 @@ impl Server {
                 "/conversation/{id}/stop-generating",
                 post(routes::chat_ui::stop_generating),
             )
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                hooks::chat_ui_hooks,
-            ));
+            .route_layer(from_fn_with_state(state.clone(), hooks::chat_ui_hooks))
+            .route_layer(from_fn_with_state(state.clone(), auth::chat_ui));
+        let tgi_guard = from_fn_with_state(state.clone(), auth::tgi);
         let tgi = Router::new()
-            .route("/", get(routes::chat_ui::page).post(routes::tgi::compat))
-            .route("/generate", post(routes::tgi::generate))
-            .route("/generate_stream", post(routes::tgi::generate_stream))
-            .route("/info", get(routes::tgi::info))
+            // `/` is the page for GET (open) and TGI's compat route for POST (guarded).
+            .route(
+                "/",
+                get(routes::page::page).post(routes::tgi::compat.layer(tgi_guard.clone())),
+            )
+            .route(
+                "/generate",
+                post(routes::tgi::generate.layer(tgi_guard.clone())),
+            )
+            .route(
+                "/generate_stream",
+                post(routes::tgi::generate_stream.layer(tgi_guard)),
+            )
+            .route("/info", get(routes::tgi::info));
+        let openai = Router::new()
             .route("/v1/models", get(routes::openai::models))
             .route(
                 "/v1/chat/completions",
                 post(routes::openai::chat_completions),
             )
-            .route("/v1/completions", post(routes::openai::completions));
+            .route("/v1/completions", post(routes::openai::completions))
+            .route_layer(from_fn_with_state(state.clone(), auth::openai));
+        let operator = Router::new()
+            .route("/health", get(routes::health::health))
+            .route("/metrics", get(routes::health::metrics));
+        let body_limit = state.config().bounds.body_limit;
         chat_ui
             .merge(tgi)
+            .merge(openai)
+            .merge(operator)
+            .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))
             .fallback(not_found)
-            .layer(DefaultBodyLimit::max(state.config().body_limit))
+            .layer(DefaultBodyLimit::max(body_limit))
+            .layer(RequestBodyTimeoutLayer::new(
+                state.config().timeouts.body_read,
+            ))
+            .layer(RequestBodyLimitLayer::new(body_limit))
+            .layer(map_response(close_when_body_refused))
             .with_state(state)
     }
 
@@ -149,17 +218,19 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let app = self.router();
-        let (stop, mut stopped) = watch::channel(false);
+        let state = self.state.clone();
         let sweeper = {
-            let state = self.state.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 let ttl = state.config().conversation_ttl;
                 let mut tick = tokio::time::interval(
-                    ttl.min(std::time::Duration::from_secs(60))
-                        .max(std::time::Duration::from_secs(1)),
+                    ttl.min(Duration::from_secs(60)).max(Duration::from_secs(1)),
                 );
                 loop {
-                    tick.tick().await;
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = state.shutdown().draining() => return,
+                    }
                     let removed = state.store().sweep(ttl);
                     if removed > 0 {
                         tracing::info!(removed, "abandoned conversations removed");
@@ -167,30 +238,41 @@ impl Server {
                 }
             })
         };
-        let task = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    while !*stopped.borrow() {
-                        if stopped.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                })
+        let task = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                listener::serve(
+                    listener,
+                    app,
+                    state.config().bounds.max_connections,
+                    state.config().timeouts,
+                    state.shutdown().clone(),
+                    state.metrics().clone(),
+                )
                 .await;
-            sweeper.abort();
-            result
-        });
+                sweeper.abort();
+            })
+        };
         Ok(RunningServer {
             addr: local,
-            stop,
             task,
-            state: self.state,
+            state,
         })
     }
 }
 
+/// A refused body (413) was not read: the connection cannot carry another request.
+async fn close_when_body_refused(mut response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 async fn not_found(headers: HeaderMap, uri: Uri) -> Response {
-    reply::route_error(
+    wire::chat_ui::route_error(
         &headers,
         StatusCode::NOT_FOUND,
         &format!("Not found: {}", uri.path()),
@@ -200,8 +282,7 @@ async fn not_found(headers: HeaderMap, uri: Uri) -> Response {
 /// A server that is listening.
 pub struct RunningServer {
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
     state: AppState,
 }
 
@@ -219,16 +300,37 @@ impl RunningServer {
         &self.state
     }
 
-    /// Stops accepting connections and lets the open ones finish.
+    /// Starts a graceful shutdown: no new connections or generations; running ones have the
+    /// configured shutdown timeout to finish, then end with an error event.
     pub fn shutdown(&self) {
-        let _ = self.stop.send(true);
+        self.state
+            .shutdown()
+            .begin(self.state.config().timeouts.shutdown);
     }
 
-    /// Waits until the server has stopped.
+    /// Ends every generation and connection now.
+    pub fn force_shutdown(&self) {
+        self.state.shutdown().force();
+    }
+
+    /// Waits until the server has stopped (after [`RunningServer::shutdown`]), then for the
+    /// relays' upstream cleanup, within the shutdown timeout.
     pub async fn wait(self) -> std::io::Result<()> {
-        match self.task.await {
-            Ok(result) => result,
-            Err(err) => Err(std::io::Error::other(err)),
+        let result = self.task.await.map_err(std::io::Error::other);
+        let cleanups: Vec<_> = self
+            .state
+            .models()
+            .all()
+            .iter()
+            .filter_map(|m| m.engine.pending_cleanup())
+            .collect();
+        if !cleanups.is_empty() {
+            let all = futures_util::future::join_all(cleanups);
+            let deadline = self.state.config().timeouts.shutdown;
+            if tokio::time::timeout(deadline, all).await.is_err() {
+                tracing::warn!("upstream cleanup did not finish within the shutdown timeout");
+            }
         }
+        result
     }
 }

@@ -1,4 +1,8 @@
 //! The `hf-chat` session cookie (§a.0).
+//!
+//! chat-ui uses any value the client sends verbatim. So that a client cannot make the
+//! server store and echo arbitrary bytes, a value longer than the cap (or one that could not
+//! be echoed in a header) is treated as no cookie at all: the request gets a fresh session.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,8 +15,9 @@ pub const COOKIE_NAME: &str = "hf-chat";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionId(pub String);
 
-/// The session from the cookie, used verbatim; or a new random UUIDv4.
-pub fn session_of(headers: &HeaderMap) -> SessionId {
+/// The session from the cookie, used verbatim when it is at most `max_len` bytes of
+/// printable ASCII; otherwise a new random UUIDv4.
+pub fn session_of(headers: &HeaderMap, max_len: usize) -> SessionId {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -20,8 +25,16 @@ pub fn session_of(headers: &HeaderMap) -> SessionId {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
         .find(|value| !value.is_empty())
+        .filter(|value| value.len() <= max_len && echoable(value))
         .map(|value| SessionId(value.to_string()))
         .unwrap_or_else(|| SessionId(uuid::Uuid::new_v4().to_string()))
+}
+
+/// A cookie value that can be sent back in `Set-Cookie` unchanged.
+fn echoable(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',' && b != b'"' && b != b'\\')
 }
 
 /// `Set-Cookie` for a session, expiring in a year. `Secure` only over HTTPS (emulator note).
@@ -33,11 +46,7 @@ pub fn set_cookie(session: &SessionId, secure: bool) -> Option<HeaderValue> {
         "HttpOnly; SameSite=Lax"
     };
     // A cookie value from the client is echoed; refuse to echo one that could break the header.
-    if !session
-        .0
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
-    {
+    if !echoable(&session.0) {
         return None;
     }
     HeaderValue::from_str(&format!(
@@ -58,15 +67,24 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; hf-chat=abc-123; b=2"),
         );
-        assert_eq!(session_of(&headers), SessionId("abc-123".into()));
+        assert_eq!(session_of(&headers, 128), SessionId("abc-123".into()));
     }
 
     #[test]
     fn no_cookie_gives_a_fresh_uuid() {
-        let a = session_of(&HeaderMap::new());
-        let b = session_of(&HeaderMap::new());
+        let a = session_of(&HeaderMap::new(), 128);
+        let b = session_of(&HeaderMap::new(), 128);
         assert_ne!(a, b);
         assert_eq!(a.0.len(), 36);
+    }
+
+    #[test]
+    fn a_cookie_longer_than_the_cap_is_no_session() {
+        let mut headers = HeaderMap::new();
+        let long = format!("hf-chat={}", "a".repeat(129));
+        headers.insert(header::COOKIE, HeaderValue::from_str(&long).unwrap());
+        let session = session_of(&headers, 128);
+        assert_eq!(session.0.len(), 36, "a fresh UUID");
     }
 
     #[test]

@@ -1,25 +1,50 @@
-//! Server state: sessions (the ethics flag, rate-limit events) and conversations.
+//! Server state: sessions (the ethics flag, rate-limit events) and conversations, bounded.
 //!
-//! Kept behind the small [`Store`] trait so a durable store can replace the in-memory one.
-//! Every conversation belongs to one session; asking for it from another session is "not
-//! found", exactly like a missing one (§a.4 step 3).
+//! Kept behind the [`Store`] trait so a durable store can replace the in-memory one. Every
+//! conversation belongs to one session; asking for it from another session is "not found",
+//! exactly like a missing one (§a.4 step 3).
+//!
+//! Nothing here grows without limit: sessions are capped (the least recently seen is
+//! forgotten), conversations are capped per session and server-wide (creating more is
+//! refused), a conversation's messages are capped in bytes (the oldest go first), and the
+//! TTL sweep prunes conversations, idle sessions and old rate-limit events.
+//!
+//! ```
+//! use h2o_chat_server::{MemoryStore, Store, StoreBounds};
+//!
+//! let store = MemoryStore::new(StoreBounds::default());
+//! store.accept_ethics("session-a");
+//! let id = store.create("session-a", "model").unwrap();
+//! assert!(store.get("session-a", &id).is_some());
+//! assert!(store.get("session-b", &id).is_none()); // another session's: not found
+//! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Who wrote a message.
+/// Who wrote a message (chat-ui's `from`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From {
+pub enum Author {
     User,
     Assistant,
+}
+
+impl Author {
+    /// The chat template's role.
+    pub fn role(self) -> &'static str {
+        match self {
+            Author::User => "user",
+            Author::Assistant => "assistant",
+        }
+    }
 }
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
-    pub from: From,
+    pub from: Author,
     pub content: String,
     /// The client's `options.id` (a UUID) for user messages.
     pub id: String,
@@ -27,20 +52,60 @@ pub struct StoredMessage {
 
 /// A stored conversation.
 #[derive(Debug, Clone)]
-pub struct Conversation {
+pub struct StoredConversation {
     pub id: String,
     pub session: String,
     pub model: String,
     pub title: String,
     pub messages: Vec<StoredMessage>,
     pub created_at: SystemTime,
+    pub updated_at: SystemTime,
     touched: Instant,
+}
+
+/// A line of a session's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub id: String,
+    pub title: String,
+    pub model: String,
+    pub updated_at: SystemTime,
 }
 
 /// Why a conversation cannot be created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateError {
-    TooMany { limit: usize },
+    /// This session holds as many as it may.
+    SessionFull { limit: usize },
+    /// The server holds as many as it may.
+    ServerFull { limit: usize },
+}
+
+/// The caps a store applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreBounds {
+    pub max_sessions: usize,
+    pub max_conversations_per_session: usize,
+    pub max_conversations: usize,
+    pub max_history_bytes: usize,
+}
+
+impl Default for StoreBounds {
+    fn default() -> Self {
+        let bounds = crate::config::Bounds::default();
+        StoreBounds::from(&bounds)
+    }
+}
+
+impl From<&crate::config::Bounds> for StoreBounds {
+    fn from(bounds: &crate::config::Bounds) -> Self {
+        StoreBounds {
+            max_sessions: bounds.max_sessions,
+            max_conversations_per_session: bounds.max_conversations_per_session,
+            max_conversations: bounds.max_conversations,
+            max_history_bytes: bounds.max_history_bytes,
+        }
+    }
 }
 
 /// The state a server keeps.
@@ -49,8 +114,11 @@ pub trait Store: Send + Sync + 'static {
     fn ethics_accepted(&self, session: &str) -> bool;
     fn create(&self, session: &str, model: &str) -> Result<String, CreateError>;
     /// The conversation if it exists and belongs to `session`.
-    fn get(&self, session: &str, id: &str) -> Option<Conversation>;
-    /// Replaces the messages of a conversation (if it still exists and is the session's).
+    fn get(&self, session: &str, id: &str) -> Option<StoredConversation>;
+    /// The session's conversations, most recently updated first.
+    fn list(&self, session: &str) -> Vec<ConversationSummary>;
+    /// Replaces the messages of a conversation (if it still exists and is the session's),
+    /// dropping the oldest beyond the byte cap.
     fn set_messages(&self, session: &str, id: &str, messages: Vec<StoredMessage>) -> bool;
     fn set_title(&self, session: &str, id: &str, title: String) -> bool;
     fn delete(&self, session: &str, id: &str) -> bool;
@@ -58,35 +126,96 @@ pub trait Store: Send + Sync + 'static {
     fn record_generation(&self, session: &str);
     /// Finished generations of `session` within `window`, and when the oldest expires.
     fn recent_generations(&self, session: &str, window: Duration) -> (usize, Option<Duration>);
-    /// Removes conversations untouched for `ttl`; returns how many.
+    /// Removes conversations untouched for `ttl`, sessions with nothing left that were not
+    /// seen for `ttl`, and expired rate-limit events; returns how many conversations.
     fn sweep(&self, ttl: Duration) -> usize;
     /// All conversations (for tests and metrics).
     fn conversation_count(&self) -> usize;
+    /// All sessions remembered.
+    fn session_count(&self) -> usize;
     /// The session a conversation belongs to (for operators and tests).
     fn owner_of(&self, id: &str) -> Option<String>;
 }
 
+/// What the store remembers of a session.
+struct SessionRecord {
+    ethics_at: Option<SystemTime>,
+    conversations: usize,
+    generations: VecDeque<Instant>,
+    /// Its key in `State::recency`.
+    seen: u64,
+    seen_at: Instant,
+}
+
 #[derive(Default)]
 struct State {
-    ethics: HashMap<String, SystemTime>,
-    conversations: HashMap<String, Conversation>,
-    per_session: HashMap<String, usize>,
-    generations: HashMap<String, VecDeque<Instant>>,
+    sessions: HashMap<String, SessionRecord>,
+    /// Sessions by when they were last seen (oldest first), for the cap.
+    recency: BTreeMap<u64, String>,
+    clock: u64,
+    conversations: HashMap<String, StoredConversation>,
+}
+
+impl State {
+    /// The session's record, created if needed (forgetting the least recently seen session
+    /// at the cap), and marked as seen now.
+    fn session(&mut self, session: &str, max_sessions: usize) -> &mut SessionRecord {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(record) = self.sessions.get_mut(session) {
+            self.recency.remove(&record.seen);
+            record.seen = clock;
+            record.seen_at = Instant::now();
+            self.recency.insert(clock, session.to_string());
+        } else {
+            while self.sessions.len() >= max_sessions.max(1) {
+                let Some((_, oldest)) = self.recency.pop_first() else {
+                    break;
+                };
+                self.forget_session(&oldest);
+            }
+            self.sessions.insert(
+                session.to_string(),
+                SessionRecord {
+                    ethics_at: None,
+                    conversations: 0,
+                    generations: VecDeque::new(),
+                    seen: clock,
+                    seen_at: Instant::now(),
+                },
+            );
+            self.recency.insert(clock, session.to_string());
+        }
+        // Present: it was found or just inserted.
+        self.sessions
+            .get_mut(session)
+            .expect("the session record was just found or inserted")
+    }
+
+    /// Forgets a session and its conversations.
+    fn forget_session(&mut self, session: &str) {
+        if let Some(record) = self.sessions.remove(session) {
+            self.recency.remove(&record.seen);
+            if record.conversations > 0 {
+                self.conversations.retain(|_, c| c.session != session);
+            }
+        }
+    }
 }
 
 /// The default store: everything in memory, lost on restart.
 pub struct MemoryStore {
     state: Mutex<State>,
-    max_per_session: usize,
+    bounds: StoreBounds,
     counter: AtomicU32,
     titles: AtomicU32,
 }
 
 impl MemoryStore {
-    pub fn new(max_per_session: usize) -> Self {
+    pub fn new(bounds: StoreBounds) -> Self {
         MemoryStore {
             state: Mutex::new(State::default()),
-            max_per_session,
+            bounds,
             counter: AtomicU32::new(rand_u32()),
             titles: AtomicU32::new(0),
         }
@@ -100,18 +229,23 @@ impl MemoryStore {
 
     /// A MongoDB-style ObjectId: 4-byte time, 5 random bytes, 3-byte counter, 24 hex digits.
     fn object_id(&self) -> String {
-        let seconds = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32);
-        let random = uuid::Uuid::new_v4();
-        let counter = self.counter.fetch_add(1, Ordering::Relaxed) & 0x00FF_FFFF;
-        let mut id = format!("{seconds:08x}");
-        for byte in &random.as_bytes()[..5] {
-            id.push_str(&format!("{byte:02x}"));
-        }
-        id.push_str(&format!("{counter:06x}"));
-        id
+        object_id(&self.counter)
     }
+}
+
+/// A MongoDB-style ObjectId (§a.3): 4-byte time, 5 random bytes, 3-byte counter.
+pub(crate) fn object_id(counter: &AtomicU32) -> String {
+    let seconds = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32);
+    let random = uuid::Uuid::new_v4();
+    let counter = counter.fetch_add(1, Ordering::Relaxed) & 0x00FF_FFFF;
+    let mut id = format!("{seconds:08x}");
+    for byte in &random.as_bytes()[..5] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id.push_str(&format!("{counter:06x}"));
+    id
 }
 
 fn rand_u32() -> u32 {
@@ -120,44 +254,68 @@ fn rand_u32() -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// Drops the oldest messages until the contents fit in `max_bytes` (the newest message is
+/// always kept).
+pub fn cap_history(messages: &mut Vec<StoredMessage>, max_bytes: usize) {
+    let mut total: usize = messages.iter().map(|m| m.content.len()).sum();
+    let mut drop = 0;
+    while total > max_bytes && drop + 1 < messages.len() {
+        total -= messages[drop].content.len();
+        drop += 1;
+    }
+    messages.drain(..drop);
+}
+
 impl Store for MemoryStore {
     fn accept_ethics(&self, session: &str) {
-        self.state()
-            .ethics
-            .insert(session.to_string(), SystemTime::now());
+        let mut state = self.state();
+        state.session(session, self.bounds.max_sessions).ethics_at = Some(SystemTime::now());
     }
 
     fn ethics_accepted(&self, session: &str) -> bool {
-        self.state().ethics.contains_key(session)
+        let mut state = self.state();
+        if !state.sessions.contains_key(session) {
+            return false;
+        }
+        state
+            .session(session, self.bounds.max_sessions)
+            .ethics_at
+            .is_some()
     }
 
     fn create(&self, session: &str, model: &str) -> Result<String, CreateError> {
         let id = self.object_id();
         let mut state = self.state();
-        let count = state.per_session.entry(session.to_string()).or_default();
-        if *count >= self.max_per_session {
-            return Err(CreateError::TooMany {
-                limit: self.max_per_session,
+        if state.conversations.len() >= self.bounds.max_conversations {
+            return Err(CreateError::ServerFull {
+                limit: self.bounds.max_conversations,
             });
         }
-        *count += 1;
+        let per_session = self.bounds.max_conversations_per_session;
+        let record = state.session(session, self.bounds.max_sessions);
+        if record.conversations >= per_session {
+            return Err(CreateError::SessionFull { limit: per_session });
+        }
+        record.conversations += 1;
         let n = self.titles.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now();
         state.conversations.insert(
             id.clone(),
-            Conversation {
+            StoredConversation {
                 id: id.clone(),
                 session: session.to_string(),
                 model: model.to_string(),
                 title: format!("Untitled {n}"),
                 messages: Vec::new(),
-                created_at: SystemTime::now(),
+                created_at: now,
+                updated_at: now,
                 touched: Instant::now(),
             },
         );
         Ok(id)
     }
 
-    fn get(&self, session: &str, id: &str) -> Option<Conversation> {
+    fn get(&self, session: &str, id: &str) -> Option<StoredConversation> {
         let mut state = self.state();
         let conversation = state
             .conversations
@@ -167,7 +325,25 @@ impl Store for MemoryStore {
         Some(conversation.clone())
     }
 
-    fn set_messages(&self, session: &str, id: &str, messages: Vec<StoredMessage>) -> bool {
+    fn list(&self, session: &str) -> Vec<ConversationSummary> {
+        let state = self.state();
+        let mut list: Vec<ConversationSummary> = state
+            .conversations
+            .values()
+            .filter(|c| c.session == session)
+            .map(|c| ConversationSummary {
+                id: c.id.clone(),
+                title: c.title.clone(),
+                model: c.model.clone(),
+                updated_at: c.updated_at,
+            })
+            .collect();
+        list.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
+        list
+    }
+
+    fn set_messages(&self, session: &str, id: &str, mut messages: Vec<StoredMessage>) -> bool {
+        cap_history(&mut messages, self.bounds.max_history_bytes);
         let mut state = self.state();
         match state
             .conversations
@@ -177,6 +353,7 @@ impl Store for MemoryStore {
             Some(conversation) => {
                 conversation.messages = messages;
                 conversation.touched = Instant::now();
+                conversation.updated_at = SystemTime::now();
                 true
             }
             None => false,
@@ -192,6 +369,7 @@ impl Store for MemoryStore {
         {
             Some(conversation) => {
                 conversation.title = title;
+                conversation.updated_at = SystemTime::now();
                 true
             }
             None => false,
@@ -208,26 +386,29 @@ impl Store for MemoryStore {
             return false;
         }
         state.conversations.remove(id);
-        if let Some(count) = state.per_session.get_mut(session) {
-            *count = count.saturating_sub(1);
+        if let Some(record) = state.sessions.get_mut(session) {
+            record.conversations = record.conversations.saturating_sub(1);
         }
         true
     }
 
     fn record_generation(&self, session: &str) {
-        self.state()
-            .generations
-            .entry(session.to_string())
-            .or_default()
-            .push_back(Instant::now());
+        let mut state = self.state();
+        let record = state.session(session, self.bounds.max_sessions);
+        record.generations.push_back(Instant::now());
+        // Only the last minute counts; keep no more than a generous bound.
+        while record.generations.len() > 10_000 {
+            record.generations.pop_front();
+        }
     }
 
     fn recent_generations(&self, session: &str, window: Duration) -> (usize, Option<Duration>) {
         let mut state = self.state();
-        let Some(events) = state.generations.get_mut(session) else {
+        let Some(record) = state.sessions.get_mut(session) else {
             return (0, None);
         };
         let now = Instant::now();
+        let events = &mut record.generations;
         while events
             .front()
             .is_some_and(|t| now.duration_since(*t) > window)
@@ -251,20 +432,39 @@ impl Store for MemoryStore {
             .collect();
         for (id, session) in &expired {
             state.conversations.remove(id);
-            if let Some(count) = state.per_session.get_mut(session) {
-                *count = count.saturating_sub(1);
+            if let Some(record) = state.sessions.get_mut(session) {
+                record.conversations = record.conversations.saturating_sub(1);
             }
         }
-        state.generations.retain(|_, events| {
-            events
-                .back()
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3600))
-        });
+        let minute = Duration::from_secs(60);
+        let stale: Vec<String> = state
+            .sessions
+            .iter_mut()
+            .filter_map(|(session, record)| {
+                while record
+                    .generations
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > minute)
+                {
+                    record.generations.pop_front();
+                }
+                let idle = now.duration_since(record.seen_at) > ttl;
+                (idle && record.conversations == 0 && record.generations.is_empty())
+                    .then(|| session.clone())
+            })
+            .collect();
+        for session in stale {
+            state.forget_session(&session);
+        }
         expired.len()
     }
 
     fn conversation_count(&self) -> usize {
         self.state().conversations.len()
+    }
+
+    fn session_count(&self) -> usize {
+        self.state().sessions.len()
     }
 
     fn owner_of(&self, id: &str) -> Option<String> {
@@ -279,9 +479,18 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
+    fn bounds() -> StoreBounds {
+        StoreBounds {
+            max_sessions: 3,
+            max_conversations_per_session: 2,
+            max_conversations: 4,
+            max_history_bytes: 10,
+        }
+    }
+
     #[test]
     fn object_ids_are_24_lowercase_hex_and_distinct() {
-        let store = MemoryStore::new(10);
+        let store = MemoryStore::new(bounds());
         let a = store.create("s", "m").unwrap();
         let b = store.create("s", "m").unwrap();
         assert_eq!(a.len(), 24);
@@ -294,7 +503,7 @@ mod tests {
 
     #[test]
     fn another_session_sees_nothing() {
-        let store = MemoryStore::new(10);
+        let store = MemoryStore::new(bounds());
         let id = store.create("alice", "m").unwrap();
         assert!(store.get("bob", &id).is_none());
         assert!(!store.delete("bob", &id));
@@ -302,15 +511,64 @@ mod tests {
     }
 
     #[test]
-    fn per_session_cap_and_sweep() {
-        let store = MemoryStore::new(2);
+    fn per_session_and_server_caps_and_the_sweep_frees_them() {
+        let store = MemoryStore::new(bounds());
         store.create("s", "m").unwrap();
         store.create("s", "m").unwrap();
         assert_eq!(
             store.create("s", "m"),
-            Err(CreateError::TooMany { limit: 2 })
+            Err(CreateError::SessionFull { limit: 2 })
         );
-        assert_eq!(store.sweep(Duration::ZERO), 2);
+        store.create("t", "m").unwrap();
+        store.create("t", "m").unwrap();
+        assert_eq!(
+            store.create("u", "m"),
+            Err(CreateError::ServerFull { limit: 4 })
+        );
+        assert_eq!(store.sweep(Duration::ZERO), 4);
         assert!(store.create("s", "m").is_ok());
+    }
+
+    #[test]
+    fn the_least_recently_seen_session_is_forgotten_at_the_cap() {
+        let store = MemoryStore::new(bounds());
+        for session in ["a", "b", "c"] {
+            store.accept_ethics(session);
+        }
+        assert!(store.ethics_accepted("a")); // "a" is now the most recently seen
+        store.accept_ethics("d");
+        assert_eq!(store.session_count(), 3);
+        assert!(!store.ethics_accepted("b"), "b was the least recently seen");
+        assert!(store.ethics_accepted("a") && store.ethics_accepted("d"));
+    }
+
+    #[test]
+    fn the_sweep_prunes_idle_sessions() {
+        let store = MemoryStore::new(bounds());
+        store.accept_ethics("a");
+        store.record_generation("a");
+        assert_eq!(store.sweep(Duration::ZERO), 0);
+        // The generation is younger than a minute, so the session stays for the rate limit.
+        assert_eq!(store.session_count(), 1);
+        let store = MemoryStore::new(bounds());
+        store.accept_ethics("b");
+        store.sweep(Duration::ZERO);
+        assert_eq!(store.session_count(), 0);
+    }
+
+    #[test]
+    fn history_keeps_the_newest_messages_within_the_byte_cap() {
+        let message = |content: &str| StoredMessage {
+            from: Author::User,
+            content: content.into(),
+            id: String::new(),
+        };
+        let mut messages = vec![message("aaaa"), message("bbbb"), message("cccc")];
+        cap_history(&mut messages, 10);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].content, "bbbb");
+        let mut huge = vec![message(&"x".repeat(100))];
+        cap_history(&mut huge, 10);
+        assert_eq!(huge.len(), 1, "the newest message is always kept");
     }
 }

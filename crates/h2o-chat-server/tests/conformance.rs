@@ -3,87 +3,19 @@
 //! `Accept`-dependent replies, session isolation, hostile input, and the project's own client
 //! streaming from it with no special-casing.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use h2o_chat::{H2o, Message};
-use h2o_chat_engine::{Script, ScriptedEngine};
+use h2o_chat_engine::{Script, ScriptGate, ScriptedEngine};
 use h2o_chat_server::{
-    Limits, MemoryStore, ModelRegistry, RunningServer, Server, ServerConfig, Store,
+    Limits, MemoryStore, ModelRegistry, Server, ServerConfig, Store, StoreBounds, Timeouts,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-const FALCON: &str = "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-40b-v1";
-
-async fn start_with(config: ServerConfig, script: Script) -> RunningServer {
-    let engine = Arc::new(ScriptedEngine::new(script));
-    Server::new(config, ModelRegistry::with_h2o_stand_ins(engine))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap()
-}
-
-async fn start() -> RunningServer {
-    start_with(ServerConfig::default(), Script::default()).await
-}
-
-/// A browser-like session: cookie jar, no redirects.
-fn session() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
-async fn accept_settings(client: &reqwest::Client, url: &str) {
-    let response = client
-        .post(format!("{url}/settings"))
-        .header("referer", format!("{url}/"))
-        .form(&[
-            ("ethicsModalAccepted", "true"),
-            ("shareConversationsWithModelAuthors", "true"),
-            ("ethicsModalAcceptedAt", ""),
-            ("activeModel", FALCON),
-            ("searchEnabled", "true"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-}
-
-async fn create(client: &reqwest::Client, url: &str) -> String {
-    let response = client
-        .post(format!("{url}/conversation"))
-        .json(&json!({"model": FALCON}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json::<Value>().await.unwrap()["conversationId"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn g4f_body(inputs: &str) -> Value {
-    json!({
-        "inputs": inputs,
-        "parameters": {"temperature": 0.4, "truncate": 2048, "max_new_tokens": 1024, "do_sample": true, "repetition_penalty": 1.2, "return_full_text": false},
-        "stream": true,
-        "options": {"id": "5b3f0cd6-1b42-4e8a-9f3e-2f4a1c6d7e80", "response_id": "9c1d7b0e-3f3a-4c55-8e0c-2b0f3f3f1a11", "is_retry": false, "use_cache": false, "web_search_id": ""}
-    })
-}
-
-async fn ready_conversation(url: &str) -> (reqwest::Client, String) {
-    let client = session();
-    accept_settings(&client, url).await;
-    let id = create(&client, url).await;
-    (client, id)
-}
+use support::*;
 
 #[tokio::test]
 async fn sse_framing_bytes_are_those_of_section_b() {
@@ -357,7 +289,7 @@ async fn route_errors_are_html_for_browsers() {
 }
 
 #[tokio::test]
-async fn rate_limit_is_429_with_the_documented_message() {
+async fn rate_limit_refuses_more_than_the_limit_with_429_and_the_documented_message() {
     let server = start_with(
         ServerConfig {
             rate_limit: Some(1),
@@ -368,25 +300,29 @@ async fn rate_limit_is_429_with_the_documented_message() {
     .await;
     let url = server.url();
     let (client, id) = ready_conversation(&url).await;
-    let first = client
-        .post(format!("{url}/conversation/{id}"))
-        .json(&g4f_body("Hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), StatusCode::OK);
-    first.text().await.unwrap();
-    let second = client
+    // §a.4 step 4: refused when the session has *more than* RATE_LIMIT recent generations,
+    // so with a limit of 1 the second generation still passes.
+    for inputs in ["Hi", "Again"] {
+        let response = client
+            .post(format!("{url}/conversation/{id}"))
+            .json(&g4f_body(inputs))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{inputs}");
+        response.text().await.unwrap();
+    }
+    let third = client
         .post(format!("{url}/conversation/{id}"))
         .header("accept", "*/*")
-        .json(&g4f_body("Again"))
+        .json(&g4f_body("Once more"))
         .send()
         .await
         .unwrap();
-    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(second.headers().contains_key("retry-after"));
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(third.headers().contains_key("retry-after"));
     assert_eq!(
-        second.text().await.unwrap(),
+        third.text().await.unwrap(),
         r#"{"message":"You are sending too many messages. Try again later."}"#
     );
 }
@@ -394,7 +330,7 @@ async fn rate_limit_is_429_with_the_documented_message() {
 #[tokio::test]
 async fn conversation_of_a_removed_model_is_410() {
     let engine = Arc::new(ScriptedEngine::new(Script::default()));
-    let store = Arc::new(MemoryStore::new(10));
+    let store = Arc::new(MemoryStore::new(StoreBounds::default()));
     let server = Server::with_store(
         ServerConfig::default(),
         ModelRegistry::with_h2o_stand_ins(engine),
@@ -557,26 +493,26 @@ async fn more_than_max_concurrent_requests_is_overloaded() {
         },
         ..ServerConfig::default()
     };
-    let script = Script {
-        endless: true,
-        delay: Duration::from_millis(20),
-        ..Script::default()
-    };
-    let server = start_with(config, script).await;
+    let gate = ScriptGate::new();
+    let server = start_with(config, gated(&gate, true)).await;
     let url = server.url();
     let client = session();
-    let first = client
+    // The first generation holds the only permit (its first token passes, the rest wait).
+    gate.release(1);
+    let mut first = client
         .post(format!("{url}/generate_stream"))
         .json(&json!({"inputs": "Hi", "parameters": {"max_new_tokens": 50}}))
         .send()
         .await
         .unwrap();
+    assert!(first.chunk().await.unwrap().is_some());
     let second = client
         .post(format!("{url}/generate_stream"))
         .json(&json!({"inputs": "Hi"}))
         .send()
         .await
         .unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
     assert_eq!(
         second.text().await.unwrap(),
         "data:{\"error\":\"Model is overloaded\",\"error_type\":\"overloaded\"}\n\n"
@@ -588,32 +524,45 @@ async fn more_than_max_concurrent_requests_is_overloaded() {
         .await
         .unwrap();
     assert_eq!(generate.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(generate.headers()["retry-after"], "1");
     drop(first);
 }
 
 #[tokio::test]
-async fn keep_alive_is_sent_while_waiting() {
+async fn keep_alive_comments_are_sent_while_no_token_comes() {
     let config = ServerConfig {
-        keep_alive: Duration::from_millis(100),
+        timeouts: Timeouts {
+            sse_keep_alive: Duration::from_millis(50),
+            ..Timeouts::default()
+        },
         ..ServerConfig::default()
     };
+    let gate = ScriptGate::new();
     let script = Script {
-        delay: Duration::from_millis(350),
+        gate: Some(gate.clone()),
         ..Script::default()
     };
     let server = start_with(config, script).await;
-    let url = server.url();
-    let body = session()
-        .post(format!("{url}/generate_stream"))
+    let mut response = session()
+        .post(format!("{}/generate_stream", server.url()))
         .json(&json!({"inputs": "Hi"}))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    assert!(body.starts_with(":\n\n:\n\n"), "{body:?}");
-    assert!(body.contains("\"generated_text\":\"Hello!\""));
+    // Nothing but keep-alives while the engine has no token…
+    let mut received = Vec::new();
+    while received.windows(3).filter(|w| w == b":\n\n").count() < 2 {
+        received.extend_from_slice(&response.chunk().await.unwrap().unwrap());
+    }
+    assert!(
+        received.chunks(3).all(|c| c == b":\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    // …then the tokens and the final event.
+    gate.release(3);
+    let rest = response.text().await.unwrap();
+    assert!(rest.contains("\"generated_text\":\"Hello!\""), "{rest}");
 }
 
 #[tokio::test]
@@ -764,7 +713,7 @@ async fn is_retry_replaces_the_message_with_that_id_and_second_turn_sees_the_fir
     assert_eq!(contents, ["First", "Hello!", "Second, again", "Hello!"]);
 }
 
-fn store_owner_any(server: &RunningServer, id: &str) -> String {
+fn store_owner_any(server: &h2o_chat_server::RunningServer, id: &str) -> String {
     server
         .state()
         .store()
@@ -810,21 +759,24 @@ async fn two_hundred_concurrent_sessions() {
 }
 
 #[tokio::test]
-async fn a_client_that_disconnects_stops_its_generation() {
+async fn a_client_that_disconnects_frees_the_only_generation_slot() {
+    // One permit and an engine that takes one generation: the second request can only be
+    // answered if the first one's disconnect really stopped it.
     let config = ServerConfig {
         limits: Limits {
-            max_concurrent_requests: 4,
+            max_concurrent_requests: 1,
             ..Limits::default()
         },
         ..ServerConfig::default()
     };
+    let gate = ScriptGate::new();
     let script = Script {
-        endless: true,
-        delay: Duration::from_millis(10),
-        ..Script::default()
+        capacity: 1,
+        ..gated(&gate, true)
     };
     let server = start_with(config, script).await;
     let url = server.url();
+    gate.release(1);
     let mut response = session()
         .post(format!("{url}/generate_stream"))
         .json(&json!({"inputs": "Hi", "parameters": {"max_new_tokens": 4000}}))
@@ -832,16 +784,81 @@ async fn a_client_that_disconnects_stops_its_generation() {
         .await
         .unwrap();
     assert!(response.chunk().await.unwrap().is_some());
-    assert_eq!(server.state().permits().available_permits(), 3);
     drop(response);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.state().permits().available_permits() != 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the generation kept running after the client left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The engine sees the reader go: its generation ends.
+    reach(gate.ended(), 1).await;
+    gate.release(10);
+    let answer: Value = session()
+        .post(format!("{url}/generate"))
+        .json(&json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["generated_text"], "toktok");
+}
+
+#[tokio::test]
+async fn get_conversation_redirects_home_with_302() {
+    let server = start().await;
+    let response = session()
+        .get(format!("{}/conversation", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(response.headers()["location"], "/");
+}
+
+#[tokio::test]
+async fn a_multipart_settings_form_is_read_and_accepts_the_modal() {
+    let server = start().await;
+    let url = server.url();
+    let client = session();
+    let form = reqwest::multipart::Form::new()
+        .text("ethicsModalAccepted", "true")
+        .text("activeModel", FALCON);
+    let response = client
+        .post(format!("{url}/settings"))
+        .header("referer", format!("{url}/"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The acceptance was not lost: creating a conversation passes the ethics gate.
+    create(&client, &url).await;
+    let bad = reqwest::multipart::Form::new().text("activeModel", "no/such-model");
+    let response = client
+        .post(format!("{url}/settings"))
+        .header("referer", format!("{url}/"))
+        .multipart(bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn a_failed_non_stream_generation_is_424_like_tgi() {
+    let script = Script {
+        fail_after: Some((1, "out of memory".into())),
+        ..Script::default()
+    };
+    let server = start_with(ServerConfig::default(), script).await;
+    let response = session()
+        .post(format!("{}/generate", server.url()))
+        .json(&json!({"inputs": "Hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FAILED_DEPENDENCY);
+    assert_eq!(
+        response.text().await.unwrap(),
+        r#"{"error":"Request failed during generation: out of memory","error_type":"generation"}"#
+    );
 }
 
 #[tokio::test]

@@ -1,27 +1,13 @@
 //! The OpenAI-compatible gateway with the scripted engine: exact reply shapes, streaming
 //! chunks ending in `[DONE]`, errors in OpenAI's shape, the API key, curl, disconnects.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use h2o_chat_engine::{Script, ScriptedEngine};
-use h2o_chat_server::{Limits, ModelRegistry, RunningServer, Server, ServerConfig};
+use h2o_chat_engine::{Script, ScriptGate};
+use h2o_chat_server::{Limits, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-async fn start_with(config: ServerConfig, script: Script) -> RunningServer {
-    Server::new(
-        config,
-        ModelRegistry::with_h2o_stand_ins(Arc::new(ScriptedEngine::new(script))),
-    )
-    .bind("127.0.0.1:0")
-    .await
-    .unwrap()
-}
-
-async fn start() -> RunningServer {
-    start_with(ServerConfig::default(), Script::default()).await
-}
+use support::{gated, reach, start, start_with};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
@@ -90,7 +76,8 @@ async fn chat_completion_shape_and_usage() {
     let prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(
         reply["usage"],
-        json!({"prompt_tokens": prompt.len(), "completion_tokens": 3, "total_tokens": prompt.len() + 3})
+        json!({"prompt_tokens": prompt.len(), "completion_tokens": 3, "total_tokens": prompt.len() + 3,
+               "prompt_tokens_details": {"cached_tokens": 0}})
     );
 }
 
@@ -179,7 +166,10 @@ async fn failure_mid_stream_is_an_error_chunk_then_done() {
     let payloads = payloads(&body);
     assert_eq!(payloads.last().unwrap(), "[DONE]");
     let error: Value = serde_json::from_str(&payloads[payloads.len() - 2]).unwrap();
-    assert_eq!(error["error"]["message"], "generation failed: boom");
+    assert_eq!(
+        error["error"]["message"],
+        "Request failed during generation: boom"
+    );
 }
 
 #[tokio::test]
@@ -305,23 +295,21 @@ async fn curl_streams_the_chunks() {
 }
 
 #[tokio::test]
-async fn a_client_that_disconnects_stops_its_generation() {
+async fn a_client_that_disconnects_frees_the_only_generation_slot() {
     let config = ServerConfig {
         limits: Limits {
-            max_concurrent_requests: 2,
+            max_concurrent_requests: 1,
             ..Limits::default()
         },
         ..ServerConfig::default()
     };
-    let server = start_with(
-        config,
-        Script {
-            endless: true,
-            delay: Duration::from_millis(10),
-            ..Script::default()
-        },
-    )
-    .await;
+    let gate = ScriptGate::new();
+    let script = Script {
+        capacity: 1,
+        ..gated(&gate, true)
+    };
+    let server = start_with(config, script).await;
+    gate.release(1);
     let mut response = client()
         .post(format!("{}/v1/chat/completions", server.url()))
         .json(&chat(json!({"stream": true, "max_tokens": 3000})))
@@ -329,14 +317,51 @@ async fn a_client_that_disconnects_stops_its_generation() {
         .await
         .unwrap();
     assert!(response.chunk().await.unwrap().is_some());
-    assert_eq!(server.state().permits().available_permits(), 1);
     drop(response);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.state().permits().available_permits() != 2 {
+    reach(gate.ended(), 1).await;
+    gate.release(10);
+    let answer: Value = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&chat(json!({"max_tokens": 2})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "toktok");
+}
+
+#[tokio::test]
+async fn options_that_are_not_implemented_get_a_clear_400() {
+    let server = start().await;
+    let url = format!("{}/v1/chat/completions", server.url());
+    for (extra, param) in [
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"top_logprobs": 3}), "top_logprobs"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+        ),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
+        (json!({"some_new_option": true}), "some_new_option"),
+    ] {
+        let response = client()
+            .post(&url)
+            .json(&chat(extra.clone()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{extra}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["param"], param, "{error}");
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "generation kept running"
+            error["error"]["message"].as_str().unwrap().contains(param),
+            "{error}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

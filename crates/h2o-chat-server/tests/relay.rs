@@ -39,14 +39,7 @@ async fn post(gateway: &RunningServer, body: &Value) -> reqwest::Response {
 }
 
 async fn nothing_left(upstream: &TestServer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while upstream.conversations() != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a conversation was left upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    upstream.until_conversations(0).await;
 }
 
 #[tokio::test]
@@ -65,7 +58,7 @@ async fn relays_an_answer_through_the_provider_lifecycle() {
 }
 
 #[tokio::test]
-async fn upstream_500_is_an_openai_error_and_nothing_is_left() {
+async fn upstream_500_is_an_openai_error_with_its_status_and_nothing_is_left() {
     let upstream = TestServer::start().await;
     upstream.script_generate(Reply::Status(
         500,
@@ -80,9 +73,62 @@ async fn upstream_500_is_an_openai_error_and_nothing_is_left() {
         error["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("HTTP 500: Internal Error"),
+            .contains("500: Internal Error"),
         "{error}"
     );
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn an_upstream_429_reaches_the_client_as_429_with_its_retry_after() {
+    for stream in [false, true] {
+        let upstream = TestServer::start().await;
+        upstream.script_generate(Reply::Status(
+            429,
+            vec![("retry-after", "7".into())],
+            r#"{"message":"You are sending too many messages. Try again later."}"#.into(),
+        ));
+        let gateway = gateway_to(&upstream).await;
+        let response = post(&gateway, &request(stream)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "stream {stream}"
+        );
+        assert_eq!(response.headers()["retry-after"], "7");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "rate_limit_error");
+        nothing_left(&upstream).await;
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_503_reaches_the_client_as_503_on_every_route() {
+    let upstream = TestServer::start().await;
+    upstream.script_generate_always(Reply::Status(
+        503,
+        vec![],
+        r#"{"message":"Service Unavailable"}"#.into(),
+    ));
+    let gateway = gateway_to(&upstream).await;
+    assert_eq!(
+        post(&gateway, &request(true)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for route in ["/generate", "/generate_stream"] {
+        let response = client
+            .post(format!("{}{route}", gateway.url()))
+            .json(&json!({"inputs": "Hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{route}"
+        );
+    }
     nothing_left(&upstream).await;
 }
 
@@ -132,7 +178,7 @@ async fn a_client_leaving_the_gateway_deletes_the_upstream_conversation() {
     let mut response = post(&gateway, &request(true)).await;
     assert!(response.chunk().await.unwrap().is_some());
     assert!(response.chunk().await.unwrap().is_some());
-    assert_eq!(upstream.conversations(), 1);
+    upstream.until_conversations(1).await;
     drop(response);
     nothing_left(&upstream).await;
 }

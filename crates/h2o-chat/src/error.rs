@@ -153,8 +153,9 @@ pub enum Error {
         partial: String,
     },
 
-    /// The request could not be sent or its answer not read.
-    #[error("{step} ({url}): {source}")]
+    /// The request could not be sent or its answer not read. The message carries the whole
+    /// cause chain ("error sending request … : connection refused").
+    #[error("{step} ({url}): {}", cause_chain(source))]
     Transport {
         step: Step,
         url: String,
@@ -180,6 +181,22 @@ pub enum Error {
         "the blocking h2o_chat API was called from inside an async runtime; use h2o_chat::H2o (async) there"
     )]
     BlockingInsideRuntime,
+}
+
+/// An error and every cause under it, joined with `: ` (a cause already quoted by the one
+/// above it is not repeated).
+pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn retry_after_text(retry_after: Option<Duration>) -> String {

@@ -38,7 +38,7 @@ mod message;
 pub mod models;
 pub mod params;
 pub mod prompt;
-pub mod protocol;
+pub use h2o_chat_protocol as protocol;
 
 pub use client::{
     Completion, CompletionRequest, DEFAULT_URL, EventStream, H2o, H2oBuilder, RetryPolicy,

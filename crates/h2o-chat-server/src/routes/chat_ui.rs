@@ -1,54 +1,28 @@
-//! chat-ui's routes as gpt-gm.h2o.ai ran them (§a): the page, the settings form action,
-//! conversations (create, generate, delete, rename, stop).
+//! chat-ui's routes as gpt-gm.h2o.ai ran them (§a): the settings form action and the
+//! conversation routes (create, list, generate, delete, rename, stop).
 //!
 //! The hooks (`hooks.rs`) have already run: the Referer check, the ethics gate, and the
-//! session is in the request's extensions.
+//! session is in the request's extensions. Generation goes through the same validation and
+//! pipeline as TGI's routes, and the reply is TGI's, which chat-ui relays (§a.4 step 9).
 
-use std::time::Duration;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
-use crate::generate::OnFinish;
 use crate::hooks::session;
-use crate::reply::{
-    escape_html, html_error, internal_error, media_type, prefers_json, route_error,
-};
-use crate::routes::tgi::{respond, type_error};
-use crate::store::{From, StoredMessage};
-use crate::validation::{GenerateBody, Parameters, normalize_whole_floats};
-use h2o_chat_engine::ChatTurn;
-
-/// `GET /`: a small page with the models, and the session cookie (§a.1).
-pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let items: String = state
-        .models()
-        .describe()
-        .iter()
-        .map(|line| format!("<li>{}</li>", escape_html(line)))
-        .collect();
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>h2o-chat</title></head><body>\
-         <h1>h2o-chat</h1><p>An H2o-compatible chat-ui server (protocol of gpt-gm.h2o.ai, mid-2023), \
-         with text-generation-inference routes.</p><h2>Models</h2><ul>{items}</ul></body></html>"
-    );
-    let session = crate::session::session_of(&headers);
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        html,
-    )
-        .into_response();
-    if let Some(cookie) = crate::session::set_cookie(&session, state.config().secure_cookie) {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    response
-}
+use crate::pipeline::{self, Failure};
+use crate::settings_form::read_form;
+use crate::store::{Author, StoredConversation, StoredMessage};
+use crate::validation::{Validation, normalize_whole_floats, parse_relayed_parameters, validate};
+use crate::wire::chat_ui::{html_error, internal_error, media_type, prefers_json, route_error};
+use crate::wire::tgi::{self as tgi_reply, OnFinish, Shape};
+use crate::{history, session::SessionId};
 
 /// The settings action's failure (§a.2): JSON or an HTML page by `Accept`.
 fn settings_failure(headers: &HeaderMap) -> Response {
@@ -71,11 +45,13 @@ pub async fn settings(
     body: Bytes,
 ) -> Response {
     let session = session(&extensions);
-    let media = media_type(&headers);
-    if media != "application/x-www-form-urlencoded" && media != "multipart/form-data" {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Ok(fields) = read_form(&media_type(&headers), content_type, body).await else {
         return settings_failure(&headers);
-    }
-    let fields: Vec<(String, String)> = url_form(&body);
+    };
     let field = |name: &str| {
         fields
             .iter()
@@ -111,47 +87,28 @@ pub async fn settings(
     }
 }
 
-/// `application/x-www-form-urlencoded` decoding (the only form the settings action reads).
-fn url_form(body: &[u8]) -> Vec<(String, String)> {
-    body.split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let mut parts = pair.splitn(2, |&b| b == b'=');
-            let key = percent_decode(parts.next().unwrap_or_default());
-            let value = percent_decode(parts.next().unwrap_or_default());
-            (key, value)
+/// `GET /conversation` answers 302 to `/` (§a.3).
+pub async fn conversation_index() -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, "/")]).into_response()
+}
+
+/// `GET /conversations`: the session's conversations, newest first (what chat-ui's page
+/// loads for its sidebar).
+pub async fn list(State(state): State<AppState>, extensions: Extensions) -> Response {
+    let session = session(&extensions);
+    let items: Vec<Value> = state
+        .store()
+        .list(&session.0)
+        .into_iter()
+        .map(|c| {
+            let updated = c
+                .updated_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            json!({"id": c.id, "title": c.title, "model": c.model, "updatedAt": updated})
         })
-        .collect()
-}
-
-fn percent_decode(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `GET /conversation` redirects home (§a.3).
-pub async fn conversation_index() -> Redirect {
-    Redirect::to("/")
+        .collect();
+    Json(json!({ "conversations": items })).into_response()
 }
 
 /// `POST /conversation` (§a.3).
@@ -177,13 +134,24 @@ pub async fn create(
     }
     match state.store().create(&session.0, model) {
         Ok(id) => Json(json!({ "conversationId": id })).into_response(),
-        Err(crate::store::CreateError::TooMany { limit }) => route_error(
+        Err(crate::store::CreateError::SessionFull { limit }) => route_error(
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
             &format!(
                 "Too many conversations: this session already has {limit}. Delete some first."
             ),
         ),
+        Err(crate::store::CreateError::ServerFull { limit }) => {
+            let mut response = route_error(
+                &headers,
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("The server holds {limit} conversations, its limit. Try again later."),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(60));
+            response
+        }
     }
 }
 
@@ -211,11 +179,7 @@ impl Lookup {
 }
 
 /// The session's conversation `id`, checked in chat-ui's order.
-fn lookup(
-    state: &AppState,
-    session: &crate::session::SessionId,
-    id: &str,
-) -> Result<crate::store::Conversation, Lookup> {
+fn lookup(state: &AppState, session: &SessionId, id: &str) -> Result<StoredConversation, Lookup> {
     if !is_object_id(id) {
         return Err(Lookup::BadId);
     }
@@ -315,6 +279,28 @@ fn clean_answer(generated: &str, prompt: &str, stop: &[String]) -> String {
     }
 }
 
+/// The rate limit (§a.4 step 4): more than `RATE_LIMIT` finished generations in the last
+/// minute is 429, with how long until the oldest one leaves the window.
+fn rate_limited(state: &AppState, session: &SessionId, headers: &HeaderMap) -> Option<Response> {
+    let limit = state.config().rate_limit?;
+    let (recent, oldest_expires) = state
+        .store()
+        .recent_generations(&session.0, Duration::from_secs(60));
+    if recent <= limit as usize {
+        return None;
+    }
+    let mut response = route_error(
+        headers,
+        StatusCode::TOO_MANY_REQUESTS,
+        "You are sending too many messages. Try again later.",
+    );
+    let wait = oldest_expires.map_or(60, |d| d.as_secs().max(1));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    Some(response)
+}
+
 /// `POST /conversation/{id}`: generate (§a.4), in chat-ui's order of checks.
 pub async fn generate(
     State(state): State<AppState>,
@@ -323,27 +309,14 @@ pub async fn generate(
     extensions: Extensions,
     body: Bytes,
 ) -> Response {
+    let started = Instant::now();
     let session = session(&extensions);
     let conversation = match lookup(&state, &session, &id) {
         Ok(conversation) => conversation,
         Err(lookup) => return lookup.reply(&headers),
     };
-    if let Some(limit) = state.config().rate_limit {
-        let (recent, oldest_expires) = state
-            .store()
-            .recent_generations(&session.0, Duration::from_secs(60));
-        if recent >= limit as usize {
-            let mut response = route_error(
-                &headers,
-                StatusCode::TOO_MANY_REQUESTS,
-                "You are sending too many messages. Try again later.",
-            );
-            let wait = oldest_expires.map_or(60, |d| d.as_secs().max(1));
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return response;
-        }
+    if let Some(response) = rate_limited(&state, &session, &headers) {
+        return response;
     }
     let Some(model) = state.models().by_id(&conversation.model).cloned() else {
         return route_error(&headers, StatusCode::GONE, "Model not available anymore");
@@ -352,7 +325,7 @@ pub async fn generate(
         return internal_error(&headers);
     };
 
-    let mut messages = conversation.messages.clone();
+    let mut messages = conversation.messages;
     if request.is_retry
         && let Some(message_id) = &request.message_id
         && let Some(at) = messages.iter().position(|m| &m.id == message_id)
@@ -360,32 +333,16 @@ pub async fn generate(
         messages.truncate(at);
     }
     messages.push(StoredMessage {
-        from: From::User,
+        from: Author::User,
         content: request.inputs.clone(),
         id: request
             .message_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
     });
-    let turns: Vec<ChatTurn> = messages
-        .iter()
-        .map(|m| ChatTurn {
-            role: match m.from {
-                From::User => "user".into(),
-                From::Assistant => "assistant".into(),
-            },
-            content: m.content.clone(),
-        })
-        .collect();
-    let prompt = match model.engine.render_chat(&turns) {
-        Ok(prompt) => prompt,
-        Err(_) => return internal_error(&headers),
-    };
 
     // chat-ui relays `{...body, inputs: prompt}` to TGI after a JavaScript round trip.
     let mut relayed = request.rest;
-    relayed.insert("inputs".into(), Value::String(prompt.clone()));
-    let mut relayed = Value::Object(relayed);
     if let Some(parameters) = relayed.get_mut("parameters") {
         normalize_whole_floats(parameters);
     }
@@ -393,46 +350,80 @@ pub async fn generate(
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let parameters: Parameters = match relayed.get("parameters") {
-        None | Some(Value::Null) => Parameters::default(),
-        Some(value) => match serde_path_to_error::deserialize(value) {
-            Ok(parameters) => parameters,
-            Err(err) => {
-                return type_error(format!(
-                    "Failed to deserialize the JSON body into the target type: parameters.{err}"
-                ));
-            }
-        },
+    let parameters = match parse_relayed_parameters(relayed.get("parameters")) {
+        Ok(parameters) => parameters,
+        Err(err) => return tgi_reply::type_error(err.0),
     };
-    let tgi_body = GenerateBody {
-        inputs: prompt.clone(),
-        parameters,
-        stream,
+
+    // The window of history the model can see: TGI's input and total limits, and
+    // `truncate` when given, bound the prompt.
+    let limits = state.config().limits;
+    let mut budget = limits.max_input_length.min(
+        limits
+            .max_total_tokens
+            .saturating_sub(parameters.max_new_tokens as usize),
+    );
+    if let Some(truncate) = parameters.truncate.filter(|&t| t > 0) {
+        budget = budget.min(truncate);
+    }
+    let workers = state.validation_workers();
+    let validated = match history::fit(&model.engine, workers, &messages, budget).await {
+        Ok(window) => {
+            messages.drain(..window.first);
+            validate(
+                window.prompt,
+                Some(window.tokens),
+                &parameters,
+                Validation {
+                    engine: &model.engine,
+                    limits: &limits,
+                    workers,
+                    streaming: stream,
+                    default_full_text: true,
+                    fit_max_new_tokens: false,
+                },
+            )
+            .await
+        }
+        Err(rejection) => Err(rejection),
+    };
+    let characters = validated
+        .as_ref()
+        .map_or(0, |v| v.request.prompt.char_count());
+    let prompt_text = validated
+        .as_ref()
+        .map(|v| v.request.prompt.text())
+        .unwrap_or_default();
+    let run = validated.map_err(Failure::from).and_then(|mut validated| {
+        validated.request.cache_hint = Some(id.clone());
+        pipeline::start(&state, &model.engine, validated, started)
+    });
+    let run = match run {
+        Ok(run) => run,
+        Err(failure) if stream && !tgi_reply::is_status_even_when_streaming(&failure) => {
+            return tgi_reply::error_stream(&failure, characters);
+        }
+        Err(failure) => return tgi_reply::error_response(&failure),
     };
 
     let store = state.store_arc();
     let session_id = session.0.clone();
-    let conversation_id = id.clone();
-    let stop = tgi_body.parameters.stop.clone();
-    let on_finish: OnFinish = Box::new(move |finish| {
-        let answer = clean_answer(&finish.generated_text, &prompt, &stop);
+    let stop = parameters.stop.clone();
+    let on_finish: OnFinish = Box::new(move |finished| {
+        let answer = clean_answer(&finished.generated_text, &prompt_text, &stop);
         messages.push(StoredMessage {
-            from: From::Assistant,
+            from: Author::Assistant,
             content: answer,
             id: uuid::Uuid::new_v4().to_string(),
         });
-        store.set_messages(&session_id, &conversation_id, messages);
+        store.set_messages(&session_id, &id, messages);
         store.record_generation(&session_id);
     });
-    respond(
-        &state,
-        &model.engine,
-        &tgi_body,
-        stream,
-        true,
-        Some(on_finish),
-    )
-    .await
+    if stream {
+        tgi_reply::stream(run, characters, Some(on_finish)).await
+    } else {
+        tgi_reply::collect(run, Shape::List, Some(on_finish)).await
+    }
 }
 
 /// `DELETE /conversation/{id}` (§a.5): 200 with an empty body.
@@ -451,6 +442,39 @@ pub async fn delete(
     } else {
         Lookup::NotFound.reply(&headers)
     }
+}
+
+/// `GET /conversation/{id}`: the conversation as JSON (`title`, `model`, `messages`), what
+/// chat-ui's page loads to show it.
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
+    let session = session(&extensions);
+    let conversation = match lookup(&state, &session, &id) {
+        Ok(conversation) => conversation,
+        Err(lookup) => return lookup.reply(&headers),
+    };
+    let messages: Vec<Value> = conversation
+        .messages
+        .iter()
+        .map(|m| {
+            json!({
+                "from": match m.from { Author::User => "user", Author::Assistant => "assistant" },
+                "content": m.content,
+                "id": m.id,
+            })
+        })
+        .collect();
+    Json(json!({
+        "id": conversation.id,
+        "title": conversation.title,
+        "model": conversation.model,
+        "messages": messages,
+    }))
+    .into_response()
 }
 
 /// `PATCH /conversation/{id}` with `{"title": "1..100 chars"}`.
@@ -534,19 +558,5 @@ mod tests {
             "Hi there"
         );
         assert_eq!(clean_answer("Hi<|endoftext|>  ", "", &[]), "Hi");
-    }
-
-    #[test]
-    fn form_decoding() {
-        assert_eq!(
-            url_form(b"a=1&activeModel=h2oai%2Fx&c=&d=a+b"),
-            vec![
-                ("a".into(), "1".into()),
-                ("activeModel".into(), "h2oai/x".into()),
-                ("c".into(), "".into()),
-                ("d".into(), "a b".into())
-            ]
-        );
-        assert_eq!(percent_decode(b"%zz%4"), "%zz%4");
     }
 }

@@ -49,7 +49,13 @@ impl Conversation {
                 transport(Step::CreateConversation, &url, err, config.request_timeout)
             })?;
         if !response.status().is_success() {
-            return Err(status_error(Step::CreateConversation, &url, response).await);
+            return Err(status_error(
+                Step::CreateConversation,
+                &url,
+                response,
+                config.request_timeout,
+            )
+            .await);
         }
         let protocol = |detail: String| Error::Protocol {
             step: Step::CreateConversation,
@@ -115,7 +121,13 @@ async fn delete(inner: &Inner, client: &Client, url: &str) {
             tracing::debug!(url, "conversation deleted");
         }
         Ok(response) => {
-            let err = status_error(Step::DeleteConversation, url, response).await;
+            let err = status_error(
+                Step::DeleteConversation,
+                url,
+                response,
+                config.request_timeout,
+            )
+            .await;
             tracing::warn!(%err, "could not delete the conversation");
         }
         Err(err) => {

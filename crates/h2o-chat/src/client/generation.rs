@@ -257,7 +257,14 @@ async fn attempt(
         .map_err(|_| first_event_timeout())?
         .map_err(|err| transport(Step::Generate, url, err, config.first_event_timeout))?;
     if !response.status().is_success() {
-        return Err(status_error(Step::Generate, url, response).await);
+        let left = deadline.saturating_duration_since(Instant::now());
+        return Err(status_error(
+            Step::Generate,
+            url,
+            response,
+            left.min(config.request_timeout),
+        )
+        .await);
     }
     let mut decoder = Decoder::new(config.max_event_size);
     match framing(url, &response)? {

@@ -57,14 +57,27 @@ pub(crate) async fn read_capped(
     Ok(Some(body))
 }
 
-/// The error for a reply whose status is not the success the step expects.
-pub(crate) async fn status_error(step: Step, url: &str, response: Response) -> Error {
+/// The error for a reply whose status is not the success the step expects. The body is
+/// read within `deadline`: a server that sends an error status and then stalls still gets
+/// its status reported.
+pub(crate) async fn status_error(
+    step: Step,
+    url: &str,
+    response: Response,
+    deadline: Duration,
+) -> Error {
     let status = response.status();
     let retry_after = retry_after(&response);
-    let message = match read_capped(response, ERROR_BODY_LIMIT).await {
-        Ok(Some(body)) => message_of(&body),
-        Ok(None) => format!("(error body larger than {ERROR_BODY_LIMIT} bytes)"),
-        Err(err) => format!("(error body unreadable: {err})"),
+    let read = tokio::time::timeout(deadline, read_capped(response, ERROR_BODY_LIMIT)).await;
+    let message = match read {
+        Ok(Ok(Some(body))) => message_of(&body),
+        Ok(Ok(None)) => format!("(error body larger than {ERROR_BODY_LIMIT} bytes)"),
+        Ok(Err(err)) => format!("(error body unreadable: {err})"),
+        Err(_) => format!(
+            "{} (the error body did not arrive within {} s)",
+            status.canonical_reason().unwrap_or(""),
+            deadline.as_secs_f64()
+        ),
     };
     let message = if message.is_empty() {
         status.canonical_reason().unwrap_or("").to_string()

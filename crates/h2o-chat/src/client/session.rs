@@ -122,5 +122,5 @@ async fn post_settings(config: &Config, client: &Client, model: &str) -> Result<
     if status.is_success() || status.is_redirection() {
         return Ok(());
     }
-    Err(status_error(Step::Settings, &url, response).await)
+    Err(status_error(Step::Settings, &url, response, config.request_timeout).await)
 }

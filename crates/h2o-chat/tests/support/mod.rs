@@ -38,6 +38,8 @@ pub enum Reply {
     Status(u16, Vec<(&'static str, String)>, String),
     /// A 200 stream with this content type and body.
     Stream(&'static str, Vec<Chunk>),
+    /// A status whose body arrives in these chunks (e.g. never: a stalled error body).
+    StatusStream(u16, Vec<Chunk>),
 }
 
 /// What one request looked like on the wire.
@@ -77,6 +79,8 @@ struct ServerState {
     sessions: HashMap<String, bool>,
     /// conversation id → owning session
     conversations: HashMap<String, String>,
+    /// The conversation count, for tests to await changes instead of polling.
+    count: Option<tokio::sync::watch::Sender<usize>>,
     requests: Vec<Recorded>,
     script: Script,
     next_session: u64,
@@ -102,6 +106,7 @@ impl TestServer {
     /// Serves the routes under `prefix` (e.g. `/chat`), as a deployment behind a path would.
     pub async fn start_with_prefix(prefix: &str) -> TestServer {
         let state: Shared = Arc::default();
+        state.lock().unwrap().count = Some(tokio::sync::watch::channel(0).0);
         let routes = Router::new()
             .route("/settings", post(settings))
             .route("/conversation", post(create))
@@ -154,6 +159,22 @@ impl TestServer {
     /// Conversations that exist on the server now.
     pub fn conversations(&self) -> usize {
         self.with(|s| s.conversations.len())
+    }
+
+    /// Waits until exactly `n` conversations exist (the server's own event; the generous
+    /// bound only turns a hang into a failure).
+    pub async fn until_conversations(&self, n: usize) {
+        let mut count = self
+            .with(|s| s.count.as_ref().map(|c| c.subscribe()))
+            .expect("started with a counter");
+        let reached =
+            tokio::time::timeout(Duration::from_secs(30), count.wait_for(|&value| value == n))
+                .await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "expected {n} conversations, have {}",
+            self.conversations()
+        );
     }
 
     /// Forgets every session's settings, as a restarted server would.
@@ -271,6 +292,16 @@ fn scripted(reply: Reply) -> Option<Response> {
             }
             Some(response)
         }
+        Reply::StatusStream(status, chunks) => {
+            let stream = body_stream(chunks);
+            Some(
+                Response::builder()
+                    .status(status)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from_stream(stream))
+                    .unwrap(),
+            )
+        }
         Reply::Stream(content_type, chunks) => {
             let stream =
                 futures_util::stream::unfold(chunks.into_iter(), |mut chunks| async move {
@@ -299,6 +330,22 @@ fn scripted(reply: Reply) -> Option<Response> {
             )
         }
     }
+}
+
+fn body_stream(
+    chunks: Vec<Chunk>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(chunks.into_iter(), |mut chunks| async move {
+        loop {
+            match chunks.next()? {
+                Chunk::Bytes(bytes) => return Some((Ok(Bytes::from(bytes)), chunks)),
+                Chunk::Sleep(duration) => tokio::time::sleep(duration).await,
+                Chunk::Disconnect => {
+                    return Some((Err(std::io::Error::other("scripted disconnect")), chunks));
+                }
+            }
+        }
+    })
 }
 
 async fn settings(
@@ -379,6 +426,10 @@ async fn create(
     guard.next_conversation += 1;
     let id = format!("64f1c0d2e4b0a1b2c3{:06x}", guard.next_conversation);
     guard.conversations.insert(id.clone(), session.clone());
+    let count = guard.conversations.len();
+    if let Some(counter) = &guard.count {
+        counter.send_replace(count);
+    }
     with_cookie(
         (
             [(header::CONTENT_TYPE, "application/json")],
@@ -410,6 +461,10 @@ async fn conversation(
     match method {
         Method::DELETE => {
             guard.conversations.remove(&id);
+            let count = guard.conversations.len();
+            if let Some(counter) = &guard.count {
+                counter.send_replace(count);
+            }
             with_cookie(StatusCode::OK.into_response(), &session)
         }
         Method::POST => {

