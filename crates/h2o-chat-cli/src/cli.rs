@@ -40,6 +40,8 @@ pub enum Command {
     Batch(BatchArgs),
     /// Serve the H2o protocol (chat-ui, TGI and OpenAI routes) from the local model.
     Serve(ServeArgs),
+    /// Check the upstreams of a gateway: kind, health and models of each.
+    Upstreams(UpstreamsArgs),
     /// List the known models, their aliases, and which are stand-ins.
     Models,
     /// List the provider's supported parameters.
@@ -97,22 +99,50 @@ pub struct ServeArgs {
     /// Connections open at once; beyond it the longest-idle one is closed (or 503).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
-    /// Relay to this remote server instead of running the local model.
-    #[arg(long, value_name = "URL")]
-    pub upstream: Option<String>,
-    /// What the upstream speaks: `h2o` (chat-ui, through the provider library) or `tgi`.
-    #[arg(long, value_enum, default_value = "h2o")]
-    pub upstream_kind: UpstreamKind,
+    #[command(flatten)]
+    pub upstreams: UpstreamArgs,
+    /// Threads llama.cpp computes with (default: all cores).
+    #[arg(long, hide = true)]
+    pub threads: Option<usize>,
     /// Require `Authorization: Bearer KEY` on every route that generates or reads
     /// conversations (TGI, chat-ui and OpenAI routes; /, /info, /health and /metrics stay open).
     #[arg(long, env = "H2O_CHAT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 }
 
+/// Upstreams: with any, the server is a gateway in front of them instead of running the
+/// local model.
+#[derive(Debug, Args)]
+pub struct UpstreamArgs {
+    /// An upstream, `[KIND=]URL` with KIND `h2o` (chat-ui), `tgi` or `openai` (vLLM,
+    /// llama.cpp's llama-server, …). Repeatable.
+    #[arg(long = "upstream", value_name = "[KIND=]URL")]
+    pub upstream: Vec<String>,
+    /// The kind of a bare `--upstream URL`.
+    #[arg(long, value_enum, default_value = "h2o")]
+    pub upstream_kind: UpstreamKind,
+    /// A TOML file of `[[upstream]]` tables: kind, url, weight, max_in_flight, api_key, model.
+    #[arg(long, value_name = "FILE")]
+    pub upstreams: Option<PathBuf>,
+    /// Seconds between the active health checks of the upstreams.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub health_interval: f64,
+    /// Seconds an upstream may take to send its first token before the next one is tried.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub first_token_timeout: f64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UpstreamKind {
     H2o,
     Tgi,
+    Openai,
+}
+
+#[derive(Debug, Args)]
+pub struct UpstreamsArgs {
+    #[command(flatten)]
+    pub upstreams: UpstreamArgs,
 }
 
 #[derive(Debug, Args)]

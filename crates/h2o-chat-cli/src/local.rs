@@ -72,6 +72,8 @@ pub struct Sizing {
     pub context_per_slot: usize,
     pub prompt_cache: bool,
     pub kv_unified: bool,
+    /// llama.cpp's threads; `None`: all cores.
+    pub threads: Option<usize>,
 }
 
 impl Sizing {
@@ -82,6 +84,7 @@ impl Sizing {
             context_per_slot: 4096,
             prompt_cache: true,
             kv_unified: false,
+            threads: None,
         }
     }
 }
@@ -98,6 +101,9 @@ pub fn load_engine(
     config.context_per_slot = sizing.context_per_slot;
     config.prompt_cache = sizing.prompt_cache;
     config.kv_unified = sizing.kv_unified;
+    if let Some(threads) = sizing.threads {
+        config.threads = threads.max(1);
+    }
     let engine = LlamaEngine::load(config).map_err(|e| Failure::Model(e.to_string()))?;
     tracing::debug!(load_ms = engine.load_ms(), "local model loaded");
     Ok(engine)

@@ -10,6 +10,7 @@ mod info;
 mod local;
 mod serve;
 mod setup;
+mod upstreams;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -67,6 +68,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Serve(args) => serve::run(global, args).await,
+        Command::Upstreams(args) => upstreams::run(&args.upstreams).await,
         Command::Chat(args) => {
             let prompt = chat::read_prompt(args.prompt.as_deref())?;
             let interactive =

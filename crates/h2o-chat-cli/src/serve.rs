@@ -11,9 +11,10 @@ use std::time::Duration;
 use h2o_chat_engine::{DeferredEngine, Engine};
 use h2o_chat_server::{Bounds, LOCAL_MODEL_ID, ModelRegistry, Server, ServerConfig, Timeouts};
 
-use crate::cli::{Global, ServeArgs, UpstreamKind};
+use crate::cli::{Global, ServeArgs};
 use crate::failure::Failure;
 use crate::local::{self, Sizing};
+use crate::upstreams;
 
 /// The exit code of a serve stopped by a second signal.
 const FORCED_EXIT: i32 = 130;
@@ -23,14 +24,10 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
     let mut signals = Signals::new()?;
     let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout)
         .map_err(|_| Failure::Usage("--shutdown-timeout takes a number of seconds".into()))?;
-    let (models, loading) = match &args.upstream {
-        Some(url) => {
-            let models = match args.upstream_kind {
-                UpstreamKind::H2o => ModelRegistry::relaying_to_h2o(url),
-                UpstreamKind::Tgi => ModelRegistry::relaying_to_tgi(url),
-            }
-            .map_err(|e| Failure::Usage(format!("--upstream {url}: {e}")))?;
-            (models, None)
+    let (models, loading) = match upstreams::pool(&args.upstreams)? {
+        Some(pool) => {
+            pool.spawn_health_checks();
+            (ModelRegistry::gateway(pool), None)
         }
         None => {
             let deferred = Arc::new(DeferredEngine::new(LOCAL_MODEL_ID));
@@ -70,12 +67,16 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
     for line in lines {
         eprintln!("  {line}");
     }
+    if server.state().models().pool().is_some() {
+        eprintln!("gateway ready");
+    }
     if let Some(deferred) = loading {
         let sizing = Sizing {
             slots: args.slots as usize,
             context_per_slot: args.context_per_slot as usize,
             prompt_cache: !args.no_prompt_cache,
             kv_unified: args.kv_unified,
+            threads: args.threads,
         };
         let gguf = global.gguf.clone();
         let quiet = global.quiet;

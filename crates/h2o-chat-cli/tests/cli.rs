@@ -5,8 +5,10 @@
 #[path = "../../h2o-chat/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command as StdCommand, Stdio};
+mod common;
+
+use common::Serve;
+
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
@@ -71,15 +73,7 @@ fn one_shot_against_a_url_with_a_path_prefix_prints_only_the_answer() {
         create[0].json()["model"],
         "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v3"
     );
-    runtime.block_on(async {
-        for _ in 0..100 {
-            if server.conversations() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    assert_eq!(server.conversations(), 0);
+    runtime.block_on(server.until_conversations(0));
 }
 
 #[test]
@@ -370,79 +364,6 @@ fn models_lists_stand_ins_and_params_lists_the_legacy_string() {
             .unwrap()
             .starts_with("h2o_chat::legacy supports: (model: &str")
     );
-}
-
-/// `h2o-chat serve` on a free loopback port, once its model is loaded.
-struct Serve {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Serve {
-    fn start(extra: &[&str]) -> Serve {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let addr = format!("127.0.0.1:{port}");
-        let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("h2o-chat"))
-            .args(["-q", "serve", "--addr", &addr, "--slots", "2"])
-            .args(extra)
-            .env_remove("H2O_CHAT_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        // The server's own word that it is ready; the read ends if it exits instead.
-        while !line.contains("model loaded") {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "serve exited before loading its model"
-            );
-        }
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while stderr.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
-        Serve { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, name: &str) {
-        StdCommand::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-    }
-
-    /// Waits for the exit (the bound only turns a hang into a failure).
-    fn exit_status(mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn client() -> reqwest::blocking::Client {

@@ -40,6 +40,9 @@ impl Piece {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Prompt {
     pieces: Vec<Piece>,
+    /// The conversation it renders, when it is a chat: engines that send messages rather
+    /// than text (a relay to an OpenAI-compatible server) use these.
+    chat: Option<Vec<ChatTurn>>,
 }
 
 impl Prompt {
@@ -76,6 +79,17 @@ impl Prompt {
 
     pub fn pieces(&self) -> &[Piece] {
         &self.pieces
+    }
+
+    /// Notes the conversation this prompt renders.
+    pub fn with_chat(mut self, turns: &[ChatTurn]) -> Self {
+        self.chat = Some(turns.to_vec());
+        self
+    }
+
+    /// The conversation this prompt renders, when it is a chat.
+    pub fn chat(&self) -> Option<&[ChatTurn]> {
+        self.chat.as_deref()
     }
 
     /// The whole prompt as one string (what TGI's `return_full_text` and chat-ui's
@@ -131,7 +145,7 @@ pub fn chatml(turns: &[ChatTurn]) -> Prompt {
     }
     prompt.push_markup("<|im_start|>");
     prompt.push_content("assistant\n");
-    prompt
+    prompt.with_chat(turns)
 }
 
 #[cfg(test)]
@@ -149,6 +163,7 @@ mod tests {
             prompt.pieces(),
             &[Piece::Markup("ab".into()), Piece::Content("c".into())]
         );
+        assert_eq!(prompt.chat(), None);
         assert_eq!(prompt.text(), "abc");
         assert_eq!(prompt.char_count(), 3);
     }

@@ -459,7 +459,7 @@ impl Engine for LlamaEngine {
                 "the chat template drops messages".into(),
             ));
         }
-        Ok(prompt)
+        Ok(prompt.with_chat(turns))
     }
 
     fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {

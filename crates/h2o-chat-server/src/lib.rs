@@ -29,6 +29,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod gateway;
 pub mod history;
 pub mod hooks;
 mod listener;
@@ -36,12 +37,12 @@ pub mod metrics;
 pub mod models;
 pub mod openai_request;
 pub mod pipeline;
+pub mod relay;
 pub mod routes;
 pub mod session;
 pub mod settings_form;
 pub mod shutdown;
 pub mod store;
-pub mod upstream;
 pub mod validation;
 pub mod wire;
 
@@ -130,6 +131,7 @@ impl Server {
             .iter()
             .map(|m| (m.engine.info().model_id, m.engine.clone()))
             .collect();
+        let metrics = Metrics::new(engines, models.pool().cloned());
         Server {
             state: AppState(Arc::new(Shared {
                 config,
@@ -137,7 +139,7 @@ impl Server {
                 store,
                 permits,
                 validation_workers,
-                metrics: Arc::new(Metrics::new(engines)),
+                metrics: Arc::new(metrics),
                 shutdown: Shutdown::new(),
             })),
         }

@@ -3,12 +3,18 @@
 //! - `h2o_chat_requests_total{route,status}`: every answered request, by matched route.
 //! - `h2o_chat_time_to_first_token_seconds`, `h2o_chat_inter_token_latency_seconds`:
 //!   histograms, measured where every route's tokens pass (the pipeline).
+//! - `h2o_chat_conversations`, `h2o_chat_sessions`: what the store holds.
 //! - `h2o_chat_connections` (open), `h2o_chat_connections_refused_total`,
 //!   `h2o_chat_connections_evicted_total`.
 //! - Per model engine, read at scrape time: `h2o_chat_slots`, `h2o_chat_slots_busy`,
 //!   `h2o_chat_queue_depth`, `h2o_chat_prompt_tokens_evaluated_total`,
 //!   `h2o_chat_prompt_tokens_cached_total`, `h2o_chat_generated_tokens_total`,
 //!   `h2o_chat_batches_total`, `h2o_chat_engine_ready`.
+//!
+//! - For a gateway, per upstream: `h2o_chat_upstream_requests_total`,
+//!   `h2o_chat_upstream_errors_total{stage}`, `h2o_chat_upstream_cooldowns_total`,
+//!   `h2o_chat_upstream_failovers_total`, `h2o_chat_upstream_first_token_seconds`,
+//!   `h2o_chat_upstream_in_flight`, `h2o_chat_upstream_healthy`.
 //!
 //! Each server has its own registry, so several servers in one process (tests, the
 //! gateway) never mix their figures.
@@ -28,6 +34,7 @@ use prometheus::{
 };
 
 use crate::AppState;
+use crate::gateway::{Pool, PoolCollector};
 
 /// Latency buckets, in seconds: from a warm token (~10 ms) to a long queue.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -43,6 +50,8 @@ pub struct Metrics {
     pub(crate) connections: IntGauge,
     pub(crate) connections_refused: IntCounter,
     pub(crate) connections_evicted: IntCounter,
+    pub(crate) conversations: IntGauge,
+    pub(crate) sessions: IntGauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -51,8 +60,9 @@ fn must<T>(result: prometheus::Result<T>) -> T {
 }
 
 impl Metrics {
-    /// Metrics for a server whose models are served by `engines` (named by model id).
-    pub fn new(engines: Vec<(String, Arc<dyn Engine>)>) -> Self {
+    /// Metrics for a server whose models are served by `engines` (named by model id), in
+    /// front of `pool`'s upstreams when it is a gateway.
+    pub fn new(engines: Vec<(String, Arc<dyn Engine>)>, pool: Option<Arc<Pool>>) -> Self {
         let registry = Registry::new();
         let requests = must(IntCounterVec::new(
             Opts::new(
@@ -84,15 +94,38 @@ impl Metrics {
             "h2o_chat_connections_evicted_total",
             "Idle connections closed to make room at the connection cap.",
         ));
-        for collector in [
-            Box::new(requests.clone()) as Box<dyn Collector>,
+        let conversations = must(IntGauge::new(
+            "h2o_chat_conversations",
+            "Conversations the server holds.",
+        ));
+        let sessions = must(IntGauge::new(
+            "h2o_chat_sessions",
+            "Sessions the server remembers.",
+        ));
+        let mut collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(conversations.clone()),
+            Box::new(sessions.clone()),
+            Box::new(requests.clone()),
             Box::new(first_token.clone()),
             Box::new(inter_token.clone()),
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_evicted.clone()),
-            Box::new(EngineCollector::new(engines)),
-        ] {
+        ];
+        match pool {
+            // A gateway's engines are its upstreams: per-upstream figures instead.
+            Some(pool) => {
+                let upstream = &pool.metrics;
+                collectors.push(Box::new(upstream.requests.clone()));
+                collectors.push(Box::new(upstream.errors.clone()));
+                collectors.push(Box::new(upstream.cooldowns.clone()));
+                collectors.push(Box::new(upstream.failovers.clone()));
+                collectors.push(Box::new(upstream.first_token.clone()));
+                collectors.push(Box::new(PoolCollector::new(pool)));
+            }
+            None => collectors.push(Box::new(EngineCollector::new(engines))),
+        }
+        for collector in collectors {
             must(registry.register(collector));
         }
         Metrics {
@@ -103,6 +136,8 @@ impl Metrics {
             connections,
             connections_refused,
             connections_evicted,
+            conversations,
+            sessions,
         }
     }
 

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use h2o_chat::models::MODELS as H2O_MODELS;
 use h2o_chat_engine::Engine;
 
+use crate::gateway::{Gateway, Pool};
+
 /// The local model's id.
 pub const LOCAL_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 /// The local model's short alias.
@@ -32,6 +34,7 @@ pub struct ServedModel {
 #[derive(Clone)]
 pub struct ModelRegistry {
     models: Vec<ServedModel>,
+    pool: Option<Arc<Pool>>,
 }
 
 impl ModelRegistry {
@@ -54,40 +57,42 @@ impl ModelRegistry {
             engine,
             stand_in: false,
         });
-        ModelRegistry { models }
+        ModelRegistry { models, pool: None }
     }
 
     /// Exactly these models.
     pub fn new(models: Vec<ServedModel>) -> Self {
-        ModelRegistry { models }
+        ModelRegistry { models, pool: None }
     }
 
-    /// The H2o ids relayed to a remote H2o server, one provider session per id.
-    pub fn relaying_to_h2o(url: &str) -> Result<Self, h2o_chat_engine::EngineError> {
-        let mut models = Vec::new();
-        for model in H2O_MODELS.iter() {
-            let engine = crate::upstream::RemoteH2o::new(url, Some(model.id.to_string()))?;
-            models.push(ServedModel {
-                id: model.id.to_string(),
-                aliases: vec![model.alias.to_string()],
-                engine: Arc::new(engine),
+    /// A gateway in front of `pool`: the H2o ids and the local model's id, each relayed to
+    /// the pool's upstreams (which receive the id asked for, unless an upstream names its
+    /// own model).
+    pub fn gateway(pool: Arc<Pool>) -> Self {
+        let ids = H2O_MODELS
+            .iter()
+            .map(|m| (m.id.to_string(), vec![m.alias.to_string()]))
+            .chain(std::iter::once((
+                LOCAL_MODEL_ID.to_string(),
+                vec![LOCAL_ALIAS.to_string()],
+            )));
+        let models = ids
+            .map(|(id, aliases)| ServedModel {
+                engine: Arc::new(Gateway::new(pool.clone(), id.clone())),
+                id,
+                aliases,
                 stand_in: false,
-            });
+            })
+            .collect();
+        ModelRegistry {
+            models,
+            pool: Some(pool),
         }
-        Ok(ModelRegistry { models })
     }
 
-    /// One model relayed to a remote TGI server.
-    pub fn relaying_to_tgi(url: &str) -> Result<Self, h2o_chat_engine::EngineError> {
-        let engine = crate::upstream::RemoteTgi::new(url)?;
-        Ok(ModelRegistry {
-            models: vec![ServedModel {
-                id: "tgi".into(),
-                aliases: vec![],
-                engine: Arc::new(engine),
-                stand_in: false,
-            }],
-        })
+    /// The gateway's upstreams, when this registry is a gateway.
+    pub fn pool(&self) -> Option<&Arc<Pool>> {
+        self.pool.as_ref()
     }
 
     pub fn all(&self) -> &[ServedModel] {

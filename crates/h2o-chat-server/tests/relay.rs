@@ -1,6 +1,6 @@
-//! The gateway relaying to remote servers: an H2o (chat-ui) upstream through the provider
-//! library — faults become OpenAI-shaped errors and nothing is left upstream — and a TGI
-//! upstream.
+//! The relays behind the gateway, one upstream at a time: an H2o (chat-ui) upstream through
+//! the provider library — faults become OpenAI-shaped errors with the upstream's status and
+//! nothing is left upstream — a TGI upstream, and an OpenAI-compatible upstream.
 
 #[path = "../../h2o-chat/tests/support/mod.rs"]
 mod support;
@@ -9,17 +9,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use h2o_chat_engine::{Script, ScriptedEngine};
+use h2o_chat_server::gateway::{Pool, UpstreamKind, UpstreamSpec};
 use h2o_chat_server::{ModelRegistry, RunningServer, Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Chunk, Reply, TestServer, token_event};
 
-async fn gateway_to(upstream: &TestServer) -> RunningServer {
-    let models = ModelRegistry::relaying_to_h2o(&upstream.url).unwrap();
-    Server::new(ServerConfig::default(), models)
+async fn gateway_of(kind: UpstreamKind, url: &str) -> RunningServer {
+    let pool = Pool::new(vec![UpstreamSpec::new(kind, url)]).unwrap();
+    Server::new(ServerConfig::default(), ModelRegistry::gateway(pool))
         .bind("127.0.0.1:0")
         .await
         .unwrap()
+}
+
+async fn gateway_to(upstream: &TestServer) -> RunningServer {
+    gateway_of(UpstreamKind::H2o, &upstream.url).await
 }
 
 fn request(stream: bool) -> Value {
@@ -192,16 +197,10 @@ async fn relays_to_a_tgi_server() {
     .bind("127.0.0.1:0")
     .await
     .unwrap();
-    let gateway = Server::new(
-        ServerConfig::default(),
-        ModelRegistry::relaying_to_tgi(&tgi.url()).unwrap(),
-    )
-    .bind("127.0.0.1:0")
-    .await
-    .unwrap();
+    let gateway = gateway_of(UpstreamKind::Tgi, &tgi.url()).await;
     let reply: Value = post(
         &gateway,
-        &json!({"model": "tgi", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10}),
+        &json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10}),
     )
     .await
     .json()
@@ -209,4 +208,65 @@ async fn relays_to_a_tgi_server() {
     .unwrap();
     assert_eq!(reply["choices"][0]["message"]["content"], "Hello!");
     assert_eq!(reply["usage"]["completion_tokens"], 3);
+}
+
+#[tokio::test]
+async fn relays_a_chat_to_an_openai_upstream_as_messages() {
+    let upstream = Server::new(
+        ServerConfig::default(),
+        ModelRegistry::with_h2o_stand_ins(Arc::new(ScriptedEngine::new(Script::default()))),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap();
+    let gateway = gateway_of(UpstreamKind::OpenAi, &upstream.url()).await;
+    for stream in [false, true] {
+        let response = post(
+            &gateway,
+            &json!({"model": "falcon-40b", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "max_tokens": 10, "stream": stream}),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.text().await.unwrap();
+        assert!(body.contains("Hello"), "{body}");
+    }
+    // A chat-ui conversation relayed to it keeps its history on this side.
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = gateway.url();
+    client
+        .post(format!("{url}/settings"))
+        .header("referer", format!("{url}/"))
+        .form(&[("ethicsModalAccepted", "true")])
+        .send()
+        .await
+        .unwrap();
+    let created: Value = client
+        .post(format!("{url}/conversation"))
+        .json(&json!({"model": "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-40b-v1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["conversationId"].as_str().unwrap();
+    for question in ["First?", "Second?"] {
+        let body = client
+            .post(format!("{url}/conversation/{id}"))
+            .json(&json!({"inputs": question, "parameters": {"max_new_tokens": 8, "return_full_text": false}, "stream": true, "options": {}}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("\"generated_text\":\"Hello!\""), "{body}");
+    }
+    let owner = gateway.state().store().owner_of(id).unwrap();
+    let messages = gateway.state().store().get(&owner, id).unwrap().messages;
+    assert_eq!(messages.len(), 4);
 }

@@ -3,7 +3,7 @@
 mod support;
 
 use axum::http::Method;
-use h2o_chat::legacy::{self, Completion, Legacy, LegacyParams};
+use h2o_chat::legacy::{Completion, Legacy, LegacyParams};
 use h2o_chat::{Error, H2o, Message, blocking};
 use support::{Chunk, Reply, TestServer, final_event, token_event};
 
@@ -160,21 +160,4 @@ fn legacy_without_stream_returns_the_whole_text_and_fixed_ids() {
         .unwrap()
         .json();
     assert_eq!(body["options"]["id"], id.as_str());
-}
-
-#[test]
-fn legacy_free_function_reads_the_url_from_the_environment() {
-    let (server, _rt) = server();
-    // SAFETY: this test binary sets the variable in this one test only, before any reader.
-    unsafe { std::env::set_var("H2O_CHAT_URL", &server.url) };
-    let text = legacy::create_completion(
-        "falcon-40b",
-        &[Message::user("Translate to French: Hello, how are you?")],
-        false,
-        LegacyParams::default(),
-    )
-    .unwrap()
-    .into_text()
-    .unwrap();
-    assert_eq!(text, "Hello!");
 }

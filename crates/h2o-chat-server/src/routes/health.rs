@@ -53,6 +53,11 @@ fn unavailable(reason: &str, models: Option<serde_json::Value>) -> Response {
 
 /// Prometheus' text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let metrics = state.metrics();
+    metrics
+        .conversations
+        .set(state.store().conversation_count() as i64);
+    metrics.sessions.set(state.store().session_count() as i64);
     (
         StatusCode::OK,
         [(

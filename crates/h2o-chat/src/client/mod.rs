@@ -19,7 +19,7 @@
 
 mod builder;
 mod conversation;
-mod generation;
+mod generate_stream;
 mod reply;
 mod retry;
 mod session;
@@ -33,7 +33,7 @@ pub use retry::RetryPolicy;
 pub use stream::{Completion, EventStream, TokenStream};
 
 use conversation::Conversation;
-use generation::Generation;
+use generate_stream::GenerateStream;
 use session::Session;
 use tokio_util::task::TaskTracker;
 
@@ -292,7 +292,7 @@ async fn start(
     client: &reqwest::Client,
     model: &str,
     request: &GenerateRequest,
-) -> Result<Generation, Error> {
+) -> Result<GenerateStream, Error> {
     let config = &inner.config;
     let mut settings_resent = false;
     loop {
@@ -304,7 +304,7 @@ async fn start(
                     Conversation::create(inner, client, model)
                 })
                 .await?;
-            Generation::open(inner, client, conversation, request).await
+            GenerateStream::open(inner, client, conversation, request).await
         }
         .await;
         match result {

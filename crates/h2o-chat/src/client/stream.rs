@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use futures_util::StreamExt;
 
-use crate::client::generation::Generation;
+use crate::client::generate_stream::GenerateStream;
 use crate::error::Error;
 use crate::protocol::{Details, Event};
 
@@ -24,7 +24,7 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    pub(crate) fn new(generation: Generation) -> Self {
+    pub(crate) fn new(generation: GenerateStream) -> Self {
         let inner = futures_util::stream::unfold(generation, |mut generation| async move {
             let item = generation.next().await?;
             Some((item, generation))

@@ -34,7 +34,7 @@ type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// A generation in progress: the open response and what has been received.
-pub(crate) struct Generation {
+pub(crate) struct GenerateStream {
     /// Deleted (by its drop) as soon as the stream ends in any way.
     conversation: Option<Conversation>,
     url: String,
@@ -57,7 +57,7 @@ enum Framing {
     Json,
 }
 
-impl Generation {
+impl GenerateStream {
     /// POSTs the generate body and waits for the first event, retrying while nothing has
     /// arrived. The first-event deadline covers every attempt.
     pub(crate) async fn open(
@@ -65,7 +65,7 @@ impl Generation {
         client: &Client,
         conversation: Conversation,
         request: &GenerateRequest,
-    ) -> Result<Generation, Error> {
+    ) -> Result<GenerateStream, Error> {
         let config = &inner.config;
         let url = conversation.url().to_string();
         let first_body = serde_json::to_vec(request).map_err(|e| Error::Config(e.to_string()))?;
@@ -86,7 +86,7 @@ impl Generation {
                 attempt(inner, client, &url, payload, deadline)
             })
             .await?;
-        Ok(Generation {
+        Ok(GenerateStream {
             conversation: Some(conversation),
             url,
             body,

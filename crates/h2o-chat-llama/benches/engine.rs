@@ -1,0 +1,252 @@
+//! The local engine on this machine (BENCHMARKS.md), each figure beside a bare llama-cpp-2
+//! loop doing the same work on the same GGUF, build and thread count, measured alternately
+//! in the same process:
+//!
+//! 1. One stream: prompt evaluation and decode speed (what the TGI layer costs).
+//! 2. B streams at once (B = 1, 2, 4, 8, 16): aggregate decode tokens/s through the
+//!    scheduler, beside a bare loop that decodes the same B sequences in one batch per step —
+//!    for a per-slot KV cache (the default) and a unified one.
+//!
+//! `cargo bench -p h2o-chat-llama --bench engine`
+
+use std::num::NonZeroU32;
+use std::time::Instant;
+
+use h2o_chat_engine::{ChatTurn, Engine, GenerationEvent, GenerationRequest, Prompt};
+use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
+use h2o_chat_llama::{LlamaConfig, LlamaEngine, backend};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::token::LlamaToken;
+
+const THREADS: usize = 2;
+const DECODE_TOKENS: usize = 64;
+const ROUNDS: usize = 5;
+/// A raw continuation that goes on without an end-of-sequence token.
+const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,";
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn argmax(logits: &[f32]) -> LlamaToken {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    LlamaToken(best as i32)
+}
+
+fn engine(gguf: &std::path::Path, slots: usize, unified: bool) -> LlamaEngine {
+    let mut config = LlamaConfig::new(gguf, "SmolLM2-135M-Instruct");
+    config.threads = THREADS;
+    config.slots = slots;
+    config.context_per_slot = 1024;
+    config.kv_unified = unified;
+    LlamaEngine::load(config).expect("model loads")
+}
+
+/// `streams` generations at once; returns (seconds to the first token of the slowest
+/// stream, aggregate decode tokens/s after that).
+fn engine_round(
+    engine: &LlamaEngine,
+    prompt: &Prompt,
+    streams: usize,
+    tokens: usize,
+) -> (f64, f64) {
+    let started = Instant::now();
+    let mut generations: Vec<_> = (0..streams)
+        .map(|_| {
+            let mut request = GenerationRequest::new(prompt.clone(), tokens as u32);
+            request.max_new_tokens = tokens as u32;
+            engine.start(request).expect("starts")
+        })
+        .collect();
+    // Wait for every stream's first token, then time the rest.
+    for generation in &mut generations {
+        assert!(matches!(
+            generation.events.blocking_recv(),
+            Some(GenerationEvent::Token(_))
+        ));
+    }
+    let first = started.elapsed().as_secs_f64();
+    let decoding = Instant::now();
+    let mut produced = 0usize;
+    for generation in &mut generations {
+        while let Some(event) = generation.events.blocking_recv() {
+            produced += 1;
+            if !matches!(event, GenerationEvent::Token(_)) {
+                break;
+            }
+        }
+    }
+    (first, produced as f64 / decoding.elapsed().as_secs_f64())
+}
+
+/// The same work with the bindings alone: B sequences, one prefill batch, then one batch of B
+/// tokens per step, greedy. Returns (prefill seconds, aggregate decode tokens/s).
+fn bare_round(
+    model: &LlamaModel,
+    prompt: &[LlamaToken],
+    streams: usize,
+    tokens: usize,
+    unified: bool,
+) -> (f64, f64) {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new((streams * 1024) as u32))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_seq_max(streams as u32)
+        .with_kv_unified(unified)
+        .with_flash_attention_policy(0)
+        .with_n_threads(THREADS as i32)
+        .with_n_threads_batch(THREADS as i32);
+    let backend = backend().expect("backend");
+    let mut context = model.new_context(backend, params).expect("context");
+    let mut batch = LlamaBatch::new(512.max(streams * prompt.len()), 1);
+    let started = Instant::now();
+    // Prefill in chunks of at most 512 tokens, every sequence's prompt.
+    let mut next: Vec<LlamaToken> = Vec::with_capacity(streams);
+    for seq in 0..streams {
+        batch.clear();
+        for (i, &token) in prompt.iter().enumerate() {
+            batch
+                .add(token, i as i32, &[seq as i32], i == prompt.len() - 1)
+                .unwrap();
+        }
+        context.decode(&mut batch).expect("prefill");
+        next.push(argmax(context.get_logits_ith(batch.n_tokens() - 1)));
+    }
+    let prefill = started.elapsed().as_secs_f64();
+    let decoding = Instant::now();
+    for step in 0..tokens - 1 {
+        batch.clear();
+        for (seq, &token) in next.iter().enumerate() {
+            batch
+                .add(token, (prompt.len() + step) as i32, &[seq as i32], true)
+                .unwrap();
+        }
+        context.decode(&mut batch).expect("decode");
+        for (seq, token) in next.iter_mut().enumerate() {
+            *token = argmax(context.get_logits_ith(seq as i32));
+            let _ = model.vocab().token_to_piece(*token, false, None);
+        }
+    }
+    (
+        prefill,
+        (streams * (tokens - 1)) as f64 / decoding.elapsed().as_secs_f64(),
+    )
+}
+
+fn main() {
+    let gguf = ensure_model(&cache_dir(), &SMOLLM2, &mut |_, _, _| {}).expect("model");
+    let load_started = Instant::now();
+    let single = engine(&gguf, 1, false);
+    let load_ms = load_started.elapsed().as_millis();
+    let model = LlamaModel::load_from_file(
+        backend().expect("backend"),
+        &gguf,
+        &LlamaModelParams::default(),
+    )
+    .expect("model loads for the bare loop");
+    println!(
+        "engine bench: SmolLM2-135M-Instruct Q4_1, {THREADS} threads, {ROUNDS} rounds (medians), nproc {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("model load (mmap + scheduler start, 1 slot): {load_ms} ms");
+
+    // 1. One stream: a ~256-token chat prompt, then greedy decoding.
+    let text = "The quick brown fox jumps over the lazy dog near the river bank in the morning. "
+        .repeat(14);
+    let chat = single
+        .render_chat(&[ChatTurn::new(
+            "user",
+            format!("{text}\nSummarise this in one sentence."),
+        )])
+        .unwrap();
+    let chat_tokens: Vec<LlamaToken> = single
+        .tokenize(&chat)
+        .unwrap()
+        .ids
+        .unwrap()
+        .iter()
+        .map(|&id| LlamaToken(id as i32))
+        .collect();
+    let counting = Prompt::raw(COUNTING);
+    let counting_tokens: Vec<LlamaToken> = single
+        .tokenize(&counting)
+        .unwrap()
+        .ids
+        .unwrap()
+        .iter()
+        .map(|&id| LlamaToken(id as i32))
+        .collect();
+    engine_round(&single, &chat, 1, 8);
+    let (mut e_prefill, mut b_prefill, mut e_decode, mut b_decode) =
+        (vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        let (first, _) = engine_round(&single, &chat, 1, 2);
+        e_prefill.push(chat_tokens.len() as f64 / first);
+        let (prefill, _) = bare_round(&model, &chat_tokens, 1, 2, false);
+        b_prefill.push(chat_tokens.len() as f64 / prefill);
+        e_decode.push(engine_round(&single, &counting, 1, 128).1);
+        b_decode.push(bare_round(&model, &counting_tokens, 1, 128, false).1);
+    }
+    println!(
+        "one stream, prompt {} tokens: engine {:.0} tok/s, bare {:.0} tok/s, ratio {:.2}",
+        chat_tokens.len(),
+        median(e_prefill.clone()),
+        median(b_prefill.clone()),
+        median(e_prefill) / median(b_prefill)
+    );
+    println!(
+        "one stream, decode 128 tokens: engine {:.1} tok/s, bare {:.1} tok/s, ratio {:.2}",
+        median(e_decode.clone()),
+        median(b_decode.clone()),
+        median(e_decode) / median(b_decode)
+    );
+    drop(single);
+
+    // 2. B streams at once, per-slot and unified KV caches.
+    for unified in [false, true] {
+        println!(
+            "B streams of {DECODE_TOKENS} tokens, {} KV cache: aggregate decode tok/s",
+            if unified { "unified" } else { "per-slot" }
+        );
+        let mut one = None;
+        for streams in [1usize, 2, 4, 8, 16] {
+            let engine = engine(&gguf, streams, unified);
+            engine_round(&engine, &counting, streams, 4);
+            let (mut ours, mut bare) = (vec![], vec![]);
+            for _ in 0..ROUNDS {
+                ours.push(engine_round(&engine, &counting, streams, DECODE_TOKENS).1);
+                bare.push(bare_round(&model, &counting_tokens, streams, DECODE_TOKENS, unified).1);
+            }
+            let (ours, bare) = (median(ours), median(bare));
+            let base = *one.get_or_insert(ours);
+            println!(
+                "  B={streams:>2}: engine {ours:>6.1} ({:.2}× one stream), bare batched loop {bare:>6.1}, engine/bare {:.2}",
+                ours / base,
+                ours / bare
+            );
+        }
+    }
+    println!(
+        "peak RSS of the process (all engines above, in turn, and the bare loop's model): {:.0} MB",
+        peak_rss_mb()
+    );
+}

@@ -1,0 +1,342 @@
+//! Many users on one model, over HTTP (BENCHMARKS.md): the server with the real model and
+//! its default 8 slots, measured the way users feel it.
+//!
+//! 1. Time to first token, cold (model load included) and warm.
+//! 2. Served tokens/s for 1 and 8 concurrent streams (`/generate_stream`, greedy, 64 tokens).
+//! 3. Time to first token of a short request joining 7 running streams, against the same
+//!    request on an idle server.
+//! 4. A 6-turn chat-ui conversation (~120-token questions, 8-token answers): time to first
+//!    token per turn, with the prompt cache and without; turn 6 / turn 1.
+//! 5. The server's own ceiling with a scripted no-op engine: events/s on one connection
+//!    through the chat-ui lifecycle, and chunks/s through the OpenAI route.
+//!
+//! `cargo bench -p h2o-chat-llama --bench serving`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use h2o_chat::{Event, H2o, Message, Parameters};
+use h2o_chat_engine::{Engine, Script, ScriptedEngine};
+use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
+use h2o_chat_llama::{LlamaConfig, LlamaEngine};
+use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, ServerConfig};
+use serde_json::{Value, json};
+
+const ROUNDS: usize = 5;
+const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,";
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn chatml(question: &str) -> String {
+    format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+async fn serve(engine: LlamaEngine) -> RunningServer {
+    let engine: Arc<dyn Engine> = Arc::new(engine);
+    Server::new(
+        ServerConfig::default(),
+        ModelRegistry::with_h2o_stand_ins(engine),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap()
+}
+
+async fn load(gguf: std::path::PathBuf, prompt_cache: bool) -> LlamaEngine {
+    tokio::task::spawn_blocking(move || {
+        let mut config = LlamaConfig::new(gguf, LOCAL_MODEL_ID);
+        config.prompt_cache = prompt_cache;
+        LlamaEngine::load(config).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A `/generate_stream` request: (ms to its first token, tokens received, ms to the end).
+async fn stream(url: &str, inputs: &str, max_new_tokens: u32) -> (f64, usize, f64) {
+    stream_telling(url, inputs, max_new_tokens, None).await
+}
+
+/// The same, telling `first` when the first token arrives.
+async fn stream_telling(
+    url: &str,
+    inputs: &str,
+    max_new_tokens: u32,
+    mut first_told: Option<tokio::sync::oneshot::Sender<()>>,
+) -> (f64, usize, f64) {
+    let started = Instant::now();
+    let response = http()
+        .post(format!("{url}/generate_stream"))
+        .json(&json!({"inputs": inputs, "parameters": {"max_new_tokens": max_new_tokens}}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let mut first = None;
+    let mut tokens = 0;
+    let mut seen = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        seen.extend_from_slice(&chunk);
+        let events = seen.windows(5).filter(|w| w == b"data:").count();
+        if events > 0 {
+            first.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+            if let Some(told) = first_told.take() {
+                let _ = told.send(());
+            }
+        }
+        tokens = events;
+    }
+    (
+        first.unwrap_or(0.0),
+        tokens,
+        started.elapsed().as_secs_f64() * 1000.0,
+    )
+}
+
+/// `h2o_chat_slots_busy` from `/metrics`.
+async fn busy_slots(url: &str) -> f64 {
+    let text = http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("h2o_chat_slots_busy{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Time to the first token of one completion through the chat-ui lifecycle.
+async fn ask(h2o: &H2o, question: &str, params: Parameters) -> f64 {
+    let started = Instant::now();
+    let mut events = h2o
+        .request([Message::user(question)])
+        .parameters(params)
+        .events()
+        .await
+        .unwrap();
+    let mut first = None;
+    while let Some(event) = events.next().await {
+        first.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+        if matches!(event.unwrap(), Event::Final(_)) {
+            break;
+        }
+    }
+    first.unwrap_or(0.0)
+}
+
+/// A chat-ui session with one conversation.
+async fn conversation(url: &str) -> (reqwest::Client, String) {
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .no_proxy()
+        .build()
+        .unwrap();
+    client
+        .post(format!("{url}/settings"))
+        .header("referer", format!("{url}/"))
+        .form(&[
+            ("ethicsModalAccepted", "true"),
+            ("activeModel", LOCAL_MODEL_ID),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let created: Value = client
+        .post(format!("{url}/conversation"))
+        .json(&json!({"model": LOCAL_MODEL_ID}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        client,
+        created["conversationId"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Time to first token of each of six turns of one conversation.
+async fn six_turns(url: &str) -> Vec<f64> {
+    let (client, id) = conversation(url).await;
+    let mut ttft = Vec::new();
+    for turn in 0..6 {
+        let question = format!(
+            "Turn {turn}. Here is a paragraph to keep in mind: the old lighthouse keeper walked along the rocky shore every evening, counting the ships that passed, noting the colour of the sky, the direction of the wind and the height of the waves, and writing it all in a leather notebook that he kept in the pocket of his heavy wool coat. Question: what did he write in the notebook? Answer in a few words."
+        );
+        let body = json!({"inputs": question, "parameters": {"max_new_tokens": 8}, "stream": true,
+            "options": {"id": uuid::Uuid::new_v4().to_string(), "response_id": uuid::Uuid::new_v4().to_string(), "is_retry": false, "use_cache": false, "web_search_id": ""}});
+        let started = Instant::now();
+        let response = client
+            .post(format!("{url}/conversation/{id}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let mut body = response.bytes_stream();
+        let mut first = None;
+        while let Some(Ok(_)) = body.next().await {
+            first.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+        }
+        ttft.push(first.unwrap_or(0.0));
+    }
+    ttft
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let gguf = ensure_model(&cache_dir(), &SMOLLM2, &mut |_, _, _| {}).expect("model");
+    println!(
+        "serving bench: SmolLM2-135M-Instruct Q4_1, default server (8 slots), {ROUNDS} rounds (medians), nproc {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. Cold and warm time to first token.
+    let cold = Instant::now();
+    let server = serve(load(gguf.clone(), true).await).await;
+    let url = server.url();
+    let h2o = H2o::builder().url(&url).env_proxy(false).build().unwrap();
+    let greedy = Parameters::empty().max_new_tokens(16);
+    ask(&h2o, "What is the capital of France?", greedy.clone()).await;
+    let cold_ms = cold.elapsed().as_secs_f64() * 1000.0;
+    let mut warm = Vec::new();
+    for _ in 0..7 {
+        warm.push(ask(&h2o, "What is the capital of France?", greedy.clone()).await);
+    }
+    println!(
+        "time to first token: cold (model load + server + whole lifecycle) {cold_ms:.0} ms, warm {:.1} ms",
+        median(warm)
+    );
+
+    // 2. Served tokens/s for 1 and 8 streams.
+    let mut rates = Vec::new();
+    for streams in [1usize, 8] {
+        let mut samples = Vec::new();
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            let runs =
+                futures_util::future::join_all((0..streams).map(|_| stream(&url, COUNTING, 64)))
+                    .await;
+            let tokens: usize = runs.iter().map(|r| r.1).sum();
+            samples.push(tokens as f64 / started.elapsed().as_secs_f64());
+        }
+        let rate = median(samples);
+        rates.push(rate);
+        println!("{streams} concurrent stream(s) of 64 tokens: {rate:.1} tokens/s served");
+    }
+    println!("8 streams / 1 stream: {:.2}×", rates[1] / rates[0]);
+
+    // 3. A short request joining 7 running streams, against an idle server.
+    let short = chatml("Say hello.");
+    let (mut idle, mut joined) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        idle.push(stream(&url, &short, 4).await.0);
+        let mut started = Vec::new();
+        let running: Vec<_> = (0..7)
+            .map(|_| {
+                let url = url.clone();
+                let (told, first) = tokio::sync::oneshot::channel();
+                started.push(first);
+                tokio::spawn(async move { stream_telling(&url, COUNTING, 200, Some(told)).await })
+            })
+            .collect();
+        // The seven are generating before the newcomer arrives.
+        for first in started {
+            let _ = first.await;
+        }
+        joined.push(stream(&url, &short, 4).await.0);
+        for task in running {
+            task.abort();
+        }
+        // Their slots are free again before the next round.
+        while busy_slots(&url).await > 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (idle, joined) = (median(idle), median(joined));
+    println!(
+        "time to first token of a short request: idle {idle:.0} ms, joining 7 running streams {joined:.0} ms, ratio {:.2}",
+        joined / idle
+    );
+    server.shutdown();
+    server.wait().await.unwrap();
+
+    // 4. Six turns, with and without the prompt cache.
+    for prompt_cache in [true, false] {
+        let server = serve(load(gguf.clone(), prompt_cache).await).await;
+        let mut per_turn: Vec<Vec<f64>> = vec![Vec::new(); 6];
+        for _ in 0..ROUNDS {
+            for (turn, ms) in six_turns(&server.url()).await.into_iter().enumerate() {
+                per_turn[turn].push(ms);
+            }
+        }
+        let medians: Vec<f64> = per_turn.into_iter().map(median).collect();
+        println!(
+            "6-turn chat, prompt cache {}: TTFT per turn {:?} ms, turn 6 / turn 1 = {:.2}",
+            if prompt_cache { "on " } else { "off" },
+            medians.iter().map(|m| m.round() as i64).collect::<Vec<_>>(),
+            medians[5] / medians[0]
+        );
+        server.shutdown();
+        server.wait().await.unwrap();
+    }
+
+    // 5. The server's own ceiling: a no-op engine.
+    let script = Script {
+        tokens: vec!["a".into()],
+        endless: true,
+        ..Script::default()
+    };
+    let noop: Arc<dyn Engine> = Arc::new(ScriptedEngine::new(script));
+    let server = Server::new(
+        ServerConfig::default(),
+        ModelRegistry::with_h2o_stand_ins(noop),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap();
+    let h2o = H2o::builder()
+        .url(server.url())
+        .env_proxy(false)
+        .build()
+        .unwrap();
+    let mut lifecycle = Vec::new();
+    let mut gateway = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let completion = h2o
+            .request([Message::user("Hi")])
+            .parameters(Parameters::empty().max_new_tokens(4000))
+            .complete()
+            .await
+            .unwrap();
+        lifecycle.push(completion.tokens as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let response = http()
+            .post(format!("{}/v1/chat/completions", server.url()))
+            .json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4000, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        let body = response.text().await.unwrap();
+        let chunks = body.matches("data: ").count();
+        gateway.push(chunks as f64 / started.elapsed().as_secs_f64());
+    }
+    println!(
+        "no-op engine, one connection, 4,000-token answers: chat-ui lifecycle {:.0} events/s, OpenAI route {:.0} chunks/s",
+        median(lifecycle),
+        median(gateway)
+    );
+}
