@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::cli::Global;
 use crate::failure::Failure;
+use crate::logbook::{Exchange, Logbook, now_ms};
 
 /// The prompt from the argument and/or standard input.
 pub fn read_prompt(arg: Option<&str>) -> Result<Option<String>, Failure> {
@@ -46,7 +47,18 @@ fn write_token(out: &mut Vec<u8>, json_mode: bool, token: &h2o_chat::Token) {
     }
 }
 
-/// Streams one answer to stdout. Returns the text (for the interactive history).
+/// An answer that reached stdout whole.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    /// Tokens received, the final one included.
+    pub tokens: usize,
+    pub first_token_ms: Option<u128>,
+    pub total_ms: u128,
+}
+
+/// Streams one answer to stdout.
 ///
 /// Tokens are written as they arrive, but what has already arrived is written together:
 /// one write and one flush per network chunk, not per token.
@@ -55,7 +67,7 @@ pub async fn stream_answer(
     global: &Global,
     model: Option<&str>,
     messages: Vec<Message>,
-) -> Result<String, Failure> {
+) -> Result<Reply, Failure> {
     let mut request = h2o.request(messages);
     if let Some(model) = model {
         request = request.model(model);
@@ -70,10 +82,12 @@ pub async fn stream_answer(
     let mut batches = events.ready_chunks(COALESCE);
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut first_token = None;
+    let mut tokens = 0usize;
     while let Some(batch) = batches.next().await {
         for event in batch {
             match event {
                 Ok(Event::Token(token)) => {
+                    tokens += 1;
                     first_token.get_or_insert_with(|| started.elapsed());
                     write_token(&mut out, global.json, &token);
                     if !token.special {
@@ -105,7 +119,15 @@ pub async fn stream_answer(
                         total_ms = started.elapsed().as_millis(),
                         "answer complete"
                     );
-                    return Ok(text);
+                    return Ok(Reply {
+                        text,
+                        finish_reason: final_event
+                            .details
+                            .map(|d| d.finish_reason.as_str().to_string()),
+                        tokens: tokens + usize::from(final_event.token.is_some()),
+                        first_token_ms: first_token.map(|d| d.as_millis()),
+                        total_ms: started.elapsed().as_millis(),
+                    });
                 }
                 Ok(Event::Error(err)) => {
                     stdout.write_all(&out)?;
@@ -155,19 +177,41 @@ fn report(stdout: &mut impl Write, global: &Global, err: Error, partial: &str) -
 
 const HELP: &str = "commands: /system TEXT  /model NAME  /reset  /save FILE  /help  /exit   (Ctrl-C stops a reply, Ctrl-D leaves)";
 
-/// The interactive chat: the conversation's messages are kept and sent each turn.
+/// Lines kept in the line editor's history file.
+const HISTORY_LINES: usize = 1000;
+
+/// The line editor's history file.
+fn history_path() -> std::path::PathBuf {
+    h2o_chat_llama::fetch::cache_dir().join("history.txt")
+}
+
+/// The interactive chat: the conversation's messages are kept and sent each turn, each turn
+/// is logged, and the typed lines are kept between runs.
 pub async fn interactive(
     h2o: &H2o,
     global: &Global,
     mut model: Option<String>,
+    recorder: &Recorder,
+    continued: Option<(Option<String>, Vec<Message>)>,
 ) -> Result<(), Failure> {
-    let mut system = global.system.clone();
-    let mut history: Vec<Message> = Vec::new();
-    let mut editor = rustyline::DefaultEditor::new()
+    let (mut system, mut history) = match continued {
+        Some((system, history)) => (system.or_else(|| global.system.clone()), history),
+        None => (global.system.clone(), Vec::new()),
+    };
+    let config = rustyline::Config::builder()
+        .max_history_size(HISTORY_LINES)
+        .map_err(|e| Failure::Other(format!("cannot configure the line editor: {e}")))?
+        .auto_add_history(false)
+        .build();
+    let mut editor = rustyline::DefaultEditor::with_config(config)
         .map_err(|e| Failure::Other(format!("cannot open the line editor: {e}")))?;
+    let history_file = history_path();
+    // A missing history file is the first run; an unreadable one only costs the old lines.
+    let _ = editor.load_history(&history_file);
     eprintln!(
-        "h2o-chat — {}. {HELP}",
-        model.as_deref().unwrap_or(h2o.model())
+        "h2o-chat — {}, conversation {} (h2o-chat chat --cid … continues it). {HELP}",
+        model.as_deref().unwrap_or(h2o.model()),
+        recorder.conversation()
     );
     loop {
         let (returned, line) = tokio::task::spawn_blocking(move || {
@@ -188,6 +232,12 @@ pub async fn interactive(
             continue;
         }
         let _ = editor.add_history_entry(line);
+        if let Some(dir) = history_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(err) = editor.save_history(&history_file) {
+            tracing::debug!(%err, "the line history is not kept");
+        }
         if let Some(command) = line.strip_prefix('/') {
             let (name, argument) = command
                 .split_once(' ')
@@ -238,8 +288,14 @@ pub async fn interactive(
                 Err(Failure::Interrupted)
             }
         };
+        recorder.record(
+            line,
+            system.as_deref(),
+            Some(model.as_deref().unwrap_or(h2o.model())),
+            &answer,
+        );
         match answer {
-            Ok(text) => history.push(Message::assistant(text)),
+            Ok(reply) => history.push(Message::assistant(reply.text)),
             Err(Failure::Interrupted) => {
                 history.pop();
             }
@@ -251,4 +307,76 @@ pub async fn interactive(
     }
     h2o.wait_for_cleanup().await;
     Ok(())
+}
+
+/// Writes each exchange to the log, when there is one. Never fails: a log that cannot be
+/// written is a warning, once.
+pub struct Recorder {
+    log: Option<Logbook>,
+    conversation: String,
+    url: String,
+    parameters: Option<serde_json::Value>,
+    warned: std::sync::atomic::AtomicBool,
+}
+
+impl Recorder {
+    pub fn new(
+        log: Option<Logbook>,
+        conversation: String,
+        url: String,
+        parameters: Option<serde_json::Value>,
+    ) -> Self {
+        Recorder {
+            log,
+            conversation,
+            url,
+            parameters,
+            warned: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn conversation(&self) -> &str {
+        &self.conversation
+    }
+
+    /// Logs `prompt` and what came of it.
+    pub fn record(
+        &self,
+        prompt: &str,
+        system: Option<&str>,
+        model: Option<&str>,
+        outcome: &Result<Reply, Failure>,
+    ) {
+        let Some(log) = &self.log else { return };
+        let mut exchange = Exchange {
+            conversation: self.conversation.clone(),
+            at: now_ms(),
+            model: model.map(str::to_string),
+            system: system.map(str::to_string),
+            prompt: prompt.to_string(),
+            parameters: self.parameters.clone(),
+            url: Some(self.url.clone()),
+            ..Exchange::default()
+        };
+        match outcome {
+            Ok(reply) => {
+                exchange.answer = Some(reply.text.clone());
+                exchange.finish_reason = reply.finish_reason.clone();
+                exchange.completion_tokens = Some(reply.tokens as i64);
+                exchange.first_token_ms = reply.first_token_ms.map(|ms| ms as i64);
+                exchange.total_ms = Some(reply.total_ms as i64);
+            }
+            Err(failure) => {
+                if let Failure::Provider(err) = failure {
+                    exchange.answer = err.partial().map(str::to_string);
+                }
+                exchange.error = Some(failure.to_string());
+            }
+        }
+        if let Err(err) = log.record(&exchange)
+            && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            eprintln!("h2o-chat: warning: this exchange is not logged: {err}");
+        }
+    }
 }

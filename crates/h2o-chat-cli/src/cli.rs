@@ -28,6 +28,9 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
+    /// `--quiet`, before the command.
+    #[arg(short = 'q', hide = true)]
+    pub quiet_short: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +43,8 @@ pub enum Command {
     Batch(BatchArgs),
     /// Serve the H2o protocol (chat-ui, TGI and OpenAI routes) from the local model.
     Serve(ServeArgs),
+    /// Show the logged exchanges, newest first (search with -q).
+    Logs(LogsArgs),
     /// Check the upstreams of a gateway: kind, health and models of each.
     Upstreams(UpstreamsArgs),
     /// List the known models, their aliases, and which are stand-ins.
@@ -55,6 +60,28 @@ pub struct ChatArgs {
     /// Interactive multi-turn chat.
     #[arg(short, long)]
     pub interactive: bool,
+    /// Continue the last conversation in the log (its messages are sent before this one).
+    #[arg(short = 'c', long = "continue", conflicts_with = "cid")]
+    pub continue_last: bool,
+    /// Continue the conversation with this id (see `h2o-chat logs`).
+    #[arg(long, value_name = "ID")]
+    pub cid: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// How many exchanges to show, newest first.
+    #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub count: u32,
+    /// One JSON object per exchange (with its conversation id) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Full-text search over prompts and answers (SQLite FTS5 syntax).
+    #[arg(short = 'q', long, value_name = "TEXT")]
+    pub query: Option<String>,
+    /// Only this conversation.
+    #[arg(long, value_name = "ID")]
+    pub conversation: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +120,11 @@ pub struct ServeArgs {
     /// One KV cache shared by all slots instead of one per slot (llama.cpp's kv_unified).
     #[arg(long, hide = true)]
     pub kv_unified: bool,
+    /// The conversation database (SQLite): conversations and their messages survive a
+    /// restart. `:memory:` keeps them in memory only. Default: serve.sqlite3 in the cache
+    /// directory ($H2O_CHAT_HOME).
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
     /// Seconds a graceful shutdown lets running answers finish before ending them.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub shutdown_timeout: f64,
@@ -196,7 +228,11 @@ pub struct Global {
     /// Log each protocol step and its timing to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// No progress bars or notes on stderr.
-    #[arg(short, long, global = true)]
+    /// No progress bars or notes on stderr (`-q` before the command; after it, `logs -q`
+    /// is its search).
+    #[arg(long, global = true)]
     pub quiet: bool,
+    /// Do not log this exchange (the log is `logs.sqlite3` in the cache directory).
+    #[arg(long, global = true, env = "H2O_CHAT_NO_LOG", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_log: bool,
 }

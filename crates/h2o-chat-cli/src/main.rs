@@ -8,6 +8,8 @@ mod cli;
 mod failure;
 mod info;
 mod local;
+mod logbook;
+mod logs;
 mod serve;
 mod setup;
 mod upstreams;
@@ -23,7 +25,8 @@ use failure::Failure;
 use local::Sizing;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.global.quiet |= cli.quiet_short;
     init_tracing(cli.global.verbose);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -79,21 +82,50 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
                 return Err(Failure::Usage("the prompt is empty".into()));
             }
+            let conversation = logs::conversation_to_continue(args)?;
+            let log = if global.no_log {
+                None
+            } else {
+                logs::open_for_writing()
+            };
+            let parameters = setup::parameters(global, global.url.is_none())?;
             with_client(global, Sizing::single(), |h2o, model| async move {
+                let (id, continued) = match conversation {
+                    Some((id, system, messages)) => (id, Some((system, messages))),
+                    None => (uuid::Uuid::new_v4().to_string(), None),
+                };
+                let recorder = chat::Recorder::new(
+                    log,
+                    id,
+                    h2o.url().to_string(),
+                    serde_json::to_value(&parameters).ok(),
+                );
                 let result = match prompt {
                     Some(prompt) if !interactive => {
-                        let messages = setup::with_system(global, vec![Message::user(prompt)]);
-                        chat::stream_answer(&h2o, global, model.as_deref(), messages)
-                            .await
-                            .map(|_| ())
+                        let (system, mut messages) = match continued {
+                            Some((system, messages)) => {
+                                (global.system.clone().or(system), messages)
+                            }
+                            None => (global.system.clone(), Vec::new()),
+                        };
+                        if let Some(system) = &system {
+                            messages.insert(0, Message::system(system.clone()));
+                        }
+                        messages.push(Message::user(prompt.clone()));
+                        let model_name = model.clone().unwrap_or_else(|| h2o.model().to_string());
+                        let answer =
+                            chat::stream_answer(&h2o, global, model.as_deref(), messages).await;
+                        recorder.record(&prompt, system.as_deref(), Some(&model_name), &answer);
+                        answer.map(|_| ())
                     }
-                    _ => chat::interactive(&h2o, global, model).await,
+                    _ => chat::interactive(&h2o, global, model, &recorder, continued).await,
                 };
                 h2o.wait_for_cleanup().await;
                 result
             })
             .await
         }
+        Command::Logs(args) => logs::run(args),
         Command::Batch(args) => {
             // One slot per concurrent prompt, up to the server's default.
             let sizing = Sizing {

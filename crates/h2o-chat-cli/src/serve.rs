@@ -5,11 +5,15 @@
 //! `--shutdown-timeout` to finish, then end with an error event — and a second signal exits
 //! at once.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use h2o_chat_engine::{DeferredEngine, Engine};
-use h2o_chat_server::{Bounds, LOCAL_MODEL_ID, ModelRegistry, Server, ServerConfig, Timeouts};
+use h2o_chat_server::{
+    Bounds, LOCAL_MODEL_ID, ModelRegistry, Server, ServerConfig, SqliteStore, Store, StoreBounds,
+    Timeouts,
+};
 
 use crate::cli::{Global, ServeArgs};
 use crate::failure::Failure;
@@ -52,7 +56,8 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
     };
     let guarded = config.api_key.is_some();
     let lines = models.describe();
-    let server = Server::new(config, models)
+    let store = open_store(args.db.as_deref(), StoreBounds::from(&config.bounds))?;
+    let server = Server::with_store(config, models, store)
         .bind(&args.addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
@@ -112,6 +117,24 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
         .wait()
         .await
         .map_err(|e| Failure::Other(format!("server error: {e}")))
+}
+
+/// The conversation store `--db` names: a SQLite file (default `serve.sqlite3` in the cache
+/// directory), or `:memory:`.
+fn open_store(db: Option<&Path>, bounds: StoreBounds) -> Result<Arc<dyn Store>, Failure> {
+    let store = match db {
+        Some(path) if path.as_os_str() == ":memory:" => SqliteStore::in_memory(bounds),
+        Some(path) => SqliteStore::open(path, bounds),
+        None => {
+            let dir = h2o_chat_llama::fetch::cache_dir();
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
+            SqliteStore::open(&dir.join("serve.sqlite3"), bounds)
+        }
+    };
+    let store = store.map_err(|e| Failure::Usage(format!("--db: {e}")))?;
+    eprintln!("conversations: {}", store.location());
+    Ok(Arc::new(store))
 }
 
 /// SIGINT and SIGTERM, as one stream.

@@ -17,6 +17,7 @@ use support::{Chunk, Reply, TestServer, sse_body, stream_reply, token_event};
 fn h2o_chat() -> Command {
     let mut cmd = Command::cargo_bin("h2o-chat").unwrap();
     cmd.env_remove("H2O_CHAT_URL")
+        .env("H2O_CHAT_NO_LOG", "1")
         .env("NO_PROXY", "*")
         .timeout(Duration::from_secs(240));
     cmd

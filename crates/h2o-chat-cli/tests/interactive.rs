@@ -1,5 +1,6 @@
-//! The interactive chat on a real terminal (tmux): two turns keep their context, and Ctrl-C
-//! stops a reply — deleting its conversation — without leaving the chat.
+//! The interactive chat on a real terminal (tmux): two turns keep their context, Ctrl-C
+//! stops a reply — deleting its conversation — without leaving the chat, and the typed lines
+//! and the logged turns outlive the session.
 
 #[path = "../../h2o-chat/tests/support/mod.rs"]
 mod support;
@@ -89,8 +90,10 @@ fn binary() -> String {
 fn two_turns_keep_the_conversation() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TestServer::start());
+    let home = tempfile::tempdir().unwrap();
     let tmux = Tmux::start(&format!(
-        "NO_PROXY='*' {} --url {} chat",
+        "NO_PROXY='*' H2O_CHAT_HOME={} {} --url {} chat",
+        home.path().display(),
         binary(),
         server.url
     ));
@@ -117,6 +120,7 @@ fn two_turns_keep_the_conversation() {
 fn ctrl_c_stops_the_reply_deletes_its_conversation_and_stays() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TestServer::start());
+    let home = tempfile::tempdir().unwrap();
     let mut slow = Vec::new();
     for i in 0..600 {
         slow.push(Chunk::Bytes(token_event(i, "la ", false).into_bytes()));
@@ -124,7 +128,8 @@ fn ctrl_c_stops_the_reply_deletes_its_conversation_and_stays() {
     }
     server.script_generate(Reply::Stream("text/event-stream", slow));
     let tmux = Tmux::start(&format!(
-        "NO_PROXY='*' {} --url {} chat",
+        "NO_PROXY='*' H2O_CHAT_HOME={} {} --url {} chat",
+        home.path().display(),
         binary(),
         server.url
     ));
@@ -139,5 +144,46 @@ fn ctrl_c_stops_the_reply_deletes_its_conversation_and_stays() {
     // Still in the chat: the next question is answered.
     tmux.send(&["Hi", "Enter"]);
     tmux.wait_for("Hello!", 1);
+    tmux.send(&["C-d"]);
+}
+
+#[test]
+fn typed_lines_and_logged_turns_outlive_the_session() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TestServer::start());
+    let home = tempfile::tempdir().unwrap();
+    let command = |extra: &str| {
+        format!(
+            "NO_PROXY='*' H2O_CHAT_HOME={} {} --url {} chat {extra}",
+            home.path().display(),
+            binary(),
+            server.url
+        )
+    };
+    let tmux = Tmux::start(&command(""));
+    tmux.wait_for(">>>", 1);
+    tmux.send(&["Remember the number 42.", "Enter"]);
+    tmux.wait_for(">>>", 2);
+    tmux.send(&["C-d"]);
+    drop(tmux);
+
+    // A new session: the arrow key brings back the line typed in the last one, and `-c`
+    // sends the logged turn as context.
+    let tmux = Tmux::start(&command("-c"));
+    tmux.wait_for(">>>", 1);
+    tmux.send(&["Up"]);
+    tmux.wait_for("Remember the number 42.", 1);
+    tmux.send(&["C-u", "Which number?", "Enter"]);
+    tmux.wait_for(">>>", 2);
+    let bodies: Vec<serde_json::Value> = server
+        .requests_to(Method::POST, "/conversation/")
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(
+        bodies[1]["inputs"],
+        "User: Remember the number 42.\nAssistant: Hello!\nUser: Which number?\nAssistant:"
+    );
     tmux.send(&["C-d"]);
 }

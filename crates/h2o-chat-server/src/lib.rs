@@ -65,7 +65,7 @@ pub use config::{Bounds, Limits, ServerConfig, Timeouts};
 pub use metrics::Metrics;
 pub use models::{LOCAL_ALIAS, LOCAL_MODEL_ID, ModelRegistry, ServedModel};
 pub use shutdown::Shutdown;
-pub use store::{MemoryStore, Store, StoreBounds};
+pub use store::{MemoryStore, SqliteStore, Store, StoreBounds};
 
 struct Shared {
     config: ServerConfig,

@@ -31,6 +31,12 @@ impl Serve {
             .args(["-q", "serve", "--addr", &addr])
             .args(args)
             .args(extra)
+            // Conversations in memory unless the test names a file.
+            .args(if args.contains(&"--db") || extra.contains(&"--db") {
+                &[][..]
+            } else {
+                &["--db", ":memory:"][..]
+            })
             .env_remove("H2O_CHAT_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
