@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::cli::Global;
 use crate::failure::Failure;
-use crate::logbook::{Exchange, Logbook, now_ms};
+use crate::logbook::{Exchange, Logbook, Transcript, now_ms};
 
 /// The prompt from the argument and/or standard input.
 pub fn read_prompt(arg: Option<&str>) -> Result<Option<String>, Failure> {
@@ -192,10 +192,11 @@ pub async fn interactive(
     global: &Global,
     mut model: Option<String>,
     recorder: &Recorder,
-    continued: Option<(Option<String>, Vec<Message>)>,
+    continued: Option<Transcript>,
 ) -> Result<(), Failure> {
+    // An explicit --system wins over the one the continued conversation was logged with.
     let (mut system, mut history) = match continued {
-        Some((system, history)) => (system.or_else(|| global.system.clone()), history),
+        Some(t) => (global.system.clone().or(t.system), t.messages),
         None => (global.system.clone(), Vec::new()),
     };
     let config = rustyline::Config::builder()

@@ -200,10 +200,7 @@ impl Logbook {
 
     /// The messages of a conversation, oldest first, to continue it: its system message,
     /// then each answered question and its answer. `None` when there is no such conversation.
-    pub fn messages(
-        &self,
-        conversation: &str,
-    ) -> Result<Option<(Option<String>, Vec<Message>)>, DbError> {
+    pub fn messages(&self, conversation: &str) -> Result<Option<Transcript>, DbError> {
         let sql = format!(
             "SELECT {} FROM exchanges e WHERE e.conversation = ?1 ORDER BY e.id LIMIT 10000",
             Self::COLUMNS
@@ -223,8 +220,15 @@ impl Logbook {
                 messages.push(Message::assistant(answer.clone()));
             }
         }
-        Ok(Some((system, messages)))
+        Ok(Some(Transcript { system, messages }))
     }
+}
+
+/// A logged conversation as far as it went: its latest system message and its answered turns.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of milliseconds since the epoch.
@@ -292,7 +296,7 @@ mod tests {
             .unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(log.last_conversation().unwrap().as_deref(), Some("a"));
-        let (_, messages) = log.messages("a").unwrap().unwrap();
+        let messages = log.messages("a").unwrap().unwrap().messages;
         assert_eq!(messages.len(), 4);
         assert_eq!(messages[3].content, "Rome.");
         assert!(log.messages("nope").unwrap().is_none());

@@ -3,11 +3,9 @@
 
 use std::io::Write;
 
-use h2o_chat::Message;
-
 use crate::cli::{ChatArgs, LogsArgs};
 use crate::failure::Failure;
-use crate::logbook::{self, Exchange, Logbook, Query};
+use crate::logbook::{self, Exchange, Logbook, Query, Transcript};
 
 /// The log to record this run's exchanges in, or `None` with a warning when it cannot be
 /// opened: the answer matters more than its log.
@@ -22,11 +20,8 @@ pub fn open_for_writing() -> Option<Logbook> {
     }
 }
 
-/// The conversation `chat -c` or `chat --cid ID` continues: its id, system message and
-/// messages so far.
-pub fn conversation_to_continue(
-    args: &ChatArgs,
-) -> Result<Option<(String, Option<String>, Vec<Message>)>, Failure> {
+/// The conversation `chat -c` or `chat --cid ID` continues: its id and its transcript.
+pub fn conversation_to_continue(args: &ChatArgs) -> Result<Option<(String, Transcript)>, Failure> {
     if !args.continue_last && args.cid.is_none() {
         return Ok(None);
     }
@@ -42,11 +37,11 @@ pub fn conversation_to_continue(
                 Failure::Usage("no conversation to continue: the log is empty".into())
             })?,
     };
-    let (system, messages) = log
+    let transcript = log
         .messages(&id)
         .map_err(unreadable)?
         .ok_or_else(|| Failure::Usage(format!("no conversation {id} in the log")))?;
-    Ok(Some((id, system, messages)))
+    Ok(Some((id, transcript)))
 }
 
 /// `h2o-chat logs`.

@@ -91,7 +91,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let parameters = setup::parameters(global, global.url.is_none())?;
             with_client(global, Sizing::single(), |h2o, model| async move {
                 let (id, continued) = match conversation {
-                    Some((id, system, messages)) => (id, Some((system, messages))),
+                    Some((id, transcript)) => (id, Some(transcript)),
                     None => (uuid::Uuid::new_v4().to_string(), None),
                 };
                 let recorder = chat::Recorder::new(
@@ -103,9 +103,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let result = match prompt {
                     Some(prompt) if !interactive => {
                         let (system, mut messages) = match continued {
-                            Some((system, messages)) => {
-                                (global.system.clone().or(system), messages)
-                            }
+                            Some(t) => (global.system.clone().or(t.system), t.messages),
                             None => (global.system.clone(), Vec::new()),
                         };
                         if let Some(system) = &system {

@@ -21,17 +21,9 @@ pub fn model(global: &Global, embedded: bool) -> Result<Option<String>, Failure>
     }
 }
 
-/// The starting parameters for the embedded local model. g4f's defaults (temperature 0.4,
-/// repetition penalty 1.2, 1,024 new tokens) make a 135M-parameter model ramble to the
-/// limit; greedy decoding with a light penalty answers cleanly ("The capital of France is
-/// Paris."). Every option still overrides these.
+/// The starting parameters for the embedded local model (the page's too).
 pub fn local_defaults() -> Parameters {
-    Parameters::empty()
-        .truncate(2048)
-        .max_new_tokens(512)
-        .do_sample(false)
-        .repetition_penalty(1.1)
-        .return_full_text(false)
+    h2o_chat_server::models::local_parameters()
 }
 
 /// The defaults (g4f's six for a remote server, [`local_defaults`] for the embedded one)

@@ -453,3 +453,82 @@ fn a_second_signal_exits_at_once() {
     let status = serve.exit_status(Duration::from_secs(30));
     assert_eq!(status.code(), Some(130));
 }
+
+#[test]
+fn a_restarted_serve_with_the_same_db_continues_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.sqlite3");
+    let db = db.to_str().unwrap();
+    let browser = reqwest::blocking::Client::builder()
+        .cookie_store(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let turn = |url: &str, id: &str, inputs: &str, full_text: bool| -> String {
+        let reply: serde_json::Value = browser
+            .post(format!("{url}/conversation/{id}"))
+            .json(&serde_json::json!({
+                "inputs": inputs,
+                "parameters": {"max_new_tokens": 24, "do_sample": false, "return_full_text": full_text},
+                "options": {"id": uuid_v4(), "is_retry": false}
+            }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        reply[0]["generated_text"].as_str().unwrap().to_string()
+    };
+
+    let serve = Serve::start(&["--db", db]);
+    let url = serve.url();
+    let settings = browser
+        .post(format!("{url}/settings"))
+        .header("referer", format!("{url}/"))
+        .form(&[("ethicsModalAccepted", "true")])
+        .send()
+        .unwrap();
+    assert!(settings.status().is_success());
+    let created: serde_json::Value = browser
+        .post(format!("{url}/conversation"))
+        .json(&serde_json::json!({"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = created["conversationId"].as_str().unwrap().to_string();
+    let first = turn(&url, &id, "What is the capital of France?", false);
+    assert!(first.contains("Paris"), "{first}");
+    serve.signal("TERM");
+    assert!(serve.exit_status(Duration::from_secs(30)).success());
+
+    // The same database, a new process (and port): the session's cookie still opens it.
+    let serve = Serve::start(&["--db", db]);
+    let url = serve.url();
+    let listed: serde_json::Value = browser
+        .get(format!("{url}/conversations"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(listed["conversations"][0]["id"], id.as_str());
+    // Turn 2's prompt (echoed with return_full_text) holds turn 1, question and answer.
+    let second = turn(&url, &id, "And of Italy?", true);
+    assert!(
+        second.contains("What is the capital of France?") && second.contains(first.trim()),
+        "{second}"
+    );
+    let stored: serde_json::Value = browser
+        .get(format!("{url}/conversation/{id}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stored["messages"].as_array().unwrap().len(), 4, "{stored}");
+    serve.signal("TERM");
+    assert!(serve.exit_status(Duration::from_secs(30)).success());
+}
+
+fn uuid_v4() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -42,6 +42,7 @@ pub mod routes;
 pub mod session;
 pub mod settings_form;
 pub mod shutdown;
+pub mod stops;
 pub mod store;
 pub mod validation;
 pub mod wire;
@@ -58,6 +59,7 @@ use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::Response;
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
+use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -75,6 +77,7 @@ struct Shared {
     validation_workers: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+    stops: stops::Stops,
 }
 
 /// What every handler can reach. Cheap to clone.
@@ -107,6 +110,10 @@ impl AppState {
     }
     pub fn shutdown(&self) -> &Shutdown {
         &self.0.shutdown
+    }
+    /// The conversations' running generations, for stop-generating.
+    pub fn stops(&self) -> &stops::Stops {
+        &self.0.stops
     }
 }
 
@@ -141,6 +148,7 @@ impl Server {
                 validation_workers,
                 metrics: Arc::new(metrics),
                 shutdown: Shutdown::new(),
+                stops: stops::Stops::default(),
             })),
         }
     }
@@ -177,7 +185,8 @@ impl Server {
             // `/` is the page for GET (open) and TGI's compat route for POST (guarded).
             .route(
                 "/",
-                get(routes::page::page).post(routes::tgi::compat.layer(tgi_guard.clone())),
+                get(routes::page::page.layer(CompressionLayer::new()))
+                    .post(routes::tgi::compat.layer(tgi_guard.clone())),
             )
             .route(
                 "/generate",
@@ -188,6 +197,11 @@ impl Server {
                 post(routes::tgi::generate_stream.layer(tgi_guard)),
             )
             .route("/info", get(routes::tgi::info));
+        // The page's assets, compressed (the event streams never are).
+        let page = Router::new()
+            .route("/assets/app.js", get(routes::page::script))
+            .route("/assets/app.css", get(routes::page::style))
+            .layer(CompressionLayer::new());
         let openai = Router::new()
             .route("/v1/models", get(routes::openai::models))
             .route(
@@ -204,6 +218,7 @@ impl Server {
             .merge(tgi)
             .merge(openai)
             .merge(operator)
+            .merge(page)
             .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(body_limit))

@@ -37,6 +37,31 @@ pub struct ModelRegistry {
     pool: Option<Arc<Pool>>,
 }
 
+/// The parameters the command line and the page send for the local model: greedy with a
+/// light repetition penalty. g4f's defaults (temperature 0.4, repetition penalty 1.2, 1,024
+/// new tokens) make a 135M-parameter model ramble to the limit; these answer cleanly
+/// ("The capital of France is Paris.").
+pub fn local_parameters() -> h2o_chat::Parameters {
+    h2o_chat::Parameters::empty()
+        .truncate(2048)
+        .max_new_tokens(512)
+        .do_sample(false)
+        .repetition_penalty(1.1)
+        .return_full_text(false)
+}
+
+impl ServedModel {
+    /// The parameters a chat-ui client starts with for this model: an H2o model's own
+    /// configuration (§a.4, g4f's six), otherwise [`local_parameters`].
+    pub fn parameters(&self) -> h2o_chat::Parameters {
+        if H2O_MODELS.iter().any(|m| m.id == self.id) {
+            h2o_chat::Parameters::default()
+        } else {
+            local_parameters()
+        }
+    }
+}
+
 impl ModelRegistry {
     /// The H2o ids (falcon-40b first, the default) served by `engine` as stand-ins, then the
     /// engine's own model under its id and `smollm2`.

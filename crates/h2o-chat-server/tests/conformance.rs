@@ -871,7 +871,13 @@ async fn page_sets_the_session_cookie() {
         .unwrap()
         .to_string();
     assert!(cookie.starts_with("hf-chat="), "{cookie}");
-    assert!(response.text().await.unwrap().contains("stand-in"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains(r#"<script src="assets/app.js" defer></script>"#)
+    );
 }
 
 #[tokio::test]

@@ -168,16 +168,26 @@ async fn a_429_with_retry_after_fails_over_before_the_first_token() {
         UpstreamSpec::new(UpstreamKind::Tgi, fine.url()),
     ])
     .await;
+    // Equally loaded upstreams are picked at random: ask until the refusing one was tried
+    // (the chance that 64 requests all miss it is 2^-64). Every answer is a success.
+    let cooling = || {
+        pool.upstreams()[0]
+            .cooling_until(std::time::Instant::now())
+            .is_some()
+    };
+    for _ in 0..64 {
+        let answer: Value = generate(&gateway.url()).await.json().await.unwrap();
+        assert_eq!(answer["generated_text"], "Hello!");
+        if cooling() {
+            break;
+        }
+    }
+    assert!(cooling(), "the refusing upstream was never tried");
+    // Then it is left alone for its Retry-After.
     for _ in 0..4 {
         let answer: Value = generate(&gateway.url()).await.json().await.unwrap();
         assert_eq!(answer["generated_text"], "Hello!");
     }
-    // The refusing upstream was tried once, then left alone for its Retry-After.
-    assert!(
-        pool.upstreams()[0]
-            .cooling_until(std::time::Instant::now())
-            .is_some()
-    );
     assert_eq!(
         metric(&gateway.url(), "h2o_chat_upstream_cooldowns_total").await,
         1.0

@@ -21,7 +21,7 @@ use crate::settings_form::read_form;
 use crate::store::{Author, StoredConversation, StoredMessage};
 use crate::validation::{Validation, normalize_whole_floats, parse_relayed_parameters, validate};
 use crate::wire::chat_ui::{html_error, internal_error, media_type, prefers_json, route_error};
-use crate::wire::tgi::{self as tgi_reply, OnFinish, Shape};
+use crate::wire::tgi::{self as tgi_reply, OnFinish, Shape, Stopping};
 use crate::{history, session::SessionId};
 
 /// The settings action's failure (§a.2): JSON or an HTML page by `Accept`.
@@ -409,6 +409,30 @@ pub async fn generate(
     let store = state.store_arc();
     let session_id = session.0.clone();
     let stop = parameters.stop.clone();
+    let stopping = stream.then(|| {
+        let (store, session_id, id, mut messages) = (
+            store.clone(),
+            session_id.clone(),
+            id.clone(),
+            messages.clone(),
+        );
+        Stopping {
+            guard: state.stops().register(&id),
+            // A stopped answer is kept as far as it went (chat-ui's abortedGenerations).
+            on_stop: Box::new(move |partial| {
+                let partial = partial.trim_end();
+                if !partial.is_empty() {
+                    messages.push(StoredMessage {
+                        from: Author::Assistant,
+                        content: partial.to_string(),
+                        id: uuid::Uuid::new_v4().to_string(),
+                    });
+                }
+                store.set_messages(&session_id, &id, messages);
+                store.record_generation(&session_id);
+            }),
+        }
+    });
     let on_finish: OnFinish = Box::new(move |finished| {
         let answer = clean_answer(&finished.generated_text, &prompt_text, &stop);
         messages.push(StoredMessage {
@@ -420,7 +444,7 @@ pub async fn generate(
         store.record_generation(&session_id);
     });
     if stream {
-        tgi_reply::stream(run, characters, Some(on_finish)).await
+        tgi_reply::stream(run, characters, Some(on_finish), stopping).await
     } else {
         tgi_reply::collect(run, Shape::List, Some(on_finish)).await
     }
@@ -501,8 +525,8 @@ pub async fn rename(
     }
 }
 
-/// `POST /conversation/{id}/stop-generating`: acknowledged. A generation stops when its
-/// client disconnects, which is how the browser stops one too.
+/// `POST /conversation/{id}/stop-generating`: the conversation's running generation ends,
+/// keeping what it had generated; 200 whether one was running or not (as chat-ui).
 pub async fn stop_generating(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -513,6 +537,7 @@ pub async fn stop_generating(
     if let Err(lookup) = lookup(&state, &session, &id) {
         return lookup.reply(&headers);
     }
+    state.stops().stop(&id);
     StatusCode::OK.into_response()
 }
 

@@ -74,7 +74,7 @@ async fn handle(state: AppState, route: Route, bytes: &[u8]) -> Response {
         .map_err(Failure::from)
         .and_then(|validated| pipeline::start(&state, &model.engine, validated, started));
     match (run, streaming) {
-        (Ok(run), true) => reply::stream(run, characters, None).await,
+        (Ok(run), true) => reply::stream(run, characters, None, None).await,
         (Ok(run), false) => reply::collect(run, shape, None).await,
         (Err(failure), true) if !reply::is_status_even_when_streaming(&failure) => {
             // TGI answers a rule violation or overload on a stream with one event, 200.
@@ -108,6 +108,7 @@ pub async fn info(State(state): State<AppState>) -> Response {
                 "stand_in": m.stand_in,
                 "served_by": info.model_id,
                 "backend": info.backend,
+                "parameters": m.parameters(),
             })
         })
         .collect();

@@ -223,7 +223,7 @@ impl Store for SqliteStore {
     fn create(&self, session: &str, model: &str) -> Result<String, CreateError> {
         let bounds = self.bounds;
         let id = object_id(&self.counter);
-        let outcome = self.run("create", Err(CreateError::ServerFull { limit: 0 }), |db| {
+        self.run("create", Err(CreateError::ServerFull { limit: 0 }), |db| {
             let connection = db.connection();
             let total: i64 =
                 connection.query_row("SELECT COUNT(*) FROM conversations", [], |r| r.get(0))?;
@@ -245,16 +245,18 @@ impl Store for SqliteStore {
                 }));
             }
             let now = now_ms();
-            let n: i64 =
-                connection.query_row("SELECT COUNT(*) + 1 FROM conversations WHERE session = ?1", [session], |r| r.get(0))?;
+            let n: i64 = connection.query_row(
+                "SELECT COUNT(*) + 1 FROM conversations WHERE session = ?1",
+                [session],
+                |r| r.get(0),
+            )?;
             connection.execute(
                 "INSERT INTO conversations (id, session, model, title, created_at, updated_at, touched_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
                 params![id, session, model, format!("Untitled {n}"), now],
             )?;
             Ok(Ok(id.clone()))
-        });
-        outcome
+        })
     }
 
     fn get(&self, session: &str, id: &str) -> Option<StoredConversation> {

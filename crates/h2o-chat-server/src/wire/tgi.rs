@@ -10,6 +10,7 @@ use h2o_chat_protocol::{Details, ErrorEvent, StreamResponse, Token};
 use serde_json::json;
 
 use crate::pipeline::{Collected, Failure, Finished, Run, Step};
+use crate::stops::StopGuard;
 use crate::wire::sse;
 
 /// Called with a good run's end (chat-ui stores the answer).
@@ -112,48 +113,108 @@ pub fn error_stream(failure: &Failure, characters: usize) -> Response {
     )
 }
 
+/// How chat-ui's generate stream ends early on `stop-generating`: the stream closes (no
+/// final event, as a stopped generation has none) after `on_stop` has the text so far.
+pub struct Stopping {
+    pub guard: StopGuard,
+    pub on_stop: Box<dyn FnOnce(&str) + Send>,
+}
+
+/// What the event stream carries between steps.
+struct Streaming {
+    run: Run,
+    on_finish: Option<OnFinish>,
+    stopping: Option<Stopping>,
+    /// The text so far, kept only when it can be stopped.
+    partial: String,
+    ended: bool,
+}
+
+impl Streaming {
+    /// The next step, or `None` when stopped (after handing over the text so far).
+    async fn next(&mut self) -> Option<Step> {
+        let Some(stopping) = &self.stopping else {
+            return self.run.next().await;
+        };
+        let step = tokio::select! {
+            biased;
+            () = stopping.guard.stopped() => None,
+            step = self.run.next() => step,
+        };
+        match &step {
+            Some(Step::Token(token)) if !token.special => self.partial.push_str(&token.text),
+            None => {
+                if let Some(stopping) = self.stopping.take() {
+                    (stopping.on_stop)(&self.partial);
+                }
+            }
+            _ => {}
+        }
+        step
+    }
+}
+
+impl Drop for Streaming {
+    /// A stopped stream whose client left before it was polled again still keeps its text.
+    fn drop(&mut self) {
+        if let Some(stopping) = self.stopping.take()
+            && stopping.guard.is_stopped()
+        {
+            (stopping.on_stop)(&self.partial);
+        }
+    }
+}
+
 /// The event stream of a run (§b.1–§b.4): a frame per token, the final event, or an error
 /// event; keep-alives while nothing arrives. `characters` is `x-compute-characters`.
-pub async fn stream(mut run: Run, characters: usize, on_finish: Option<OnFinish>) -> Response {
+pub async fn stream(
+    mut run: Run,
+    characters: usize,
+    on_finish: Option<OnFinish>,
+    stopping: Option<Stopping>,
+) -> Response {
     if let Some(Step::Failed(failure)) = run.peek().await
         && is_status_even_when_streaming(failure)
     {
         return error_response(failure);
     }
-    let body = futures_util::stream::unfold(
-        (run, on_finish, false),
-        |(mut run, mut on_finish, ended)| async move {
-            if ended {
-                return None;
+    let state = Streaming {
+        run,
+        on_finish,
+        stopping,
+        partial: String::new(),
+        ended: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut state| async move {
+        if state.ended {
+            return None;
+        }
+        let bytes = match state.next().await? {
+            Step::KeepAlive => Bytes::from_static(sse::KEEP_ALIVE),
+            Step::Token(token) => sse::frame(&StreamResponse {
+                token,
+                generated_text: None,
+                details: None,
+            }),
+            Step::Finished(finished) => {
+                let frame = sse::frame(&StreamResponse {
+                    token: finished.token.clone(),
+                    generated_text: Some(finished.generated_text.clone()),
+                    details: finished.details.then(|| details_of(&finished)),
+                });
+                if let Some(on_finish) = state.on_finish.take() {
+                    on_finish(&finished);
+                }
+                state.ended = true;
+                frame
             }
-            let bytes = match run.next().await? {
-                Step::KeepAlive => Bytes::from_static(sse::KEEP_ALIVE),
-                Step::Token(token) => sse::frame(&StreamResponse {
-                    token,
-                    generated_text: None,
-                    details: None,
-                }),
-                Step::Finished(finished) => {
-                    let frame = sse::frame(&StreamResponse {
-                        token: finished.token.clone(),
-                        generated_text: Some(finished.generated_text.clone()),
-                        details: finished.details.then(|| details_of(&finished)),
-                    });
-                    if let Some(on_finish) = on_finish.take() {
-                        on_finish(&finished);
-                    }
-                    return Some((Ok(frame), (run, on_finish, true)));
-                }
-                Step::Failed(failure) => {
-                    return Some((
-                        Ok(sse::frame(&error_event(&failure))),
-                        (run, on_finish, true),
-                    ));
-                }
-            };
-            Some((Ok(bytes), (run, on_finish, false)))
-        },
-    );
+            Step::Failed(failure) => {
+                state.ended = true;
+                sse::frame(&error_event(&failure))
+            }
+        };
+        Some((Ok(bytes), state))
+    });
     stream_response(body, characters)
 }
 
