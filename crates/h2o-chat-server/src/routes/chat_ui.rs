@@ -152,6 +152,11 @@ pub async fn create(
                 .insert(header::RETRY_AFTER, HeaderValue::from(60));
             response
         }
+        Err(crate::store::CreateError::Unavailable) => route_error(
+            &headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The conversation store is unavailable. Try again later.",
+        ),
     }
 }
 

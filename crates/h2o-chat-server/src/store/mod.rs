@@ -83,6 +83,8 @@ pub enum CreateError {
     SessionFull { limit: usize },
     /// The server holds as many as it may.
     ServerFull { limit: usize },
+    /// The durable store failed (disk full, locked past its busy timeout); it is logged.
+    Unavailable,
 }
 
 /// The caps a store applies.

@@ -223,7 +223,7 @@ impl Store for SqliteStore {
     fn create(&self, session: &str, model: &str) -> Result<String, CreateError> {
         let bounds = self.bounds;
         let id = object_id(&self.counter);
-        self.run("create", Err(CreateError::ServerFull { limit: 0 }), |db| {
+        self.run("create", Err(CreateError::Unavailable), |db| {
             let connection = db.connection();
             let total: i64 =
                 connection.query_row("SELECT COUNT(*) FROM conversations", [], |r| r.get(0))?;
@@ -459,6 +459,23 @@ mod tests {
             content: content.into(),
             id: "00000000-0000-0000-0000-000000000000".into(),
         }
+    }
+
+    #[test]
+    fn a_failing_database_is_unavailable_never_a_panic_or_a_full_server() {
+        let store = SqliteStore::in_memory(StoreBounds::default()).unwrap();
+        store.accept_ethics("s");
+        let id = store.create("s", "m").unwrap();
+        store
+            .db()
+            .connection()
+            .execute_batch("DROP TABLE messages; DROP TABLE conversations;")
+            .unwrap();
+        assert_eq!(store.create("s", "m"), Err(CreateError::Unavailable));
+        assert!(store.get("s", &id).is_none());
+        assert!(store.list("s").is_empty());
+        assert!(!store.set_messages("s", &id, vec![message("hello")]));
+        assert!(!store.delete("s", &id));
     }
 
     #[test]
