@@ -3,10 +3,11 @@
 //!
 //! 1. Time to first token, cold (model load included) and warm.
 //! 2. Served tokens/s for 1 and 8 concurrent streams (`/generate_stream`, greedy, 64 tokens).
-//! 3. Time to first token of a short request joining 7 running streams, against the same
-//!    request on an idle server.
-//! 4. A 6-turn chat-ui conversation (~120-token questions, 8-token answers): time to first
-//!    token per turn, with the prompt cache and without; turn 6 / turn 1.
+//! 3. Time to first token of a request joining 7 running streams, against the same request
+//!    on an idle server: a short question and a 120-token one, new to the prompt cache.
+//! 4. A 6-turn chat-ui conversation (~120-token questions, 8-token answers), its first
+//!    question new to the prompt cache: time to first token per turn, with the prompt cache
+//!    and without; turn 6 / turn 1.
 //! 5. The server's own ceiling with a scripted no-op engine: events/s on one connection
 //!    through the chat-ui lifecycle, and chunks/s through the OpenAI route.
 //!
@@ -168,13 +169,14 @@ async fn conversation(url: &str) -> (reqwest::Client, String) {
     )
 }
 
-/// Time to first token of each of six turns of one conversation.
-async fn six_turns(url: &str) -> Vec<f64> {
+/// Time to first token of each of six turns of one conversation. `round` makes the first
+/// question new to the prompt cache, so turn 1 is evaluated in full as a new chat's would be.
+async fn six_turns(url: &str, round: usize) -> Vec<f64> {
     let (client, id) = conversation(url).await;
     let mut ttft = Vec::new();
     for turn in 0..6 {
         let question = format!(
-            "Turn {turn}. Here is a paragraph to keep in mind: the old lighthouse keeper walked along the rocky shore every evening, counting the ships that passed, noting the colour of the sky, the direction of the wind and the height of the waves, and writing it all in a leather notebook that he kept in the pocket of his heavy wool coat. Question: what did he write in the notebook? Answer in a few words."
+            "Chat {round}, turn {turn}. Here is a paragraph to keep in mind: the old lighthouse keeper walked along the rocky shore every evening, counting the ships that passed, noting the colour of the sky, the direction of the wind and the height of the waves, and writing it all in a leather notebook that he kept in the pocket of his heavy wool coat. Question: what did he write in the notebook? Answer in a few words."
         );
         let body = json!({"inputs": question, "parameters": {"max_new_tokens": 8}, "stream": true,
             "options": {"id": uuid::Uuid::new_v4().to_string(), "response_id": uuid::Uuid::new_v4().to_string(), "is_retry": false, "use_cache": false, "web_search_id": ""}});
@@ -238,38 +240,15 @@ async fn main() {
     }
     println!("8 streams / 1 stream: {:.2}×", rates[1] / rates[0]);
 
-    // 3. A short request joining 7 running streams, against an idle server.
-    let short = chatml("Say hello.");
-    let (mut idle, mut joined) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        idle.push(stream(&url, &short, 4).await.0);
-        let mut started = Vec::new();
-        let running: Vec<_> = (0..7)
-            .map(|_| {
-                let url = url.clone();
-                let (told, first) = tokio::sync::oneshot::channel();
-                started.push(first);
-                tokio::spawn(async move { stream_telling(&url, COUNTING, 200, Some(told)).await })
-            })
-            .collect();
-        // The seven are generating before the newcomer arrives.
-        for first in started {
-            let _ = first.await;
-        }
-        joined.push(stream(&url, &short, 4).await.0);
-        for task in running {
-            task.abort();
-        }
-        // Their slots are free again before the next round.
-        while busy_slots(&url).await > 0.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    // 3. A request joining 7 running streams, against the same request on an idle server:
+    //    a short one (its first token is one small step when idle) and a 120-token one
+    //    (prompt evaluation dominates). Each round's questions are new to the prompt cache.
+    for (kind, question) in [
+        ("short question", "Say hello to visitor {round} ({which})."),
+        ("120-token question", LONG_QUESTION),
+    ] {
+        joining(&url, kind, question).await;
     }
-    let (idle, joined) = (median(idle), median(joined));
-    println!(
-        "time to first token of a short request: idle {idle:.0} ms, joining 7 running streams {joined:.0} ms, ratio {:.2}",
-        joined / idle
-    );
     server.shutdown();
     server.wait().await.unwrap();
 
@@ -277,8 +256,12 @@ async fn main() {
     for prompt_cache in [true, false] {
         let server = serve(load(gguf.clone(), prompt_cache).await).await;
         let mut per_turn: Vec<Vec<f64>> = vec![Vec::new(); 6];
-        for _ in 0..ROUNDS {
-            for (turn, ms) in six_turns(&server.url()).await.into_iter().enumerate() {
+        for round in 0..ROUNDS {
+            for (turn, ms) in six_turns(&server.url(), round)
+                .await
+                .into_iter()
+                .enumerate()
+            {
                 per_turn[turn].push(ms);
             }
         }
@@ -292,8 +275,56 @@ async fn main() {
         server.shutdown();
         server.wait().await.unwrap();
     }
+    no_op_ceiling().await;
+}
 
-    // 5. The server's own ceiling: a no-op engine.
+/// A question about a paragraph, ~120 tokens; `{round}` and `{which}` make it new each time.
+const LONG_QUESTION: &str = "Visitor {round} ({which}) asks: here is a paragraph to keep in mind: the old lighthouse keeper walked along the rocky shore every evening, counting the ships that passed, noting the colour of the sky, the direction of the wind and the height of the waves, and writing it all in a leather notebook that he kept in the pocket of his heavy wool coat. Question: what did he write in the notebook? Answer in a few words.";
+
+/// Time to first token of `question` on an idle server and joining 7 running streams.
+async fn joining(url: &str, kind: &str, question: &str) {
+    let url = url.to_string();
+    let ask = |round: usize, which: &str| {
+        chatml(
+            &question
+                .replace("{round}", &round.to_string())
+                .replace("{which}", which),
+        )
+    };
+    let (mut idle, mut joined) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        idle.push(stream(&url, &ask(round, "idle"), 4).await.0);
+        let mut started = Vec::new();
+        let running: Vec<_> = (0..7)
+            .map(|_| {
+                let url = url.clone();
+                let (told, first) = tokio::sync::oneshot::channel();
+                started.push(first);
+                tokio::spawn(async move { stream_telling(&url, COUNTING, 200, Some(told)).await })
+            })
+            .collect();
+        // The seven are generating before the newcomer arrives.
+        for first in started {
+            let _ = first.await;
+        }
+        joined.push(stream(&url, &ask(round, "joining"), 4).await.0);
+        for task in running {
+            task.abort();
+        }
+        // Their slots are free again before the next round.
+        while busy_slots(&url).await > 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (idle, joined) = (median(idle), median(joined));
+    println!(
+        "time to first token of a {kind}: idle {idle:.0} ms, joining 7 running streams {joined:.0} ms, ratio {:.2}",
+        joined / idle
+    );
+}
+
+/// The server's own ceiling: a no-op engine.
+async fn no_op_ceiling() {
     let script = Script {
         tokens: vec!["a".into()],
         endless: true,
