@@ -53,6 +53,8 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     /// Decode steps run (one batch each).
     pub batches: u64,
+    /// Steps given to finishing a newcomer's prompt alone, the running slots waiting one step.
+    pub prefill_first_steps: u64,
 }
 
 /// A running generation: events arrive on `events`; dropping the receiver cancels it.

@@ -9,7 +9,11 @@
 //!    ([`crate::prompt_cache`]) — the next turn of a chat evaluates only its new tokens;
 //! 4. builds one batch: the next token of every generating slot, then chunks of prompts
 //!    still being evaluated, within `prefill_chunk` tokens while others generate (so a long
-//!    prompt never stalls the running streams) or the whole `n_batch` when nothing else runs;
+//!    prompt never stalls the running streams) or the whole `n_batch` when nothing else runs.
+//!    When a newcomer's prompt can be finished in this step, the step is that prompt's alone
+//!    (TGI's prefill-first habit): on a CPU a step costs what its tokens cost, so the
+//!    newcomer's first token does not also wait for every running slot's next one. Never two
+//!    such steps in a row, so the running streams lose at most every other step;
 //! 5. decodes it, and samples each slot whose logits came out.
 //!
 //! Requests join at the next step and leave the moment they end. Requests beyond the slots
@@ -68,6 +72,7 @@ pub(crate) struct Shared {
     prompt_tokens_cached: AtomicU64,
     generated_tokens: AtomicU64,
     batches: AtomicU64,
+    prefill_first_steps: AtomicU64,
 }
 
 impl Shared {
@@ -81,6 +86,7 @@ impl Shared {
             prompt_tokens_cached: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            prefill_first_steps: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +110,7 @@ impl Shared {
             prompt_tokens_cached: self.prompt_tokens_cached.load(Ordering::Relaxed),
             generated_tokens: self.generated_tokens.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
+            prefill_first_steps: self.prefill_first_steps.load(Ordering::Relaxed),
         }
     }
 
@@ -150,6 +157,8 @@ pub(crate) struct Scheduler<'m> {
     shared: Arc<Shared>,
     n_vocab: usize,
     step: u64,
+    /// The last step left the generating slots out to finish a newcomer's prompt.
+    skipped_decodes: bool,
     /// The engine is gone: finish what runs, then end.
     closing: bool,
 }
@@ -206,6 +215,7 @@ impl<'m> Scheduler<'m> {
             shared: shared.clone(),
             n_vocab: usize::try_from(model.n_vocab()).unwrap_or(0),
             step: 0,
+            skipped_decodes: false,
             closing: false,
         };
         let mut batch = LlamaBatch::new(scheduler.config.batch, 1);
@@ -353,7 +363,34 @@ impl<'m> Scheduler<'m> {
         batch.clear();
         entries.clear();
         let capacity = self.config.batch;
+        // Prompts in arrival order: the oldest request gets its first token first.
+        let mut prefilling: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.as_ref().is_some_and(Sequence::is_prefilling))
+            .map(|(i, _)| i)
+            .collect();
+        prefilling.sort_by_key(|&i| self.slots[i].active.as_ref().map(|s| s.arrived));
+        let decoding = self
+            .slots
+            .iter()
+            .filter_map(|s| s.active.as_ref())
+            .filter(|s| s.wants_decode())
+            .count();
+        let chunk = self.config.prefill_chunk.min(capacity);
+        let prefill_first =
+            decoding > 0 && !self.skipped_decodes && self.finishes_a_prompt(&prefilling, chunk);
+        self.skipped_decodes = prefill_first;
+        if prefill_first {
+            self.shared
+                .prefill_first_steps
+                .fetch_add(1, Ordering::Relaxed);
+        }
         for (index, slot) in self.slots.iter().enumerate() {
+            if prefill_first {
+                break;
+            }
             let Some(sequence) = &slot.active else {
                 continue;
             };
@@ -371,21 +408,12 @@ impl<'m> Scheduler<'m> {
             });
         }
         let generating = entries.len();
-        let mut budget = if generating > 0 {
+        let mut budget = if decoding > 0 {
             self.config.prefill_chunk
         } else {
             capacity
         }
         .min(capacity.saturating_sub(generating));
-        // Prompts in arrival order: the oldest request gets its first token first.
-        let mut prefilling: Vec<usize> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.active.as_ref().is_some_and(Sequence::is_prefilling))
-            .map(|(i, _)| i)
-            .collect();
-        prefilling.sort_by_key(|&i| self.slots[i].active.as_ref().map(|s| s.arrived));
         for index in prefilling {
             if budget == 0 {
                 break;
@@ -413,6 +441,25 @@ impl<'m> Scheduler<'m> {
                 index: last.then(|| batch.n_tokens() - 1),
             });
         }
+    }
+
+    /// Whether `chunk` prompt tokens, given in arrival order, finish some prompt.
+    fn finishes_a_prompt(&self, prefilling: &[usize], chunk: usize) -> bool {
+        let mut budget = chunk;
+        for &index in prefilling {
+            let Some(sequence) = &self.slots[index].active else {
+                continue;
+            };
+            let remaining = sequence.prompt.len() - sequence.prefilled;
+            if remaining <= budget {
+                return true;
+            }
+            budget = budget.saturating_sub(remaining);
+            if budget == 0 {
+                return false;
+            }
+        }
+        false
     }
 
     /// Decodes the batch and moves every sequence in it forward.

@@ -460,12 +460,26 @@ async fn a_request_joining_a_running_batch_gets_its_first_token_before_the_batch
         assert!(matches!(stream.next().await, Some(Event::Token(_))));
         running.push(stream);
     }
+    // The last one's second token means the step after its own prompt's has run: the next
+    // prompt to arrive may have a step of its own again.
+    assert!(matches!(running[6].next().await, Some(Event::Token(_))));
+    let before = metrics(&url).await["h2o_chat_prefill_first_steps_total"];
     let mut newcomer = Stream::open(&url, &chatml("Hi"), json!({"max_new_tokens": 4})).await;
     let first = newcomer.next().await;
     assert!(matches!(first, Some(Event::Token(_))), "{first:?}");
     // The seven are all still running (and the newcomer with them).
-    let busy = metrics(&url).await["h2o_chat_slots_busy"];
-    assert_eq!(busy, 8.0, "slots busy when the newcomer's first token came");
+    let after = metrics(&url).await;
+    assert_eq!(
+        after["h2o_chat_slots_busy"], 8.0,
+        "slots busy when the newcomer's first token came"
+    );
+    // Its short prompt had a step of its own: its first token did not also wait for the
+    // seven running slots' next tokens.
+    assert_eq!(
+        after["h2o_chat_prefill_first_steps_total"] - before,
+        1.0,
+        "prefill-first steps for the newcomer"
+    );
     newcomer.text().await;
     drop(running);
 }

@@ -9,7 +9,7 @@
 //! - Per model engine, read at scrape time: `h2o_chat_slots`, `h2o_chat_slots_busy`,
 //!   `h2o_chat_queue_depth`, `h2o_chat_prompt_tokens_evaluated_total`,
 //!   `h2o_chat_prompt_tokens_cached_total`, `h2o_chat_generated_tokens_total`,
-//!   `h2o_chat_batches_total`, `h2o_chat_engine_ready`.
+//!   `h2o_chat_batches_total`, `h2o_chat_prefill_first_steps_total`, `h2o_chat_engine_ready`.
 //!
 //! - For a gateway, per upstream: `h2o_chat_upstream_requests_total`,
 //!   `h2o_chat_upstream_errors_total{stage}`, `h2o_chat_upstream_cooldowns_total`,
@@ -205,6 +205,10 @@ const ENGINE_METRICS: &[(&str, &str)] = &[
     ("h2o_chat_generated_tokens_total", "Tokens generated."),
     ("h2o_chat_batches_total", "Decode steps run."),
     ("h2o_chat_engine_ready", "1 when the engine takes requests."),
+    (
+        "h2o_chat_prefill_first_steps_total",
+        "Steps given to finishing a newcomer's prompt alone (the running slots waited one step).",
+    ),
 ];
 
 impl EngineCollector {
@@ -250,11 +254,12 @@ impl Collector for EngineCollector {
         ) else {
             return Vec::new();
         };
-        let (Ok(evaluated), Ok(cached), Ok(generated), Ok(batches)) = (
+        let (Ok(evaluated), Ok(cached), Ok(generated), Ok(batches), Ok(prefill_first)) = (
             counter(ENGINE_METRICS[3].0, ENGINE_METRICS[3].1),
             counter(ENGINE_METRICS[4].0, ENGINE_METRICS[4].1),
             counter(ENGINE_METRICS[5].0, ENGINE_METRICS[5].1),
             counter(ENGINE_METRICS[6].0, ENGINE_METRICS[6].1),
+            counter(ENGINE_METRICS[8].0, ENGINE_METRICS[8].1),
         ) else {
             return Vec::new();
         };
@@ -277,6 +282,9 @@ impl Collector for EngineCollector {
                 .with_label_values(&labels)
                 .inc_by(stats.generated_tokens);
             batches.with_label_values(&labels).inc_by(stats.batches);
+            prefill_first
+                .with_label_values(&labels)
+                .inc_by(stats.prefill_first_steps);
         }
         let mut families = Vec::new();
         for collector in [
@@ -287,6 +295,7 @@ impl Collector for EngineCollector {
             &cached,
             &generated,
             &batches,
+            &prefill_first,
             &ready,
         ] {
             families.extend(collector.collect());
