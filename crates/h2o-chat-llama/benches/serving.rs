@@ -13,6 +13,9 @@
 //!
 //! `cargo bench -p h2o-chat-llama --bench serving`
 
+#[path = "../tests/chat_ui/mod.rs"]
+mod chat_ui;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +25,7 @@ use h2o_chat_engine::{Engine, Script, ScriptedEngine};
 use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
 use h2o_chat_llama::{LlamaConfig, LlamaEngine};
 use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, ServerConfig};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const ROUNDS: usize = 5;
 const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,";
@@ -137,42 +140,10 @@ async fn ask(h2o: &H2o, question: &str, params: Parameters) -> f64 {
     first.unwrap_or(0.0)
 }
 
-/// A chat-ui session with one conversation.
-async fn conversation(url: &str) -> (reqwest::Client, String) {
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .no_proxy()
-        .build()
-        .unwrap();
-    client
-        .post(format!("{url}/settings"))
-        .header("referer", format!("{url}/"))
-        .form(&[
-            ("ethicsModalAccepted", "true"),
-            ("activeModel", LOCAL_MODEL_ID),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let created: Value = client
-        .post(format!("{url}/conversation"))
-        .json(&json!({"model": LOCAL_MODEL_ID}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        client,
-        created["conversationId"].as_str().unwrap().to_string(),
-    )
-}
-
 /// Time to first token of each of six turns of one conversation. `round` makes the first
 /// question new to the prompt cache, so turn 1 is evaluated in full as a new chat's would be.
 async fn six_turns(url: &str, round: usize) -> Vec<f64> {
-    let (client, id) = conversation(url).await;
+    let (client, id) = chat_ui::conversation(url).await;
     let mut ttft = Vec::new();
     for turn in 0..6 {
         let question = format!(

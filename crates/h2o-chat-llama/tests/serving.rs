@@ -4,6 +4,8 @@
 //! cache, disconnects, `/health` and `/metrics` — read from the server's own answers, never
 //! from a timer.
 
+mod chat_ui;
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -210,36 +212,6 @@ fn uuid_v4() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// A chat-ui session with an accepted ethics modal and one conversation.
-async fn conversation(url: &str) -> (reqwest::Client, String) {
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .no_proxy()
-        .build()
-        .unwrap();
-    client
-        .post(format!("{url}/settings"))
-        .header("referer", format!("{url}/"))
-        .form(&[
-            ("ethicsModalAccepted", "true"),
-            ("activeModel", LOCAL_MODEL_ID),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let created: Value = client
-        .post(format!("{url}/conversation"))
-        .json(&json!({"model": LOCAL_MODEL_ID}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["conversationId"].as_str().unwrap().to_string();
-    (client, id)
-}
-
 fn turn(inputs: &str, max_new_tokens: u32) -> Value {
     json!({"inputs": inputs, "parameters": {"max_new_tokens": max_new_tokens, "return_full_text": false}, "stream": true,
            "options": {"id": uuid_v4(), "response_id": uuid_v4(), "is_retry": false, "use_cache": false, "web_search_id": ""}})
@@ -249,7 +221,7 @@ fn turn(inputs: &str, max_new_tokens: u32) -> Value {
 async fn a_second_turn_sees_the_first_answer() {
     let server = start().await;
     let url = server.url();
-    let (client, id) = conversation(&url).await;
+    let (client, id) = chat_ui::conversation(&url).await;
     let first = client
         .post(format!("{url}/conversation/{id}"))
         .json(&turn("What is the capital of France?", 32))
@@ -488,7 +460,7 @@ async fn a_request_joining_a_running_batch_gets_its_first_token_before_the_batch
 async fn each_turn_of_a_six_turn_chat_evaluates_only_its_new_tokens() {
     let server = start().await;
     let url = server.url();
-    let (client, id) = conversation(&url).await;
+    let (client, id) = chat_ui::conversation(&url).await;
     let mut previous_input = 0.0;
     for i in 0..6 {
         let before = metrics(&url).await;

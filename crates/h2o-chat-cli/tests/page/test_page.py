@@ -313,13 +313,13 @@ class ThePage(unittest.TestCase):
             };
             box.remove();
             return result;
-        """, "Hi <img src=x onerror=alert(1)> **bold** [ok](https://example.org/) "
+        """, "Hi <img src=x onerror=alert(1)> **bold** [ok](https://127.0.0.1/) "
              "[bad](javascript:alert(1))\n\n- one\n- two\n\n```html\n<script>alert(1)</script>\n```")
         self.assertEqual(rendered["img"], 0, "no element from the model's text")
         self.assertEqual(rendered["strong"], 1)
         self.assertEqual(rendered["code"], 1)
         self.assertEqual(rendered["items"], 2)
-        self.assertEqual(rendered["links"], ["https://example.org/"], "only http(s) links")
+        self.assertEqual(rendered["links"], ["https://127.0.0.1/"], "only http(s) links")
         self.assertIn("<script>alert(1)</script>", rendered["text"], "shown as text")
 
     def test_the_keyboard_reaches_every_control(self):

@@ -75,6 +75,31 @@ pub(crate) async fn relay(sender: &mpsc::Sender<GenerationEvent>, event: Generat
     sender.send_timeout(event, READER_STALL).await.is_ok()
 }
 
+/// Sends `post` with the upstream's key and waits for a successful reply. A refusal or an
+/// unreachable upstream is relayed as a failure; a reader that leaves first ends the wait.
+/// `None`: there is nothing more to relay.
+pub(crate) async fn successful_reply(
+    post: reqwest::RequestBuilder,
+    api_key: Option<&str>,
+    sender: &mpsc::Sender<GenerationEvent>,
+) -> Option<reqwest::Response> {
+    let post = match api_key {
+        Some(key) => post.bearer_auth(key),
+        None => post,
+    };
+    let posted = tokio::select! {
+        posted = post.send() => posted,
+        () = sender.closed() => return None,
+    };
+    let failure = match posted {
+        Ok(response) if response.status().is_success() => return Some(response),
+        Ok(response) => status_failure(response).await,
+        Err(err) => transport_failure(&err),
+    };
+    relay(sender, GenerationEvent::Failed(failure)).await;
+    None
+}
+
 /// `Retry-After` in seconds.
 pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get(reqwest::header::RETRY_AFTER)?;

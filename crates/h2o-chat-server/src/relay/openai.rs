@@ -15,8 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::relay::{
-    CONNECT_TIMEOUT, EVENT_BUFFER, READ_TIMEOUT, chain, estimate_tokens, relay, status_failure,
-    transport_failure,
+    CONNECT_TIMEOUT, EVENT_BUFFER, READ_TIMEOUT, chain, estimate_tokens, relay, successful_reply,
 };
 
 /// Largest event line read from an upstream.
@@ -143,28 +142,12 @@ impl RemoteOpenAi {
             .sampling
             .seed
             .filter(|_| request.sampling.is_sampling());
-        let mut post = self.http.post(format!("{}{path}", self.url)).json(&body);
-        if let Some(key) = &self.api_key {
-            post = post.bearer_auth(key);
-        }
-        let post = post.send();
+        let post = self.http.post(format!("{}{path}", self.url)).json(&body);
+        let api_key = self.api_key.clone();
         tokio::spawn(async move {
             let fail = |message: String| GenerationEvent::Failed(Failure::Generation(message));
-            let posted = tokio::select! {
-                posted = post => posted,
-                () = sender.closed() => return,
-            };
-            let response = match posted {
-                Ok(response) if response.status().is_success() => response,
-                Ok(response) => {
-                    let failure = status_failure(response).await;
-                    relay(&sender, GenerationEvent::Failed(failure)).await;
-                    return;
-                }
-                Err(err) => {
-                    relay(&sender, GenerationEvent::Failed(transport_failure(&err))).await;
-                    return;
-                }
+            let Some(response) = successful_reply(post, api_key.as_deref(), &sender).await else {
+                return;
             };
             let mut body = response.bytes_stream();
             let mut lines = DataLines::default();

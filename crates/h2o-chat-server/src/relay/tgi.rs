@@ -8,8 +8,8 @@ use h2o_chat_protocol::{Decoder, Event};
 use tokio::sync::mpsc;
 
 use crate::relay::{
-    CONNECT_TIMEOUT, EVENT_BUFFER, READ_TIMEOUT, chain, estimate_tokens, relay, status_failure,
-    tgi_parameters, transport_failure,
+    CONNECT_TIMEOUT, EVENT_BUFFER, READ_TIMEOUT, chain, estimate_tokens, relay, successful_reply,
+    tgi_parameters,
 };
 
 /// Largest event read from an upstream.
@@ -50,31 +50,15 @@ impl RemoteTgi {
         let prompt = request.prompt.text();
         let input_tokens = estimate_tokens(&prompt) as u32;
         let body = serde_json::json!({"inputs": prompt, "parameters": tgi_parameters(request)});
-        let mut post = self
+        let post = self
             .http
             .post(format!("{}/generate_stream", self.url))
             .json(&body);
-        if let Some(key) = &self.api_key {
-            post = post.bearer_auth(key);
-        }
-        let post = post.send();
+        let api_key = self.api_key.clone();
         tokio::spawn(async move {
             let fail = |message: String| GenerationEvent::Failed(Failure::Generation(message));
-            let posted = tokio::select! {
-                posted = post => posted,
-                () = sender.closed() => return,
-            };
-            let response = match posted {
-                Ok(response) if response.status().is_success() => response,
-                Ok(response) => {
-                    let failure = status_failure(response).await;
-                    relay(&sender, GenerationEvent::Failed(failure)).await;
-                    return;
-                }
-                Err(err) => {
-                    relay(&sender, GenerationEvent::Failed(transport_failure(&err))).await;
-                    return;
-                }
+            let Some(response) = successful_reply(post, api_key.as_deref(), &sender).await else {
+                return;
             };
             let mut body = response.bytes_stream();
             let mut decoder = Decoder::new(MAX_EVENT);
