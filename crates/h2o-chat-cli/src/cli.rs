@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use h2o_chat_llama::KvCache;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -117,6 +118,11 @@ pub struct ServeArgs {
     /// Do not reuse a slot's cached prompt for the next turn of a conversation.
     #[arg(long)]
     pub no_prompt_cache: bool,
+    /// How the slots' KV caches store keys and values: q8_0 (8-bit, with flash attention:
+    /// faster, half the memory) or f16 (16-bit, attention as matrix products). Either way an
+    /// answer does not depend on its batch or the prompt cache.
+    #[arg(long, default_value_t = KvCache::default(), value_parser = clap::value_parser!(KvCache))]
+    pub kv_cache: KvCache,
     /// One KV cache shared by all slots instead of one per slot (llama.cpp's kv_unified).
     #[arg(long, hide = true)]
     pub kv_unified: bool,

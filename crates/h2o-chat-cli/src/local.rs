@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use h2o_chat_engine::Engine;
 use h2o_chat_llama::fetch::{FetchStage, SMOLLM2, cache_dir, ensure_model};
-use h2o_chat_llama::{LlamaConfig, LlamaEngine};
+use h2o_chat_llama::{KvCache, LlamaConfig, LlamaEngine};
 use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, ServerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -72,6 +72,7 @@ pub struct Sizing {
     pub context_per_slot: usize,
     pub prompt_cache: bool,
     pub kv_unified: bool,
+    pub kv_cache: KvCache,
     /// llama.cpp's threads; `None`: all cores.
     pub threads: Option<usize>,
 }
@@ -84,6 +85,7 @@ impl Sizing {
             context_per_slot: 4096,
             prompt_cache: true,
             kv_unified: false,
+            kv_cache: KvCache::default(),
             threads: None,
         }
     }
@@ -101,6 +103,7 @@ pub fn load_engine(
     config.context_per_slot = sizing.context_per_slot;
     config.prompt_cache = sizing.prompt_cache;
     config.kv_unified = sizing.kv_unified;
+    config.kv_cache = sizing.kv_cache;
     if let Some(threads) = sizing.threads {
         config.threads = threads.max(1);
     }

@@ -81,6 +81,7 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
             context_per_slot: args.context_per_slot as usize,
             prompt_cache: !args.no_prompt_cache,
             kv_unified: args.kv_unified,
+            kv_cache: args.kv_cache,
             threads: args.threads,
         };
         let gguf = global.gguf.clone();
@@ -89,10 +90,11 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
             Ok(engine) => {
                 let info = engine.info();
                 eprintln!(
-                    "model loaded: {} slots × {} positions, prompt cache {}",
+                    "model loaded: {} slots × {} positions, prompt cache {}, KV cache {}",
                     info.slots,
                     info.context_length,
-                    if sizing.prompt_cache { "on" } else { "off" }
+                    if sizing.prompt_cache { "on" } else { "off" },
+                    sizing.kv_cache
                 );
                 deferred.resolve(Ok(Arc::new(engine)));
             }

@@ -7,15 +7,21 @@
 //!    scheduler, beside a bare loop that decodes the same B sequences in one batch per step —
 //!    for a per-slot KV cache (the default) and a unified one.
 //!
-//! `cargo bench -p h2o-chat-llama --bench engine`
+//! 3. What the 8-bit KV cache changes: greedy answers to 32 questions with an 8-bit and a
+//!    16-bit cache, token by token.
+//!
+//! `cargo bench -p h2o-chat-llama --bench engine`; `H2O_CHAT_BENCH_STREAMS=1,8` measures only
+//! those B, per-slot KV only, without the one-stream section (for a quick look or a profile);
+//! `H2O_CHAT_BENCH_KV_CACHE=f16` runs both contenders with a 16-bit cache and no flash
+//! attention instead of the default 8-bit one with it.
 
 use std::num::NonZeroU32;
 use std::time::Instant;
 
 use h2o_chat_engine::{ChatTurn, Engine, GenerationEvent, GenerationRequest, Prompt};
 use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
-use h2o_chat_llama::{LlamaConfig, LlamaEngine, backend};
-use llama_cpp_2::context::params::LlamaContextParams;
+use h2o_chat_llama::{KvCache, LlamaConfig, LlamaEngine, backend};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -34,6 +40,22 @@ fn peak_rss_mb() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The KV cache both contenders use: the engine's default, or `H2O_CHAT_BENCH_KV_CACHE`
+/// (`q8_0`, `f16`).
+fn kv_cache() -> KvCache {
+    std::env::var("H2O_CHAT_BENCH_KV_CACHE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
+}
+
+fn kv_cache_type(kv_cache: KvCache) -> KvCacheType {
+    match kv_cache {
+        KvCache::Q8_0 => KvCacheType::Q8_0,
+        KvCache::F16 => KvCacheType::F16,
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -57,6 +79,7 @@ fn engine(gguf: &std::path::Path, slots: usize, unified: bool) -> LlamaEngine {
     config.slots = slots;
     config.context_per_slot = 1024;
     config.kv_unified = unified;
+    config.kv_cache = kv_cache();
     LlamaEngine::load(config).expect("model loads")
 }
 
@@ -112,7 +135,9 @@ fn bare_round(
         .with_n_ubatch(512)
         .with_n_seq_max(streams as u32)
         .with_kv_unified(unified)
-        .with_flash_attention_policy(0)
+        .with_type_k(kv_cache_type(kv_cache()))
+        .with_type_v(kv_cache_type(kv_cache()))
+        .with_flash_attention_policy(i32::from(kv_cache().flash_attention()))
         .with_n_threads(THREADS as i32)
         .with_n_threads_batch(THREADS as i32);
     let backend = backend().expect("backend");
@@ -169,6 +194,12 @@ fn main() {
     );
     println!("model load (mmap + scheduler start, 1 slot): {load_ms} ms");
 
+    let only: Option<Vec<usize>> = std::env::var("H2O_CHAT_BENCH_STREAMS").ok().map(|list| {
+        list.split(',')
+            .filter_map(|b| b.trim().parse().ok())
+            .collect()
+    });
+
     // 1. One stream: a ~256-token chat prompt, then greedy decoding.
     let text = "The quick brown fox jumps over the lazy dog near the river bank in the morning. "
         .repeat(14);
@@ -196,9 +227,10 @@ fn main() {
         .map(|&id| LlamaToken(id as i32))
         .collect();
     engine_round(&single, &chat, 1, 8);
+    let quick = only.is_some();
     let (mut e_prefill, mut b_prefill, mut e_decode, mut b_decode) =
         (vec![], vec![], vec![], vec![]);
-    for _ in 0..ROUNDS {
+    for _ in 0..if quick { 0 } else { ROUNDS } {
         let (first, _) = engine_round(&single, &chat, 1, 2);
         e_prefill.push(chat_tokens.len() as f64 / first);
         let (prefill, _) = bare_round(&model, &chat_tokens, 1, 2, false);
@@ -206,29 +238,33 @@ fn main() {
         e_decode.push(engine_round(&single, &counting, 1, 128).1);
         b_decode.push(bare_round(&model, &counting_tokens, 1, 128, false).1);
     }
-    println!(
-        "one stream, prompt {} tokens: engine {:.0} tok/s, bare {:.0} tok/s, ratio {:.2}",
-        chat_tokens.len(),
-        median(e_prefill.clone()),
-        median(b_prefill.clone()),
-        median(e_prefill) / median(b_prefill)
-    );
-    println!(
-        "one stream, decode 128 tokens: engine {:.1} tok/s, bare {:.1} tok/s, ratio {:.2}",
-        median(e_decode.clone()),
-        median(b_decode.clone()),
-        median(e_decode) / median(b_decode)
-    );
+    if !quick {
+        println!(
+            "one stream, prompt {} tokens: engine {:.0} tok/s, bare {:.0} tok/s, ratio {:.2}",
+            chat_tokens.len(),
+            median(e_prefill.clone()),
+            median(b_prefill.clone()),
+            median(e_prefill) / median(b_prefill)
+        );
+        println!(
+            "one stream, decode 128 tokens: engine {:.1} tok/s, bare {:.1} tok/s, ratio {:.2}",
+            median(e_decode.clone()),
+            median(b_decode.clone()),
+            median(e_decode) / median(b_decode)
+        );
+    }
     drop(single);
 
     // 2. B streams at once, per-slot and unified KV caches.
-    for unified in [false, true] {
+    let kv_layouts: &[bool] = if quick { &[false] } else { &[false, true] };
+    for &unified in kv_layouts {
         println!(
             "B streams of {DECODE_TOKENS} tokens, {} KV cache: aggregate decode tok/s",
             if unified { "unified" } else { "per-slot" }
         );
         let mut one = None;
-        for streams in [1usize, 2, 4, 8, 16] {
+        let all = vec![1usize, 2, 4, 8, 16];
+        for &streams in only.as_ref().unwrap_or(&all) {
             let engine = engine(&gguf, streams, unified);
             engine_round(&engine, &counting, streams, 4);
             let (mut ours, mut bare) = (vec![], vec![]);
@@ -245,8 +281,115 @@ fn main() {
             );
         }
     }
+    if !quick {
+        kv_cache_agreement(&gguf);
+    }
     println!(
         "peak RSS of the process (all engines above, in turn, and the bare loop's model): {:.0} MB",
         peak_rss_mb()
+    );
+}
+
+/// Questions of many kinds, for the KV cache agreement.
+const QUESTIONS: [&str; 32] = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "What is 2 + 2?",
+    "Write a haiku about snow.",
+    "Who wrote Hamlet?",
+    "What is the largest ocean?",
+    "Say hello in Spanish.",
+    "What do bees make?",
+    "Explain photosynthesis in one sentence.",
+    "Give me a tip for learning to cook.",
+    "Why is the sky blue?",
+    "What is a prime number?",
+    "Write a short poem about the sea.",
+    "How many legs does a spider have?",
+    "What is the boiling point of water?",
+    "Describe a cat to someone who has never seen one.",
+    "What is the difference between weather and climate?",
+    "Suggest a name for a small bakery.",
+    "What does a computer's memory do?",
+    "How do I make a cup of tea?",
+    "What is gravity?",
+    "List three fruits that are red.",
+    "Translate 'good morning' into French.",
+    "What is the tallest mountain on Earth?",
+    "Tell me a fun fact about octopuses.",
+    "Why do leaves change colour in autumn?",
+    "What is an email?",
+    "How can I sleep better?",
+    "What is the square root of 81?",
+    "Write one sentence about friendship.",
+    "What are the three states of matter?",
+    "What is the main language spoken in Brazil?",
+];
+
+/// Greedy answers (token ids) to `QUESTIONS`, eight at a time.
+fn greedy_answers(gguf: &std::path::Path, kv_cache: KvCache, tokens: u32) -> Vec<Vec<u32>> {
+    let mut config = LlamaConfig::new(gguf, "SmolLM2-135M-Instruct");
+    config.threads = THREADS;
+    config.slots = 8;
+    config.context_per_slot = 1024;
+    config.kv_cache = kv_cache;
+    let engine = LlamaEngine::load(config).expect("model loads");
+    let mut answers = Vec::new();
+    for questions in QUESTIONS.chunks(8) {
+        let generations: Vec<_> = questions
+            .iter()
+            .map(|q| {
+                let prompt = engine.render_chat(&[ChatTurn::new("user", *q)]).unwrap();
+                engine
+                    .start(GenerationRequest::new(prompt, tokens))
+                    .expect("starts")
+            })
+            .collect();
+        for mut generation in generations {
+            let mut ids = Vec::new();
+            while let Some(event) = generation.events.blocking_recv() {
+                match event {
+                    GenerationEvent::Token(token) => ids.push(token.id),
+                    GenerationEvent::Finished(token, _) => {
+                        ids.push(token.id);
+                        break;
+                    }
+                    GenerationEvent::Failed(failure) => panic!("{failure}"),
+                }
+            }
+            answers.push(ids);
+        }
+    }
+    answers
+}
+
+/// How often an 8-bit KV cache changes a greedy answer, and how far in.
+fn kv_cache_agreement(gguf: &std::path::Path) {
+    const TOKENS: u32 = 64;
+    let q8 = greedy_answers(gguf, KvCache::Q8_0, TOKENS);
+    let f16 = greedy_answers(gguf, KvCache::F16, TOKENS);
+    let mut identical = 0;
+    let mut first_differences = Vec::new();
+    let (mut same_tokens, mut all_tokens) = (0usize, 0usize);
+    for (a, b) in q8.iter().zip(&f16) {
+        let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        if a == b {
+            identical += 1;
+        } else {
+            first_differences.push(common as f64);
+        }
+        same_tokens += common;
+        all_tokens += b.len();
+    }
+    println!(
+        "8-bit vs 16-bit KV cache, greedy answers of up to {TOKENS} tokens to {} questions: {identical} identical; \
+         the others first differ at token {} (median); {:.1} % of the 16-bit answers' tokens come before any difference",
+        QUESTIONS.len(),
+        if first_differences.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.0}", median(first_differences))
+        },
+        100.0 * same_tokens as f64 / all_tokens.max(1) as f64
     );
 }

@@ -11,7 +11,9 @@
 //! 5. The server's own ceiling with a scripted no-op engine: events/s on one connection
 //!    through the chat-ui lifecycle, and chunks/s through the OpenAI route.
 //!
-//! `cargo bench -p h2o-chat-llama --bench serving`
+//! `cargo bench -p h2o-chat-llama --bench serving`; `H2O_CHAT_BENCH_SECTIONS=turns` (a comma
+//! list of `latency`, `turns`, `ceiling`) runs only those parts, `H2O_CHAT_BENCH_KV_CACHE=f16`
+//! serves with a 16-bit KV cache instead of the default.
 
 #[path = "../tests/chat_ui/mod.rs"]
 mod chat_ui;
@@ -29,6 +31,12 @@ use serde_json::json;
 
 const ROUNDS: usize = 5;
 const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,";
+
+/// Whether `H2O_CHAT_BENCH_SECTIONS` (default: all) names `section`.
+fn runs(section: &str) -> bool {
+    std::env::var("H2O_CHAT_BENCH_SECTIONS")
+        .map_or(true, |list| list.split(',').any(|s| s.trim() == section))
+}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
@@ -58,6 +66,12 @@ async fn load(gguf: std::path::PathBuf, prompt_cache: bool) -> LlamaEngine {
     tokio::task::spawn_blocking(move || {
         let mut config = LlamaConfig::new(gguf, LOCAL_MODEL_ID);
         config.prompt_cache = prompt_cache;
+        if let Some(kv_cache) = std::env::var("H2O_CHAT_BENCH_KV_CACHE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.kv_cache = kv_cache;
+        }
         LlamaEngine::load(config).unwrap()
     })
     .await
@@ -176,9 +190,22 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if runs("latency") {
+        latency(&gguf).await;
+    }
+    if runs("turns") {
+        turns(&gguf).await;
+    }
+    if runs("ceiling") {
+        no_op_ceiling().await;
+    }
+}
+
+/// Sections 1–3: time to first token, served tokens/s, joining a running batch.
+async fn latency(gguf: &std::path::Path) {
     // 1. Cold and warm time to first token.
     let cold = Instant::now();
-    let server = serve(load(gguf.clone(), true).await).await;
+    let server = serve(load(gguf.to_path_buf(), true).await).await;
     let url = server.url();
     let h2o = H2o::builder().url(&url).env_proxy(false).build().unwrap();
     let greedy = Parameters::empty().max_new_tokens(16);
@@ -222,10 +249,12 @@ async fn main() {
     }
     server.shutdown();
     server.wait().await.unwrap();
+}
 
-    // 4. Six turns, with and without the prompt cache.
+/// Section 4: six turns, with and without the prompt cache.
+async fn turns(gguf: &std::path::Path) {
     for prompt_cache in [true, false] {
-        let server = serve(load(gguf.clone(), prompt_cache).await).await;
+        let server = serve(load(gguf.to_path_buf(), prompt_cache).await).await;
         let mut per_turn: Vec<Vec<f64>> = vec![Vec::new(); 6];
         for round in 0..ROUNDS {
             for (turn, ms) in six_turns(&server.url(), round)
@@ -246,7 +275,6 @@ async fn main() {
         server.shutdown();
         server.wait().await.unwrap();
     }
-    no_op_ceiling().await;
 }
 
 /// A question about a paragraph, ~120 tokens; `{round}` and `{which}` make it new each time.

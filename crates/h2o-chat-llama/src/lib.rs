@@ -27,9 +27,11 @@
 //! ```
 
 pub mod fetch;
+mod kv_cache;
 mod model;
 mod prompt_cache;
 mod scheduler;
 mod sequence;
 
+pub use kv_cache::KvCache;
 pub use model::{LlamaConfig, LlamaEngine, backend};

@@ -19,6 +19,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token_type::LlamaTokenAttr;
 use tokio::sync::mpsc as channel;
 
+use crate::kv_cache::KvCache;
 use crate::scheduler::{Job, Scheduler, SchedulerConfig, Shared};
 
 /// Events buffered between the scheduler and one reader. The last place is kept for the
@@ -53,10 +54,9 @@ pub struct LlamaConfig {
     /// How long a sequence whose reader does not take its events may pause before it is
     /// given up with an error event.
     pub stall_timeout: Duration,
-    /// llama.cpp's flash attention. Off by default: its CPU kernel rounds a prompt evaluated
-    /// in pieces differently from the same prompt in one piece, so a cached prefix would
-    /// change answers (BENCHMARKS.md, "agreement").
-    pub flash_attention: bool,
+    /// How the KV caches store keys and values (and so whether flash attention runs);
+    /// either way a sequence's answer does not depend on its batch or the prompt cache.
+    pub kv_cache: KvCache,
 }
 
 impl LlamaConfig {
@@ -74,7 +74,7 @@ impl LlamaConfig {
             kv_unified: false,
             prompt_cache: true,
             stall_timeout: Duration::from_secs(30),
-            flash_attention: false,
+            kv_cache: KvCache::default(),
         }
     }
 }
@@ -274,6 +274,7 @@ impl LlamaEngine {
         let slots = config.slots.clamp(1, 256);
         let context_per_slot = fit_to_memory(
             &model,
+            config.kv_cache,
             slots,
             config
                 .context_per_slot
@@ -290,7 +291,7 @@ impl LlamaEngine {
             kv_unified: config.kv_unified,
             prompt_cache: config.prompt_cache,
             stall_timeout: config.stall_timeout,
-            flash_attention: config.flash_attention,
+            kv_cache: config.kv_cache,
         };
         let shared = Arc::new(Shared::new(slots));
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -352,13 +353,15 @@ impl LlamaEngine {
     }
 }
 
-/// Bytes of KV cache per position: K and V, f16, for every layer.
-fn kv_bytes_per_position(model: &LlamaModel) -> u64 {
+/// Bytes of KV cache per position: K and V, in the cache's format, for every layer.
+fn kv_bytes_per_position(model: &LlamaModel, kv_cache: KvCache) -> u64 {
     let layers = u64::from(model.n_layer());
     let heads = u64::from(model.n_head().max(1));
     let kv_heads = u64::from(model.n_head_kv());
     let width = u64::try_from(model.n_embd()).unwrap_or(0);
-    layers * (width * kv_heads / heads) * 2 * 2
+    // Keys and values.
+    let values = layers * (width * kv_heads / heads) * 2;
+    (values as f64 * kv_cache.bytes_per_value()).ceil() as u64
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes.
@@ -376,11 +379,11 @@ fn memory_available() -> Option<u64> {
 
 /// Lowers the positions per slot (not below 1,024) until the KV caches take at most a
 /// quarter of the memory available, so the defaults never push a small machine into swap.
-fn fit_to_memory(model: &LlamaModel, slots: usize, context: usize) -> usize {
+fn fit_to_memory(model: &LlamaModel, kv_cache: KvCache, slots: usize, context: usize) -> usize {
     let Some(available) = memory_available() else {
         return context;
     };
-    let per_position = kv_bytes_per_position(model).max(1);
+    let per_position = kv_bytes_per_position(model, kv_cache).max(1);
     let budget = available / 4;
     let mut context = context;
     while context > 1024 && per_position * (slots * context) as u64 > budget {

@@ -34,6 +34,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::Sender;
 
+use crate::kv_cache::KvCache;
 use crate::model::{add_saturating, context_positions};
 use crate::prompt_cache::{FreeSlot, place};
 use crate::sequence::{Progress, Sequence};
@@ -59,7 +60,7 @@ pub(crate) struct SchedulerConfig {
     pub kv_unified: bool,
     pub prompt_cache: bool,
     pub stall_timeout: Duration,
-    pub flash_attention: bool,
+    pub kv_cache: KvCache,
 }
 
 /// What the engine's callers can see of the thread: health and counters.
@@ -183,8 +184,10 @@ impl<'m> Scheduler<'m> {
             .with_n_ubatch(batch)
             .with_n_seq_max(seqs)
             .with_kv_unified(config.kv_unified)
+            .with_type_k(config.kv_cache.llama_type())
+            .with_type_v(config.kv_cache.llama_type())
             // llama.cpp's LLAMA_FLASH_ATTN_TYPE_ENABLED / _DISABLED.
-            .with_flash_attention_policy(i32::from(config.flash_attention))
+            .with_flash_attention_policy(i32::from(config.kv_cache.flash_attention()))
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let context = match model.new_context(backend, params) {

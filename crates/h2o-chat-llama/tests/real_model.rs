@@ -11,7 +11,7 @@ use h2o_chat_engine::{
     Prompt, SamplingParams, Token,
 };
 use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
-use h2o_chat_llama::{LlamaConfig, LlamaEngine};
+use h2o_chat_llama::{KvCache, LlamaConfig, LlamaEngine};
 
 const MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
@@ -208,15 +208,11 @@ fn markup_is_tokenised_like_llama_cpp_and_content_stays_text() {
 }
 
 /// Answers of `QUESTIONS` decoded one at a time on a one-slot engine.
-fn solo_answers(max_new_tokens: u32, sampling: &SamplingParams) -> Vec<String> {
-    static SOLO: OnceLock<Arc<LlamaEngine>> = OnceLock::new();
-    let solo = SOLO
-        .get_or_init(|| {
-            let mut config = config(1);
-            config.prompt_cache = false;
-            Arc::new(LlamaEngine::load(config).expect("model loads"))
-        })
-        .clone();
+fn solo_answers(max_new_tokens: u32, sampling: &SamplingParams, kv_cache: KvCache) -> Vec<String> {
+    let mut config = config(1);
+    config.prompt_cache = false;
+    config.kv_cache = kv_cache;
+    let solo = LlamaEngine::load(config).expect("model loads");
     QUESTIONS
         .iter()
         .map(|q| {
@@ -228,8 +224,14 @@ fn solo_answers(max_new_tokens: u32, sampling: &SamplingParams) -> Vec<String> {
 }
 
 /// The same answers, all eight at once on an eight-slot engine.
-fn batched_answers(max_new_tokens: u32, sampling: &SamplingParams) -> Vec<String> {
-    let batched = LlamaEngine::load(config(8)).expect("model loads");
+fn batched_answers(
+    max_new_tokens: u32,
+    sampling: &SamplingParams,
+    kv_cache: KvCache,
+) -> Vec<String> {
+    let mut config = config(8);
+    config.kv_cache = kv_cache;
+    let batched = LlamaEngine::load(config).expect("model loads");
     let generations: Vec<_> = QUESTIONS
         .iter()
         .map(|q| {
@@ -255,7 +257,20 @@ fn batched_answers(max_new_tokens: u32, sampling: &SamplingParams) -> Vec<String
 #[test]
 fn eight_greedy_streams_at_once_answer_as_each_does_alone() {
     let sampling = SamplingParams::default();
-    assert_eq!(batched_answers(32, &sampling), solo_answers(32, &sampling));
+    let kv_cache = KvCache::default();
+    assert_eq!(
+        batched_answers(32, &sampling, kv_cache),
+        solo_answers(32, &sampling, kv_cache)
+    );
+}
+
+#[test]
+fn eight_greedy_streams_at_once_answer_as_each_does_alone_with_a_16_bit_kv_cache() {
+    let sampling = SamplingParams::default();
+    assert_eq!(
+        batched_answers(32, &sampling, KvCache::F16),
+        solo_answers(32, &sampling, KvCache::F16)
+    );
 }
 
 #[test]
@@ -267,10 +282,16 @@ fn eight_seeded_streams_at_once_answer_as_each_does_alone() {
         seed: Some(1234),
         ..Default::default()
     };
-    assert_eq!(batched_answers(24, &sampling), solo_answers(24, &sampling));
+    let kv_cache = KvCache::default();
+    assert_eq!(
+        batched_answers(24, &sampling, kv_cache),
+        solo_answers(24, &sampling, kv_cache)
+    );
 }
 
-/// A six-turn chat, each turn's prompt holding the previous answers.
+/// A six-turn chat, each turn's prompt holding the previous answers. Each question is over
+/// 64 tokens and the history passes 512 positions: the shapes for which llama.cpp would pick
+/// its tiled and split attention kernels, were they allowed.
 fn six_turns(engine: &LlamaEngine) -> Vec<Finish> {
     let mut turns: Vec<ChatTurn> = Vec::new();
     let mut finishes = Vec::new();
@@ -278,11 +299,14 @@ fn six_turns(engine: &LlamaEngine) -> Vec<Finish> {
         turns.push(ChatTurn::new(
             "user",
             format!(
-                "Question {i}: name a fruit and a colour that start with the letter {}.",
+                "Question {i}: we are playing a word game about fruit, colours and the places \
+                 where fruit grows, and every answer must be short. Name a fruit and a colour \
+                 that both start with the letter {}, then say in which country or region that \
+                 fruit is grown most, and whether it is eaten raw or cooked.",
                 (b'a' + i) as char
             ),
         ));
-        let mut request = greedy(engine.render_chat(&turns).unwrap(), 12);
+        let mut request = greedy(engine.render_chat(&turns).unwrap(), 16);
         request.cache_hint = Some("conversation-1".into());
         let (_, finish) = run_on(engine, request);
         turns.push(ChatTurn::new("assistant", finish.generated_text.clone()));
@@ -293,9 +317,21 @@ fn six_turns(engine: &LlamaEngine) -> Vec<Finish> {
 
 #[test]
 fn each_turn_of_a_chat_evaluates_only_its_new_tokens_and_answers_the_same() {
-    let cached = LlamaEngine::load(config(2)).expect("model loads");
+    chat_with_and_without_the_prompt_cache(KvCache::default());
+}
+
+#[test]
+fn each_turn_of_a_chat_answers_the_same_with_a_16_bit_kv_cache() {
+    chat_with_and_without_the_prompt_cache(KvCache::F16);
+}
+
+fn chat_with_and_without_the_prompt_cache(kv_cache: KvCache) {
+    let mut cached_config = config(2);
+    cached_config.kv_cache = kv_cache;
+    let cached = LlamaEngine::load(cached_config).expect("model loads");
     let mut uncached_config = config(2);
     uncached_config.prompt_cache = false;
+    uncached_config.kv_cache = kv_cache;
     let uncached = LlamaEngine::load(uncached_config).expect("model loads");
 
     let before = cached.stats();
@@ -316,6 +352,10 @@ fn each_turn_of_a_chat_evaluates_only_its_new_tokens_and_answers_the_same() {
             );
         }
     }
+    let last = with_cache
+        .last()
+        .map_or(0, |f| f.input_tokens + f.generated_tokens);
+    assert!(last > 512, "the chat reached {last} positions");
     let after = cached.stats();
     let total_input: u64 = with_cache.iter().map(|f| u64::from(f.input_tokens)).sum();
     let cached_total: u64 = with_cache.iter().map(|f| u64::from(f.cached_tokens)).sum();
