@@ -8,10 +8,13 @@
 //!    for a per-slot KV cache (the default) and a unified one.
 //!
 //! 3. What the 8-bit KV cache changes: greedy answers to 32 questions with an 8-bit and a
-//!    16-bit cache, token by token.
+//!    16-bit cache, token by token; then, with the history held fixed (each 16-bit answer
+//!    fed back as the prompt), how often the next-token choice agrees with the 16-bit
+//!    cache's, beside what other number formats and kernels change (the noise floor).
 //!
-//! `cargo bench -p h2o-chat-llama --bench engine`; `H2O_CHAT_BENCH_STREAMS=1,8` measures only
-//! those B, per-slot KV only, without the one-stream section (for a quick look or a profile);
+//! `cargo bench -p h2o-chat-llama --bench engine`; for a quick look or a profile,
+//! `H2O_CHAT_BENCH_SECTIONS` (a comma list of `one-stream`, `streams`, `kv-cache`) runs only
+//! those parts and `H2O_CHAT_BENCH_STREAMS=1,8` measures only those B, per-slot KV only;
 //! `H2O_CHAT_BENCH_KV_CACHE=f16` runs both contenders with a 16-bit cache and no flash
 //! attention instead of the default 8-bit one with it.
 
@@ -228,9 +231,13 @@ fn main() {
         .collect();
     engine_round(&single, &chat, 1, 8);
     let quick = only.is_some();
+    let runs = |section: &str| {
+        std::env::var("H2O_CHAT_BENCH_SECTIONS")
+            .map_or(true, |list| list.split(',').any(|s| s.trim() == section))
+    };
     let (mut e_prefill, mut b_prefill, mut e_decode, mut b_decode) =
         (vec![], vec![], vec![], vec![]);
-    for _ in 0..if quick { 0 } else { ROUNDS } {
+    for _ in 0..if runs("one-stream") { ROUNDS } else { 0 } {
         let (first, _) = engine_round(&single, &chat, 1, 2);
         e_prefill.push(chat_tokens.len() as f64 / first);
         let (prefill, _) = bare_round(&model, &chat_tokens, 1, 2, false);
@@ -238,7 +245,7 @@ fn main() {
         e_decode.push(engine_round(&single, &counting, 1, 128).1);
         b_decode.push(bare_round(&model, &counting_tokens, 1, 128, false).1);
     }
-    if !quick {
+    if runs("one-stream") {
         println!(
             "one stream, prompt {} tokens: engine {:.0} tok/s, bare {:.0} tok/s, ratio {:.2}",
             chat_tokens.len(),
@@ -256,7 +263,11 @@ fn main() {
     drop(single);
 
     // 2. B streams at once, per-slot and unified KV caches.
-    let kv_layouts: &[bool] = if quick { &[false] } else { &[false, true] };
+    let kv_layouts: &[bool] = match (runs("streams"), quick) {
+        (false, _) => &[],
+        (true, true) => &[false],
+        (true, false) => &[false, true],
+    };
     for &unified in kv_layouts {
         println!(
             "B streams of {DECODE_TOKENS} tokens, {} KV cache: aggregate decode tok/s",
@@ -281,7 +292,7 @@ fn main() {
             );
         }
     }
-    if !quick {
+    if runs("kv-cache") {
         kv_cache_agreement(&gguf);
     }
     println!(
@@ -381,6 +392,7 @@ fn kv_cache_agreement(gguf: &std::path::Path) {
         same_tokens += common;
         all_tokens += b.len();
     }
+    teacher_forced_agreement(gguf, &f16);
     println!(
         "8-bit vs 16-bit KV cache, greedy answers of up to {TOKENS} tokens to {} questions: {identical} identical; \
          the others first differ at token {} (median); {:.1} % of the 16-bit answers' tokens come before any difference",
@@ -392,4 +404,99 @@ fn kv_cache_agreement(gguf: &std::path::Path) {
         },
         100.0 * same_tokens as f64 / all_tokens.max(1) as f64
     );
+}
+
+/// Next-token arg-maxes at every answer position of `prompt + answer`, in one context.
+fn forced_choices(
+    model: &LlamaModel,
+    tokens: &[LlamaToken],
+    answer_from: usize,
+    kv: KvCacheType,
+    flash: bool,
+) -> Vec<LlamaToken> {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(1024))
+        .with_n_batch(1024)
+        .with_n_ubatch(1024)
+        .with_type_k(kv)
+        .with_type_v(kv)
+        .with_flash_attention_policy(i32::from(flash))
+        .with_n_threads(THREADS as i32)
+        .with_n_threads_batch(THREADS as i32);
+    let mut context = model
+        .new_context(backend().expect("backend"), params)
+        .expect("context");
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    for (i, &token) in tokens.iter().enumerate() {
+        batch
+            .add(token, i as i32, &[0], i + 1 >= answer_from)
+            .unwrap();
+    }
+    context.decode(&mut batch).expect("decode");
+    (answer_from - 1..tokens.len() - 1)
+        .map(|i| argmax(context.get_logits_ith(i as i32)))
+        .collect()
+}
+
+/// With the 16-bit answers as fixed histories: how often each format's next-token choice
+/// agrees with the 16-bit cache's (llama.cpp's own kernels, one pass over the whole text).
+fn teacher_forced_agreement(gguf: &std::path::Path, answers: &[Vec<u32>]) {
+    let model = LlamaModel::load_from_file(
+        backend().expect("backend"),
+        gguf,
+        &LlamaModelParams::default(),
+    )
+    .expect("model loads");
+    let renderer = engine(gguf, 1, false);
+    let contenders = [
+        (
+            "8-bit cache, flash attention (the default)",
+            KvCacheType::Q8_0,
+            true,
+        ),
+        ("16-bit cache, flash attention", KvCacheType::F16, true),
+        ("32-bit cache", KvCacheType::F32, false),
+    ];
+    let mut agree = [0usize; 3];
+    let (mut total, mut reproduced) = (0usize, 0usize);
+    for (question, answer) in QUESTIONS.iter().zip(answers) {
+        let prompt = renderer
+            .render_chat(&[ChatTurn::new("user", *question)])
+            .unwrap();
+        let mut tokens: Vec<LlamaToken> = renderer
+            .tokenize(&prompt)
+            .unwrap()
+            .ids
+            .unwrap()
+            .iter()
+            .map(|&id| LlamaToken(id as i32))
+            .collect();
+        let answer_from = tokens.len();
+        tokens.extend(answer.iter().map(|&id| LlamaToken(id as i32)));
+        let reference = forced_choices(&model, &tokens, answer_from, KvCacheType::F16, false);
+        total += reference.len();
+        reproduced += reference
+            .iter()
+            .zip(answer)
+            .filter(|(r, a)| r.0 as u32 == **a)
+            .count();
+        for (n, &(_, kv, flash)) in contenders.iter().enumerate() {
+            let choices = forced_choices(&model, &tokens, answer_from, kv, flash);
+            agree[n] += choices
+                .iter()
+                .zip(&reference)
+                .filter(|(a, b)| a == b)
+                .count();
+        }
+    }
+    println!(
+        "the 16-bit cache in one pass over each question and answer reproduces {:.2} % of the answers' tokens (100: the kernels do not depend on the batch)",
+        100.0 * reproduced as f64 / total.max(1) as f64
+    );
+    for (n, (name, _, _)) in contenders.iter().enumerate() {
+        println!(
+            "next-token choice on the 16-bit answers' histories ({total} positions), {name}: {:.2} % agree with the 16-bit cache",
+            100.0 * agree[n] as f64 / total.max(1) as f64
+        );
+    }
 }
