@@ -411,6 +411,40 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn serve_with_a_16_bit_kv_cache_says_so_and_answers() {
+    let serve = Serve::start_on(
+        common::free_port(),
+        &["--slots", "2", "--kv-cache", "f16"],
+        &[],
+        "KV cache f16",
+    );
+    let answer: serde_json::Value = client()
+        .post(format!("{}/generate", serve.url()))
+        .json(&serde_json::json!({"inputs": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n", "parameters": {"max_new_tokens": 12}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        answer["generated_text"].as_str().unwrap().contains("Paris"),
+        "{answer}"
+    );
+    serve.signal("TERM");
+    assert!(serve.exit_status(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn an_unknown_kv_cache_type_is_a_usage_error() {
+    let output = h2o_chat()
+        .args(["serve", "--addr", "127.0.0.1:0", "--kv-cache", "q4"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("expected q8_0 or f16"), "{stderr}");
+}
+
+#[test]
 fn sigint_shuts_serve_down_like_sigterm() {
     let serve = Serve::start(&[]);
     serve.signal("INT");
