@@ -94,7 +94,7 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
                     info.slots,
                     info.context_length,
                     if sizing.prompt_cache { "on" } else { "off" },
-                    sizing.kv_cache
+                    engine.kv_cache()
                 );
                 deferred.resolve(Ok(Arc::new(engine)));
             }

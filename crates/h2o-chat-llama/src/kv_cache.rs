@@ -53,6 +53,16 @@ impl KvCache {
         }
     }
 
+    /// The cache a model with these key and value head widths can have: llama.cpp stores
+    /// 8-bit values in blocks of 32 per head, so a head width that 32 does not divide (80, in
+    /// some models) keeps the 16-bit cache instead of failing to load.
+    pub fn for_heads(self, key_width: u32, value_width: u32) -> KvCache {
+        match self {
+            KvCache::Q8_0 if key_width % 32 != 0 || value_width % 32 != 0 => KvCache::F16,
+            other => other,
+        }
+    }
+
     pub(crate) fn llama_type(self) -> KvCacheType {
         match self {
             KvCache::Q8_0 => KvCacheType::Q8_0,
@@ -81,5 +91,28 @@ impl FromStr for KvCache {
                 "unknown KV cache type {other:?} (expected q8_0 or f16)"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KvCache;
+
+    #[test]
+    fn an_8_bit_cache_needs_head_widths_that_32_divides() {
+        assert_eq!(KvCache::Q8_0.for_heads(64, 64), KvCache::Q8_0);
+        assert_eq!(KvCache::Q8_0.for_heads(128, 128), KvCache::Q8_0);
+        assert_eq!(KvCache::Q8_0.for_heads(80, 80), KvCache::F16);
+        assert_eq!(KvCache::Q8_0.for_heads(64, 48), KvCache::F16);
+        assert_eq!(KvCache::F16.for_heads(80, 80), KvCache::F16);
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for kv_cache in [KvCache::Q8_0, KvCache::F16] {
+            assert_eq!(kv_cache.to_string().parse::<KvCache>(), Ok(kv_cache));
+        }
+        assert_eq!("Q8".parse::<KvCache>(), Ok(KvCache::Q8_0));
+        assert!("q4_0".parse::<KvCache>().is_err());
     }
 }

@@ -252,6 +252,7 @@ pub struct LlamaEngine {
     info: EngineInfo,
     queue: usize,
     load_ms: u128,
+    kv_cache: KvCache,
 }
 
 impl LlamaEngine {
@@ -272,9 +273,19 @@ impl LlamaEngine {
         let vocabulary = Arc::new(Vocabulary::of(&model));
         let load_ms = started.elapsed().as_millis();
         let slots = config.slots.clamp(1, 256);
+        let (key_width, value_width) = head_widths(&model);
+        let kv_cache = config.kv_cache.for_heads(key_width, value_width);
+        if kv_cache != config.kv_cache {
+            tracing::warn!(
+                key_width,
+                value_width,
+                "the model's attention heads cannot be stored in an {} KV cache; using {kv_cache}",
+                config.kv_cache
+            );
+        }
         let context_per_slot = fit_to_memory(
             &model,
-            config.kv_cache,
+            kv_cache,
             slots,
             config
                 .context_per_slot
@@ -291,7 +302,7 @@ impl LlamaEngine {
             kv_unified: config.kv_unified,
             prompt_cache: config.prompt_cache,
             stall_timeout: config.stall_timeout,
-            kv_cache: config.kv_cache,
+            kv_cache,
         };
         let shared = Arc::new(Shared::new(slots));
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -312,7 +323,7 @@ impl LlamaEngine {
         let info = EngineInfo {
             model_id: config.model_id.clone(),
             backend: format!(
-                "llama.cpp via llama-cpp-2 0.1.160, {threads} threads, {slots} slots × {context_per_slot} positions{}",
+                "llama.cpp via llama-cpp-2 0.1.160, {threads} threads, {slots} slots × {context_per_slot} positions, {kv_cache} KV cache{}",
                 if config.kv_unified {
                     ", unified KV"
                 } else {
@@ -333,7 +344,14 @@ impl LlamaEngine {
             info,
             queue: config.queue,
             load_ms,
+            kv_cache,
         })
+    }
+
+    /// The KV cache the slots have (the configured one, unless the model's heads need
+    /// another).
+    pub fn kv_cache(&self) -> KvCache {
+        self.kv_cache
     }
 
     /// How long loading the model took.
@@ -362,6 +380,24 @@ fn kv_bytes_per_position(model: &LlamaModel, kv_cache: KvCache) -> u64 {
     // Keys and values.
     let values = layers * (width * kv_heads / heads) * 2;
     (values as f64 * kv_cache.bytes_per_value()).ceil() as u64
+}
+
+/// The width of one attention head's keys and values: the GGUF's `key_length` and
+/// `value_length` when it has them, else the embedding width over the head count.
+fn head_widths(model: &LlamaModel) -> (u32, u32) {
+    let fallback = u32::try_from(model.n_embd()).unwrap_or(0) / model.n_head().max(1);
+    let read = |what: &str| {
+        let architecture = model.meta_val_str("general.architecture").ok()?;
+        model
+            .meta_val_str(&format!("{architecture}.attention.{what}"))
+            .ok()?
+            .parse::<u32>()
+            .ok()
+    };
+    (
+        read("key_length").unwrap_or(fallback),
+        read("value_length").unwrap_or(fallback),
+    )
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes.
