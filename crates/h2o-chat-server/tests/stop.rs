@@ -102,6 +102,42 @@ async fn stop_generating_ends_the_stream_and_keeps_the_answer_so_far() {
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_mid_answer_keeps_the_question_and_the_answer_so_far() {
+    let gate = ScriptGate::new();
+    let server = start_with(ServerConfig::default(), gated(&gate, true)).await;
+    let url = server.url();
+    let (client, id) = ready_conversation(&url).await;
+    gate.release(3);
+    let response = client
+        .post(format!("{url}/conversation/{id}"))
+        .json(&g4f_body("Count forever."))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.bytes_stream();
+    read_tokens(&mut body, 3).await;
+    drop(body);
+    // The generation ends when the server drops the stream, after keeping its text.
+    reach(gate.ended(), 1).await;
+
+    let conversation: Value = client
+        .get(format!("{url}/conversation/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let messages = conversation["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{conversation}");
+    assert_eq!(messages[0]["content"], "Count forever.");
+    assert_eq!(messages[1]["from"], "assistant");
+    assert_eq!(messages[1]["content"], "toktoktok", "{conversation}");
+    assert!(server.state().stops().is_empty(), "nothing left registered");
+}
+
+#[tokio::test]
 async fn stop_generating_with_nothing_running_is_200_and_changes_nothing() {
     let server = start_with(ServerConfig::default(), Default::default()).await;
     let url = server.url();

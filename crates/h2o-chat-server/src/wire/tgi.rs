@@ -155,10 +155,12 @@ impl Streaming {
 }
 
 impl Drop for Streaming {
-    /// A stopped stream whose client left before it was polled again still keeps its text.
+    /// A stream dropped before its end keeps its text so far: one that was stopped and whose
+    /// client left before it was polled again, and one whose client left mid-answer (a closed
+    /// tab keeps the question and the answer as far as it went, as stop-generating does).
     fn drop(&mut self) {
         if let Some(stopping) = self.stopping.take()
-            && stopping.guard.is_stopped()
+            && (stopping.guard.is_stopped() || !self.ended)
         {
             (stopping.on_stop)(&self.partial);
         }
