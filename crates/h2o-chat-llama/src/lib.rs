@@ -7,6 +7,8 @@
 //! stopping, incremental text — come from `h2o-chat-engine`, shared with every engine.
 //!
 //! - [`LlamaEngine`]: the [`h2o_chat_engine::Engine`] the server talks to.
+//! - [`KvCache`]: how the slots' KV caches store keys and values (8-bit with flash
+//!   attention by default), chosen so that no answer depends on its batch.
 //! - [`fetch`]: the model cache and its one-time fetch with pip.
 //!
 //! ```no_run
