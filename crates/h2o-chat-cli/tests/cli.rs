@@ -392,9 +392,8 @@ fn long_stream(url: &str) -> reqwest::blocking::Response {
     response
 }
 
-#[test]
-fn serve_answers_and_stops_cleanly_on_sigterm() {
-    let serve = Serve::start(&[]);
+/// `/generate` on the capital of France names Paris; then SIGTERM ends `serve` cleanly.
+fn answers_paris_then_stops_on_sigterm(serve: Serve) {
     let answer: serde_json::Value = client()
         .post(format!("{}/generate", serve.url()))
         .json(&serde_json::json!({"inputs": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n", "parameters": {"max_new_tokens": 12}}))
@@ -411,6 +410,12 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn serve_answers_and_stops_cleanly_on_sigterm() {
+    let serve = Serve::start(&[]);
+    answers_paris_then_stops_on_sigterm(serve);
+}
+
+#[test]
 fn serve_with_a_16_bit_kv_cache_says_so_and_answers() {
     let serve = Serve::start_on(
         common::free_port(),
@@ -418,19 +423,7 @@ fn serve_with_a_16_bit_kv_cache_says_so_and_answers() {
         &[],
         "KV cache f16",
     );
-    let answer: serde_json::Value = client()
-        .post(format!("{}/generate", serve.url()))
-        .json(&serde_json::json!({"inputs": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n", "parameters": {"max_new_tokens": 12}}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert!(
-        answer["generated_text"].as_str().unwrap().contains("Paris"),
-        "{answer}"
-    );
-    serve.signal("TERM");
-    assert!(serve.exit_status(Duration::from_secs(30)).success());
+    answers_paris_then_stops_on_sigterm(serve);
 }
 
 #[test]

@@ -54,11 +54,16 @@ fn kv_cache() -> KvCache {
         .unwrap_or_default()
 }
 
-fn kv_cache_type(kv_cache: KvCache) -> KvCacheType {
-    match kv_cache {
-        KvCache::Q8_0 => KvCacheType::Q8_0,
-        KvCache::F16 => KvCacheType::F16,
-    }
+/// The engine's tokens for `prompt`, as the bindings take them.
+fn prompt_tokens(engine: &LlamaEngine, prompt: &Prompt) -> Vec<LlamaToken> {
+    engine
+        .tokenize(prompt)
+        .unwrap()
+        .ids
+        .unwrap()
+        .iter()
+        .map(|&id| LlamaToken(id as i32))
+        .collect()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -132,15 +137,16 @@ fn bare_round(
     tokens: usize,
     unified: bool,
 ) -> (f64, f64) {
+    let kv_cache = kv_cache();
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new((streams * 1024) as u32))
         .with_n_batch(512)
         .with_n_ubatch(512)
         .with_n_seq_max(streams as u32)
         .with_kv_unified(unified)
-        .with_type_k(kv_cache_type(kv_cache()))
-        .with_type_v(kv_cache_type(kv_cache()))
-        .with_flash_attention_policy(i32::from(kv_cache().flash_attention()))
+        .with_type_k(kv_cache.llama_type())
+        .with_type_v(kv_cache.llama_type())
+        .with_flash_attention_policy(i32::from(kv_cache.flash_attention()))
         .with_n_threads(THREADS as i32)
         .with_n_threads_batch(THREADS as i32);
     let backend = backend().expect("backend");
@@ -212,23 +218,9 @@ fn main() {
             format!("{text}\nSummarise this in one sentence."),
         )])
         .unwrap();
-    let chat_tokens: Vec<LlamaToken> = single
-        .tokenize(&chat)
-        .unwrap()
-        .ids
-        .unwrap()
-        .iter()
-        .map(|&id| LlamaToken(id as i32))
-        .collect();
+    let chat_tokens = prompt_tokens(&single, &chat);
     let counting = Prompt::raw(COUNTING);
-    let counting_tokens: Vec<LlamaToken> = single
-        .tokenize(&counting)
-        .unwrap()
-        .ids
-        .unwrap()
-        .iter()
-        .map(|&id| LlamaToken(id as i32))
-        .collect();
+    let counting_tokens = prompt_tokens(&single, &counting);
     engine_round(&single, &chat, 1, 8);
     let quick = only.is_some();
     let runs = |section: &str| {
@@ -463,14 +455,7 @@ fn teacher_forced_agreement(gguf: &std::path::Path, answers: &[Vec<u32>]) {
         let prompt = renderer
             .render_chat(&[ChatTurn::new("user", *question)])
             .unwrap();
-        let mut tokens: Vec<LlamaToken> = renderer
-            .tokenize(&prompt)
-            .unwrap()
-            .ids
-            .unwrap()
-            .iter()
-            .map(|&id| LlamaToken(id as i32))
-            .collect();
+        let mut tokens = prompt_tokens(&renderer, &prompt);
         let answer_from = tokens.len();
         tokens.extend(answer.iter().map(|&id| LlamaToken(id as i32)));
         let reference = forced_choices(&model, &tokens, answer_from, KvCacheType::F16, false);

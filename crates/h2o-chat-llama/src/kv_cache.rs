@@ -63,7 +63,9 @@ impl KvCache {
         }
     }
 
-    pub(crate) fn llama_type(self) -> KvCacheType {
+    /// llama.cpp's type for the cache (for code driving the bindings directly, such as the
+    /// benchmarks' bare loops).
+    pub fn llama_type(self) -> KvCacheType {
         match self {
             KvCache::Q8_0 => KvCacheType::Q8_0,
             KvCache::F16 => KvCacheType::F16,

@@ -48,12 +48,14 @@ async fn rest_of(
     rest
 }
 
-#[tokio::test]
-async fn stop_generating_ends_the_stream_and_keeps_the_answer_so_far() {
-    let gate = ScriptGate::new();
-    let server = start_with(ServerConfig::default(), gated(&gate, true)).await;
-    let url = server.url();
-    let (client, id) = ready_conversation(&url).await;
+/// Asks "Count forever." in the conversation and reads the answer's first three tokens (the
+/// gate lets three through); returns the stream, still open.
+async fn three_tokens_of_an_endless_answer(
+    gate: &ScriptGate,
+    client: &reqwest::Client,
+    url: &str,
+    id: &str,
+) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin {
     gate.release(3);
     let response = client
         .post(format!("{url}/conversation/{id}"))
@@ -64,6 +66,28 @@ async fn stop_generating_ends_the_stream_and_keeps_the_answer_so_far() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.bytes_stream();
     read_tokens(&mut body, 3).await;
+    body
+}
+
+/// The conversation as the server stores it.
+async fn conversation(client: &reqwest::Client, url: &str, id: &str) -> Value {
+    client
+        .get(format!("{url}/conversation/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn stop_generating_ends_the_stream_and_keeps_the_answer_so_far() {
+    let gate = ScriptGate::new();
+    let server = start_with(ServerConfig::default(), gated(&gate, true)).await;
+    let url = server.url();
+    let (client, id) = ready_conversation(&url).await;
+    let mut body = three_tokens_of_an_endless_answer(&gate, &client, &url, &id).await;
 
     let stop = client
         .post(format!("{url}/conversation/{id}/stop-generating"))
@@ -79,14 +103,7 @@ async fn stop_generating_ends_the_stream_and_keeps_the_answer_so_far() {
     assert!(!rest.contains("\"error\""), "no error event either: {rest}");
     reach(gate.ended(), 1).await;
 
-    let conversation: Value = client
-        .get(format!("{url}/conversation/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conversation = conversation(&client, &url, &id).await;
     let messages = conversation["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 2, "{conversation}");
     assert_eq!(messages[0]["content"], "Count forever.");
@@ -107,28 +124,12 @@ async fn a_client_that_leaves_mid_answer_keeps_the_question_and_the_answer_so_fa
     let server = start_with(ServerConfig::default(), gated(&gate, true)).await;
     let url = server.url();
     let (client, id) = ready_conversation(&url).await;
-    gate.release(3);
-    let response = client
-        .post(format!("{url}/conversation/{id}"))
-        .json(&g4f_body("Count forever."))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.bytes_stream();
-    read_tokens(&mut body, 3).await;
+    let body = three_tokens_of_an_endless_answer(&gate, &client, &url, &id).await;
     drop(body);
     // The generation ends when the server drops the stream, after keeping its text.
     reach(gate.ended(), 1).await;
 
-    let conversation: Value = client
-        .get(format!("{url}/conversation/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conversation = conversation(&client, &url, &id).await;
     let messages = conversation["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 2, "{conversation}");
     assert_eq!(messages[0]["content"], "Count forever.");
