@@ -16,8 +16,7 @@ use h2o_chat::{H2o, Message};
 use h2o_chat_engine::{Script, ScriptedEngine};
 use h2o_chat_server::{ModelRegistry, Server, ServerConfig};
 
-#[path = "../../h2o-chat/tests/support/mod.rs"]
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_h2o-chat");
 

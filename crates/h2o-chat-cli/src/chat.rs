@@ -182,7 +182,7 @@ const HISTORY_LINES: usize = 1000;
 
 /// The line editor's history file.
 fn history_path() -> std::path::PathBuf {
-    h2o_chat_llama::fetch::cache_dir().join("history.txt")
+    h2o_chat_cli::home::dir().join("history.txt")
 }
 
 /// The interactive chat: the conversation's messages are kept and sent each turn, each turn

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use h2o_chat_llama::KvCache;
+use h2o_chat_llama::{KvCache, LlamaConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,23 +109,8 @@ pub struct ServeArgs {
     /// The public origin for the Referer check, when behind a proxy (chat-ui's PUBLIC_ORIGIN).
     #[arg(long)]
     pub public_origin: Option<String>,
-    /// Sequences the local model generates at once (continuous batching).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256), visible_alias = "parallel")]
-    pub slots: u32,
-    /// Positions (prompt + answer) each slot holds; lowered to fit the machine's memory.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=131072))]
-    pub context_per_slot: u32,
-    /// Do not reuse a slot's cached prompt for the next turn of a conversation.
-    #[arg(long)]
-    pub no_prompt_cache: bool,
-    /// How the slots' KV caches store keys and values: q8_0 (8-bit, with flash attention:
-    /// faster, half the memory) or f16 (16-bit, attention as matrix products). Either way an
-    /// answer does not depend on its batch or the prompt cache.
-    #[arg(long, default_value_t = KvCache::default(), value_parser = clap::value_parser!(KvCache))]
-    pub kv_cache: KvCache,
-    /// One KV cache shared by all slots instead of one per slot (llama.cpp's kv_unified).
-    #[arg(long, hide = true)]
-    pub kv_unified: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The conversation database (SQLite): conversations and their messages survive a
     /// restart. `:memory:` keeps them in memory only. Default: serve.sqlite3 in the cache
     /// directory ($H2O_CHAT_HOME).
@@ -139,13 +124,72 @@ pub struct ServeArgs {
     pub max_connections: u32,
     #[command(flatten)]
     pub upstreams: UpstreamArgs,
-    /// Threads llama.cpp computes with (default: all cores).
-    #[arg(long, hide = true)]
-    pub threads: Option<usize>,
     /// Require `Authorization: Bearer KEY` on every route that generates or reads
     /// conversations (TGI, chat-ui and OpenAI routes; /, /info, /health and /metrics stay open).
     #[arg(long, env = "H2O_CHAT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+}
+
+/// How the local model runs; what is not given keeps the engine's default
+/// (`h2o_chat_llama::LlamaConfig::new`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct EngineArgs {
+    /// Sequences the local model generates at once (continuous batching) [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256), visible_alias = "parallel")]
+    pub slots: Option<u32>,
+    /// Positions (prompt + answer) each slot holds; lowered to fit the machine's memory
+    /// [default: 4096].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(64..=131072))]
+    pub context_per_slot: Option<u32>,
+    /// Do not reuse a slot's cached prompt for the next turn of a conversation.
+    #[arg(long)]
+    pub no_prompt_cache: bool,
+    /// How the slots' KV caches store keys and values: q8_0 (8-bit, with flash attention:
+    /// faster, half the memory) or f16 (16-bit, attention as matrix products). Either way an
+    /// answer does not depend on its batch or the prompt cache [default: q8_0].
+    #[arg(long, value_parser = clap::value_parser!(KvCache))]
+    pub kv_cache: Option<KvCache>,
+    /// One KV cache shared by all slots instead of one per slot (llama.cpp's kv_unified).
+    #[arg(long, hide = true)]
+    pub kv_unified: bool,
+    /// Threads llama.cpp computes with (default: all cores).
+    #[arg(long, hide = true)]
+    pub threads: Option<usize>,
+}
+
+impl EngineArgs {
+    /// One slot: one person's chat.
+    pub fn one_slot() -> Self {
+        EngineArgs::slots(1)
+    }
+
+    /// `slots` slots, the rest the engine's defaults.
+    pub fn slots(slots: u32) -> Self {
+        EngineArgs {
+            slots: Some(slots),
+            ..EngineArgs::default()
+        }
+    }
+
+    /// The engine's configuration for `gguf`, with these knobs.
+    pub fn config(&self, gguf: PathBuf, model_id: &str) -> LlamaConfig {
+        let mut config = LlamaConfig::new(gguf, model_id);
+        if let Some(slots) = self.slots {
+            config.slots = slots as usize;
+        }
+        if let Some(positions) = self.context_per_slot {
+            config.context_per_slot = positions as usize;
+        }
+        config.prompt_cache = !self.no_prompt_cache;
+        if let Some(kv_cache) = self.kv_cache {
+            config.kv_cache = kv_cache;
+        }
+        config.kv_unified = self.kv_unified;
+        if let Some(threads) = self.threads {
+            config.threads = threads.max(1);
+        }
+        config
+    }
 }
 
 /// Upstreams: with any, the server is a gateway in front of them instead of running the

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use h2o_chat_cli::home;
 use h2o_chat_engine::Engine;
-use h2o_chat_llama::fetch::{FetchStage, SMOLLM2, cache_dir, ensure_model};
-use h2o_chat_llama::{KvCache, LlamaConfig, LlamaEngine};
+use h2o_chat_llama::LlamaEngine;
+use h2o_chat_llama::fetch::{FetchStage, SMOLLM2, ensure_model};
 use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, ServerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cli::EngineArgs;
 use crate::failure::Failure;
 
 /// The GGUF to serve: `--gguf`, or the cached default (fetched with a progress bar).
@@ -22,7 +24,7 @@ pub fn model_path(gguf: Option<PathBuf>, quiet: bool) -> Result<PathBuf, Failure
         }
         return Ok(path);
     }
-    let dir = cache_dir();
+    let dir = home::dir();
     let bar = (!quiet).then(|| {
         let bar = ProgressBar::hidden();
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
@@ -65,48 +67,14 @@ pub fn model_path(gguf: Option<PathBuf>, quiet: bool) -> Result<PathBuf, Failure
     result.map_err(|e| Failure::Model(e.to_string()))
 }
 
-/// How the local model is run.
-#[derive(Debug, Clone)]
-pub struct Sizing {
-    pub slots: usize,
-    pub context_per_slot: usize,
-    pub prompt_cache: bool,
-    pub kv_unified: bool,
-    pub kv_cache: KvCache,
-    /// llama.cpp's threads; `None`: all cores.
-    pub threads: Option<usize>,
-}
-
-impl Sizing {
-    /// For one person's chat: one slot.
-    pub fn single() -> Self {
-        Sizing {
-            slots: 1,
-            context_per_slot: 4096,
-            prompt_cache: true,
-            kv_unified: false,
-            kv_cache: KvCache::default(),
-            threads: None,
-        }
-    }
-}
-
 /// Fetches (if needed) and loads the model. Blocking: call it off the async runtime.
 pub fn load_engine(
     gguf: Option<PathBuf>,
     quiet: bool,
-    sizing: &Sizing,
+    knobs: &EngineArgs,
 ) -> Result<LlamaEngine, Failure> {
     let path = model_path(gguf, quiet)?;
-    let mut config = LlamaConfig::new(path, LOCAL_MODEL_ID);
-    config.slots = sizing.slots.max(1);
-    config.context_per_slot = sizing.context_per_slot;
-    config.prompt_cache = sizing.prompt_cache;
-    config.kv_unified = sizing.kv_unified;
-    config.kv_cache = sizing.kv_cache;
-    if let Some(threads) = sizing.threads {
-        config.threads = threads.max(1);
-    }
+    let config = knobs.config(path, LOCAL_MODEL_ID);
     let engine = LlamaEngine::load(config).map_err(|e| Failure::Model(e.to_string()))?;
     tracing::debug!(load_ms = engine.load_ms(), "local model loaded");
     Ok(engine)
@@ -116,9 +84,9 @@ pub fn load_engine(
 pub async fn start(
     gguf: Option<PathBuf>,
     quiet: bool,
-    sizing: Sizing,
+    knobs: EngineArgs,
 ) -> Result<RunningServer, Failure> {
-    let engine = tokio::task::spawn_blocking(move || load_engine(gguf, quiet, &sizing))
+    let engine = tokio::task::spawn_blocking(move || load_engine(gguf, quiet, &knobs))
         .await
         .map_err(|e| Failure::Other(format!("model loading panicked: {e}")))??;
     let engine: Arc<dyn Engine> = Arc::new(engine);

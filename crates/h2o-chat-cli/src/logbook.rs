@@ -85,7 +85,7 @@ pub struct Logbook {
 
 /// The log's file.
 pub fn default_path() -> PathBuf {
-    h2o_chat_llama::fetch::cache_dir().join("logs.sqlite3")
+    h2o_chat_cli::home::dir().join("logs.sqlite3")
 }
 
 pub fn now_ms() -> i64 {

@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use h2o_chat::Message;
 
+use cli::EngineArgs;
 use cli::{Cli, Command};
 use failure::Failure;
-use local::Sizing;
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
@@ -89,7 +89,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 logs::open_for_writing()
             };
             let parameters = setup::parameters(global, global.url.is_none())?;
-            with_client(global, Sizing::single(), |h2o, model| async move {
+            with_client(global, EngineArgs::one_slot(), |h2o, model| async move {
                 let (id, continued) = match conversation {
                     Some((id, transcript)) => (id, Some(transcript)),
                     None => (uuid::Uuid::new_v4().to_string(), None),
@@ -126,11 +126,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Logs(args) => logs::run(args),
         Command::Batch(args) => {
             // One slot per concurrent prompt, up to the server's default.
-            let sizing = Sizing {
-                slots: (args.concurrency as usize).min(8),
-                ..Sizing::single()
-            };
-            with_client(global, sizing, |h2o, model| async move {
+            let knobs = EngineArgs::slots(args.concurrency.min(8));
+            with_client(global, knobs, |h2o, model| async move {
                 batch::run(&h2o, global, model, args).await
             })
             .await
@@ -139,7 +136,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// Runs `work` with a client for `--url`, or for the embedded server started for it.
-async fn with_client<F, Fut>(global: &cli::Global, sizing: Sizing, work: F) -> Result<(), Failure>
+async fn with_client<F, Fut>(
+    global: &cli::Global,
+    knobs: EngineArgs,
+    work: F,
+) -> Result<(), Failure>
 where
     F: FnOnce(h2o_chat::H2o, Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
@@ -151,7 +152,7 @@ where
             work(h2o, model).await
         }
         None => {
-            let server = local::start(global.gguf.clone(), global.quiet, sizing).await?;
+            let server = local::start(global.gguf.clone(), global.quiet, knobs).await?;
             let h2o = setup::client(global, &server.url(), true)?;
             let model = setup::model(global, true)?;
             let result = work(h2o, model).await;

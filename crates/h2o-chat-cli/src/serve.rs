@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use h2o_chat_engine::{DeferredEngine, Engine};
 use h2o_chat_server::{
-    Bounds, LOCAL_MODEL_ID, ModelRegistry, Server, ServerConfig, SqliteStore, Store, StoreBounds,
-    Timeouts,
+    Bounds, LOCAL_MODEL_ID, ModelRegistry, ROUTES, Server, ServerConfig, SqliteStore, Store,
+    StoreBounds, Timeouts,
 };
 
 use crate::cli::{Global, ServeArgs};
 use crate::failure::Failure;
-use crate::local::{self, Sizing};
+use crate::local;
 use crate::upstreams;
 
 /// The exit code of a serve stopped by a second signal.
@@ -28,10 +28,11 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
     let mut signals = Signals::new()?;
     let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout)
         .map_err(|_| Failure::Usage("--shutdown-timeout takes a number of seconds".into()))?;
-    let (models, loading) = match upstreams::pool(&args.upstreams)? {
+    let pool = upstreams::pool(&args.upstreams)?;
+    let (models, loading) = match &pool {
         Some(pool) => {
             pool.spawn_health_checks();
-            (ModelRegistry::gateway(pool), None)
+            (upstreams::registry(pool), None)
         }
         None => {
             let deferred = Arc::new(DeferredEngine::new(LOCAL_MODEL_ID));
@@ -57,14 +58,22 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
     let guarded = config.api_key.is_some();
     let lines = models.describe();
     let store = open_store(args.db.as_deref(), StoreBounds::from(&config.bounds))?;
-    let server = Server::with_store(config, models, store)
+    let server = Server::with_store(config, models, store);
+    for collector in pool.iter().flat_map(h2o_chat_gateway::collectors) {
+        server
+            .register_metrics(collector)
+            .map_err(|e| Failure::Other(format!("the gateway's metrics: {e}")))?;
+    }
+    let server = server
         .bind(&args.addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
     eprintln!("h2o-chat serve: listening on {}", server.url());
-    eprintln!(
-        "routes: chat-ui (/settings, /conversation, /conversation/{{id}}), TGI (/generate, /generate_stream, /, /info), OpenAI (/v1/models, /v1/chat/completions, /v1/completions), /health, /metrics"
-    );
+    let routes: Vec<String> = ROUTES
+        .iter()
+        .map(|(family, paths)| format!("{family} ({})", paths.join(", ")))
+        .collect();
+    eprintln!("routes: {}", routes.join(", "));
     if guarded {
         eprintln!("API key required on the TGI, chat-ui and OpenAI routes");
     }
@@ -72,29 +81,22 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
     for line in lines {
         eprintln!("  {line}");
     }
-    if server.state().models().pool().is_some() {
+    if pool.is_some() {
         eprintln!("gateway ready");
     }
     if let Some(deferred) = loading {
-        let sizing = Sizing {
-            slots: args.slots as usize,
-            context_per_slot: args.context_per_slot as usize,
-            prompt_cache: !args.no_prompt_cache,
-            kv_unified: args.kv_unified,
-            kv_cache: args.kv_cache,
-            threads: args.threads,
-        };
+        let knobs = args.engine.clone();
         let gguf = global.gguf.clone();
         let quiet = global.quiet;
-        tokio::task::spawn_blocking(move || match local::load_engine(gguf, quiet, &sizing) {
+        tokio::task::spawn_blocking(move || match local::load_engine(gguf, quiet, &knobs) {
             Ok(engine) => {
-                let info = engine.info();
+                let config = engine.config();
                 eprintln!(
                     "model loaded: {} slots × {} positions, prompt cache {}, KV cache {}",
-                    info.slots,
-                    info.context_length,
-                    if sizing.prompt_cache { "on" } else { "off" },
-                    engine.kv_cache()
+                    config.slots,
+                    config.context_per_slot,
+                    if config.prompt_cache { "on" } else { "off" },
+                    config.kv_cache
                 );
                 deferred.resolve(Ok(Arc::new(engine)));
             }
@@ -128,7 +130,7 @@ fn open_store(db: Option<&Path>, bounds: StoreBounds) -> Result<Arc<dyn Store>, 
         Some(path) if path.as_os_str() == ":memory:" => SqliteStore::in_memory(bounds),
         Some(path) => SqliteStore::open(path, bounds),
         None => {
-            let dir = h2o_chat_llama::fetch::cache_dir();
+            let dir = h2o_chat_cli::home::dir();
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
             SqliteStore::open(&dir.join("serve.sqlite3"), bounds)

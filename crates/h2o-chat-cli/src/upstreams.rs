@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use h2o_chat_server::gateway::{GatewayTimeouts, Pool, UpstreamKind, UpstreamSpec};
+use h2o_chat_gateway::{GatewayTimeouts, Pool, UpstreamKind, UpstreamSpec};
+use h2o_chat_server::{ModelRegistry, ServedModel};
 
 use crate::cli::{self, UpstreamArgs};
 use crate::failure::Failure;
@@ -56,6 +57,16 @@ pub fn pool(args: &UpstreamArgs) -> Result<Option<Arc<Pool>>, Failure> {
     Pool::with_timeouts(specs, timeouts)
         .map(Some)
         .map_err(|e| Failure::Usage(format!("upstreams: {e}")))
+}
+
+/// The served ids of a gateway in front of `pool`: the H2o ids and the local model's, each
+/// relayed to the upstreams.
+pub fn registry(pool: &Arc<Pool>) -> ModelRegistry {
+    let models = h2o_chat_gateway::served_models(pool)
+        .into_iter()
+        .map(|model| ServedModel::new(model.id, model.aliases, model.engine))
+        .collect();
+    ModelRegistry::new(models)
 }
 
 /// The models an upstream lists (`/v1/models`, or TGI's `/info`), when it says.

@@ -2,8 +2,7 @@
 //! servers (the library's fault-injecting one), stdin, `--json`, exit codes per error kind,
 //! batch, and `serve` with its signals.
 
-#[path = "../../h2o-chat/tests/support/mod.rs"]
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 mod common;
 

@@ -2,8 +2,7 @@
 //! stops a reply — deleting its conversation — without leaving the chat, and the typed lines
 //! and the logged turns outlive the session.
 
-#[path = "../../h2o-chat/tests/support/mod.rs"]
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

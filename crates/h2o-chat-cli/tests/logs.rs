@@ -2,8 +2,7 @@
 //! -c` and `--cid` continuing with context, `--no-log`, and a log that cannot be written
 //! never costing the answer. Each test has its own `$H2O_CHAT_HOME` and a scripted server.
 
-#[path = "../../h2o-chat/tests/support/mod.rs"]
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -59,7 +59,9 @@ impl Engine for DeferredEngine {
                 } else {
                     "failed to load".into()
                 },
-                source: String::new(),
+                compute_type: String::new(),
+                dtype: String::new(),
+                device: String::new(),
                 context_length: 0,
                 slots: 0,
                 batch_total_tokens: 0,
@@ -75,8 +77,12 @@ impl Engine for DeferredEngine {
         }
     }
 
-    fn stats(&self) -> EngineStats {
-        self.ready().map(|e| e.stats()).unwrap_or_default()
+    /// While loading, zeros (so `/metrics` shows the model, not ready); then the engine's.
+    fn stats(&self) -> Option<EngineStats> {
+        match self.ready() {
+            Ok(engine) => engine.stats(),
+            Err(_) => Some(EngineStats::default()),
+        }
     }
 
     fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {

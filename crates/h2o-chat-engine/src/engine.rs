@@ -18,8 +18,12 @@ pub struct EngineInfo {
     pub model_id: String,
     /// How it is run, e.g. `llama.cpp, 8 slots`.
     pub backend: String,
-    /// The model file or source, for people.
-    pub source: String,
+    /// TGI's `x-compute-type` header, e.g. `cpu+llama.cpp`.
+    pub compute_type: String,
+    /// TGI's `model_dtype`, e.g. `gguf`.
+    pub dtype: String,
+    /// TGI's `model_device_type`, e.g. `cpu`.
+    pub device: String,
     /// The largest number of positions one sequence can use (prompt + output).
     pub context_length: usize,
     /// Sequences generated at once (the scheduler's slots).
@@ -75,9 +79,9 @@ pub trait Engine: Send + Sync + 'static {
         Health::Ready
     }
 
-    /// Its work so far.
-    fn stats(&self) -> EngineStats {
-        EngineStats::default()
+    /// Its work so far; `None` for engines that keep no such figures (a relay, a gateway).
+    fn stats(&self) -> Option<EngineStats> {
+        None
     }
 
     /// Renders a conversation with the model's own chat template, ending with the open

@@ -118,7 +118,7 @@ pub struct Finish {
 
 /// Why a started generation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Failure {
+pub enum GenerationFailure {
     /// A remote server answered with an error status before any token (relays). Servers
     /// pass the status on, as chat-ui relays TGI's (§a.4 step 9).
     #[error("upstream HTTP {status}: {message}")]
@@ -144,5 +144,5 @@ pub enum GenerationEvent {
     /// The last token and the summary.
     Finished(Token, Finish),
     /// Generation failed after starting; nothing follows.
-    Failed(Failure),
+    Failed(GenerationFailure),
 }

@@ -5,7 +5,7 @@
 //! It follows the same stopping rules as the real engine (length, EOS, stop strings).
 //! Token counts are by UTF-8 byte: one byte, one token — a stand-in rule, documented so.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -13,10 +13,10 @@ use tokio::sync::{mpsc as channel, watch};
 
 use h2o_chat_protocol::Token;
 
-use crate::engine::{Engine, EngineInfo, Generation};
+use crate::engine::{Engine, EngineInfo, EngineStats, Generation};
 use crate::error::EngineError;
 use crate::prompt::{ChatTurn, Prompt, chatml};
-use crate::request::{Failure, Finish, GenerationEvent, GenerationRequest, Tokenized};
+use crate::request::{Finish, GenerationEvent, GenerationFailure, GenerationRequest, Tokenized};
 use crate::stopping::StoppingCriteria;
 
 /// The id of the scripted end-of-sequence token.
@@ -129,6 +129,8 @@ impl Default for Script {
 pub struct ScriptedEngine {
     script: Script,
     running: Arc<AtomicUsize>,
+    /// Tokens played, for [`Engine::stats`].
+    generated: Arc<AtomicU64>,
 }
 
 impl ScriptedEngine {
@@ -136,6 +138,7 @@ impl ScriptedEngine {
         ScriptedEngine {
             script,
             running: Default::default(),
+            generated: Default::default(),
         }
     }
 }
@@ -145,11 +148,23 @@ impl Engine for ScriptedEngine {
         EngineInfo {
             model_id: "scripted".into(),
             backend: "scripted (no model)".into(),
-            source: "script".into(),
+            compute_type: "cpu+scripted".into(),
+            dtype: "none".into(),
+            device: "cpu".into(),
             context_length: 8192,
             slots: self.script.capacity,
             batch_total_tokens: 8192 * self.script.capacity,
         }
+    }
+
+    /// Generations running and tokens played (each generation is its own "slot").
+    fn stats(&self) -> Option<EngineStats> {
+        Some(EngineStats {
+            slots: self.script.capacity,
+            busy_slots: self.running.load(Ordering::Acquire),
+            generated_tokens: self.generated.load(Ordering::Acquire),
+            ..EngineStats::default()
+        })
     }
 
     /// ChatML, like SmolLM2's template, with no default system message.
@@ -170,11 +185,12 @@ impl Engine for ScriptedEngine {
         let (events, receiver) = channel::channel(64);
         let script = self.script.clone();
         let running = self.running.clone();
+        let generated = self.generated.clone();
         std::thread::spawn(move || {
             if let Some(gate) = &script.gate {
                 gate.started.send_modify(|n| *n += 1);
             }
-            play(&script, &request, &events);
+            play(&script, &request, &events, &generated);
             running.fetch_sub(1, Ordering::AcqRel);
             if let Some(gate) = &script.gate {
                 gate.ended.send_modify(|n| *n += 1);
@@ -184,7 +200,12 @@ impl Engine for ScriptedEngine {
     }
 }
 
-fn play(script: &Script, request: &GenerationRequest, events: &channel::Sender<GenerationEvent>) {
+fn play(
+    script: &Script,
+    request: &GenerationRequest,
+    events: &channel::Sender<GenerationEvent>,
+    played: &AtomicU64,
+) {
     let criteria = StoppingCriteria::new(request.max_new_tokens, request.stop.clone());
     let mut text = String::new();
     let mut generated = 0u32;
@@ -209,7 +230,7 @@ fn play(script: &Script, request: &GenerationRequest, events: &channel::Sender<G
         if let Some((after, message)) = &script.fail_after
             && generated as usize >= *after
         {
-            let _ = events.blocking_send(GenerationEvent::Failed(Failure::Generation(
+            let _ = events.blocking_send(GenerationEvent::Failed(GenerationFailure::Generation(
                 message.clone(),
             )));
             return;
@@ -223,6 +244,7 @@ fn play(script: &Script, request: &GenerationRequest, events: &channel::Sender<G
         };
         index += 1;
         generated += 1;
+        played.fetch_add(1, Ordering::AcqRel);
         let (out, is_eos) = match next {
             Some(piece) => {
                 text.push_str(piece);

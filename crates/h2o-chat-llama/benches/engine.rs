@@ -22,7 +22,6 @@ use std::num::NonZeroU32;
 use std::time::Instant;
 
 use h2o_chat_engine::{ChatTurn, Engine, GenerationEvent, GenerationRequest, Prompt};
-use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
 use h2o_chat_llama::{KvCache, LlamaConfig, LlamaEngine, backend};
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -187,7 +186,7 @@ fn bare_round(
 }
 
 fn main() {
-    let gguf = ensure_model(&cache_dir(), &SMOLLM2, &mut |_, _, _| {}).expect("model");
+    let gguf = h2o_chat_test_support::model::local_gguf();
     let load_started = Instant::now();
     let single = engine(&gguf, 1, false);
     let load_ms = load_started.elapsed().as_millis();

@@ -15,8 +15,7 @@
 //! list of `latency`, `turns`, `ceiling`) runs only those parts, `H2O_CHAT_BENCH_KV_CACHE=f16`
 //! serves with a 16-bit KV cache instead of the default.
 
-#[path = "../tests/chat_ui/mod.rs"]
-mod chat_ui;
+use h2o_chat_test_support::chat_ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use h2o_chat::{Event, H2o, Message, Parameters};
 use h2o_chat_engine::{Engine, Script, ScriptedEngine};
-use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
 use h2o_chat_llama::{LlamaConfig, LlamaEngine};
 use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, ServerConfig};
 use serde_json::json;
@@ -157,7 +155,7 @@ async fn ask(h2o: &H2o, question: &str, params: Parameters) -> f64 {
 /// Time to first token of each of six turns of one conversation. `round` makes the first
 /// question new to the prompt cache, so turn 1 is evaluated in full as a new chat's would be.
 async fn six_turns(url: &str, round: usize) -> Vec<f64> {
-    let (client, id) = chat_ui::conversation(url).await;
+    let (client, id) = chat_ui::conversation(url, LOCAL_MODEL_ID).await;
     let mut ttft = Vec::new();
     for turn in 0..6 {
         let question = format!(
@@ -184,7 +182,7 @@ async fn six_turns(url: &str, round: usize) -> Vec<f64> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let gguf = ensure_model(&cache_dir(), &SMOLLM2, &mut |_, _, _| {}).expect("model");
+    let gguf = h2o_chat_test_support::model::local_gguf();
     println!(
         "serving bench: SmolLM2-135M-Instruct Q4_1, default server (8 slots), {ROUNDS} rounds (medians), nproc {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())

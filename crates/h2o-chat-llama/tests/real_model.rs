@@ -7,20 +7,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use h2o_chat_engine::{
-    ChatTurn, Engine, Failure, Finish, FinishReason, GenerationEvent, GenerationRequest, Piece,
-    Prompt, SamplingParams, Token,
+    ChatTurn, Engine, Finish, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest,
+    Piece, Prompt, SamplingParams, Token,
 };
-use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
 use h2o_chat_llama::{KvCache, LlamaConfig, LlamaEngine};
 
 const MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
 fn gguf() -> std::path::PathBuf {
-    static GGUF: OnceLock<std::path::PathBuf> = OnceLock::new();
-    GGUF.get_or_init(|| {
-        ensure_model(&cache_dir(), &SMOLLM2, &mut |_, _, _| {}).expect("model fetched")
-    })
-    .clone()
+    h2o_chat_test_support::model::local_gguf()
 }
 
 fn config(slots: usize) -> LlamaConfig {
@@ -334,7 +329,7 @@ fn chat_with_and_without_the_prompt_cache(kv_cache: KvCache) {
     uncached_config.kv_cache = kv_cache;
     let uncached = LlamaEngine::load(uncached_config).expect("model loads");
 
-    let before = cached.stats();
+    let before = cached.stats().expect("the local model keeps figures");
     let with_cache = six_turns(&cached);
     let without_cache = six_turns(&uncached);
     for (turn, (a, b)) in with_cache.iter().zip(&without_cache).enumerate() {
@@ -356,7 +351,7 @@ fn chat_with_and_without_the_prompt_cache(kv_cache: KvCache) {
         .last()
         .map_or(0, |f| f.input_tokens + f.generated_tokens);
     assert!(last > 512, "the chat reached {last} positions");
-    let after = cached.stats();
+    let after = cached.stats().expect("the local model keeps figures");
     let total_input: u64 = with_cache.iter().map(|f| u64::from(f.input_tokens)).sum();
     let cached_total: u64 = with_cache.iter().map(|f| u64::from(f.cached_tokens)).sum();
     assert_eq!(
@@ -382,7 +377,13 @@ fn a_dropped_receiver_frees_the_only_slot() {
     // With one slot, this can only finish if the dropped one let go of it.
     let (_, finish) = run_on(&engine, greedy(chat(&engine, "Hi"), 4));
     assert!(finish.generated_tokens <= 4);
-    assert!(engine.stats().busy_slots == 0);
+    assert!(
+        engine
+            .stats()
+            .expect("the local model keeps figures")
+            .busy_slots
+            == 0
+    );
 }
 
 #[test]
@@ -404,12 +405,21 @@ fn a_stalled_reader_does_not_hold_up_another_and_is_given_up() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert!(matches!(failure, Failure::Stalled { .. }), "{failure}");
+    assert!(
+        matches!(failure, GenerationFailure::Stalled { .. }),
+        "{failure}"
+    );
     assert!(
         tokens < 64,
         "it paused when its buffer was full ({tokens} tokens)"
     );
-    assert_eq!(engine.stats().busy_slots, 0);
+    assert_eq!(
+        engine
+            .stats()
+            .expect("the local model keeps figures")
+            .busy_slots,
+        0
+    );
 }
 
 #[test]

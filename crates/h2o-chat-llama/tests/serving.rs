@@ -4,26 +4,21 @@
 //! cache, disconnects, `/health` and `/metrics` — read from the server's own answers, never
 //! from a timer.
 
-mod chat_ui;
+use h2o_chat_test_support::chat_ui;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use h2o_chat::{FinishReason, H2o, Message, Parameters};
 use h2o_chat_engine::{DeferredEngine, Engine};
-use h2o_chat_llama::fetch::{SMOLLM2, cache_dir, ensure_model};
 use h2o_chat_llama::{LlamaConfig, LlamaEngine};
 use h2o_chat_protocol::{Decoder, Event};
 use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, ServerConfig};
 use serde_json::{Value, json};
 
 fn gguf() -> std::path::PathBuf {
-    static GGUF: OnceLock<std::path::PathBuf> = OnceLock::new();
-    GGUF.get_or_init(|| {
-        ensure_model(&cache_dir(), &SMOLLM2, &mut |_, _, _| {}).expect("model fetched")
-    })
-    .clone()
+    h2o_chat_test_support::model::local_gguf()
 }
 
 fn llama(slots: usize) -> LlamaConfig {
@@ -221,7 +216,7 @@ fn turn(inputs: &str, max_new_tokens: u32) -> Value {
 async fn a_second_turn_sees_the_first_answer() {
     let server = start().await;
     let url = server.url();
-    let (client, id) = chat_ui::conversation(&url).await;
+    let (client, id) = chat_ui::conversation(&url, LOCAL_MODEL_ID).await;
     let first = client
         .post(format!("{url}/conversation/{id}"))
         .json(&turn("What is the capital of France?", 32))
@@ -460,7 +455,7 @@ async fn a_request_joining_a_running_batch_gets_its_first_token_before_the_batch
 async fn each_turn_of_a_six_turn_chat_evaluates_only_its_new_tokens() {
     let server = start().await;
     let url = server.url();
-    let (client, id) = chat_ui::conversation(&url).await;
+    let (client, id) = chat_ui::conversation(&url, LOCAL_MODEL_ID).await;
     let mut previous_input = 0.0;
     for i in 0..6 {
         let before = metrics(&url).await;

@@ -5,17 +5,17 @@
 //! `/conversation…`; OpenAI's `/v1/…`. Open: `GET /` (the page, which asks for the key),
 //! `/info`, `/health`, `/metrics` — they generate nothing and show no conversation.
 //!
-//! Each family refuses in its own shape: TGI `{"error", "error_type": "authentication"}`,
-//! chat-ui's hook format, OpenAI's error object.
+//! Each front refuses in its own shape (its `guard`): TGI `{"error", "error_type":
+//! "authentication"}`, chat-ui's hook format, OpenAI's error object — all through
+//! [`challenge`].
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
 
-use crate::AppState;
+use crate::config::ServerConfig;
 
-const MESSAGE: &str = "Incorrect API key provided: send `Authorization: Bearer <key>`.";
+/// What a refused request is told.
+pub const KEY_MESSAGE: &str = "Incorrect API key provided: send `Authorization: Bearer <key>`.";
 
 /// Compares without an early exit, so timing does not reveal a prefix of the key.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -29,8 +29,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Whether the request carries the configured key (always, when none is configured).
-pub fn is_authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(key) = &state.config().api_key else {
+pub fn is_authorized(config: &ServerConfig, headers: &HeaderMap) -> bool {
+    let Some(key) = &config.api_key else {
         return true;
     };
     let given = headers
@@ -41,46 +41,12 @@ pub fn is_authorized(state: &AppState, headers: &HeaderMap) -> bool {
     constant_time_eq(given.trim().as_bytes(), key.as_bytes())
 }
 
-fn challenge(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
+/// A refusal, with the `WWW-Authenticate: Bearer` challenge.
+pub fn challenge(mut response: Response) -> Response {
     response
-}
-
-/// The guard for TGI's routes.
-pub async fn tgi(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if is_authorized(&state, request.headers()) {
-        return next.run(request).await;
-    }
-    challenge(
-        (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({"error": MESSAGE, "error_type": "authentication"})),
-        )
-            .into_response(),
-    )
-}
-
-/// The guard for chat-ui's routes, answering in the hook format (§a.6).
-pub async fn chat_ui(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if is_authorized(&state, request.headers()) {
-        return next.run(request).await;
-    }
-    challenge(crate::wire::chat_ui::hook_error(
-        request.headers(),
-        StatusCode::UNAUTHORIZED,
-        MESSAGE,
-    ))
-}
-
-/// The guard for the OpenAI routes.
-pub async fn openai(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if is_authorized(&state, request.headers()) {
-        return next.run(request).await;
-    }
-    challenge(crate::wire::openai::ApiError::invalid_api_key(MESSAGE).into_response())
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 #[cfg(test)]

@@ -1,17 +1,20 @@
 //! # h2o-chat-server
 //!
 //! An H2o-compatible server: the chat-ui routes of gpt-gm.h2o.ai as they were in mid-2023
-//! (protocol §a–§f), text-generation-inference's routes and an OpenAI-compatible gateway,
-//! answered by any [`h2o_chat_engine::Engine`] — the local model (`h2o-chat-llama`), a relay
-//! to another server, or a scripted engine. The original Python provider and the
-//! browser-style client both work against it unmodified, and so does this project's own
-//! client library.
+//! (protocol §a–§f), text-generation-inference's routes and an OpenAI-compatible API,
+//! answered by any [`h2o_chat_engine::Engine`] — the local model (`h2o-chat-llama`), a
+//! gateway to other servers (`h2o-chat-gateway`), or a scripted engine. The original Python
+//! provider and the browser-style client both work against it unmodified, and so does this
+//! project's own client library.
 //!
-//! The shape: routes (`routes/`) are thin shells that translate their wire format into one
-//! validated request ([`validation`]) and the steps of one [`pipeline`] back into their
-//! wire format ([`wire`]). Around them: the chat-ui hooks, the API-key guard ([`auth`]),
-//! metrics, and a listener that bounds every connection ([`config::Bounds`],
-//! [`config::Timeouts`]) and shuts down with a deadline ([`shutdown`]).
+//! The shape: one front door per protocol ([`front`]) parses its wire into a [`plan::Plan`]
+//! and writes the steps of a [`pipeline::Run`] back in its wire. Below the fronts, nothing
+//! knows which protocol asked: [`prepare`] renders and tokenises in one hop off the runtime,
+//! [`validation`] holds the rules as data, [`pipeline`] runs the engine under the server's
+//! limits, and a [`failure::Failure`] carries its policy for each front to word. Around
+//! them: the conversation [`store`], [`metrics`], and a listener that bounds every
+//! connection ([`config::Bounds`], [`config::Timeouts`]) and shuts down with a deadline
+//! ([`shutdown`]).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -29,23 +32,20 @@
 
 pub mod auth;
 pub mod config;
-pub mod gateway;
-pub mod history;
-pub mod hooks;
+pub mod failure;
+pub mod front;
 mod listener;
 pub mod metrics;
 pub mod models;
-pub mod openai_request;
 pub mod pipeline;
-pub mod relay;
-pub mod routes;
+pub mod plan;
+pub mod prepare;
 pub mod session;
-pub mod settings_form;
 pub mod shutdown;
-pub mod stops;
+mod sse;
 pub mod store;
+pub mod tgi_wire;
 pub mod validation;
-pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::sync::Semaphore;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -69,6 +69,16 @@ pub use models::{LOCAL_ALIAS, LOCAL_MODEL_ID, ModelRegistry, ServedModel};
 pub use shutdown::Shutdown;
 pub use store::{MemoryStore, SqliteStore, Store, StoreBounds};
 
+use front::chat_ui::aborts::Aborts;
+
+/// The route families and their paths, for people (the `serve` banner).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("chat-ui", front::chat_ui::PATHS),
+    ("TGI", front::tgi::PATHS),
+    ("OpenAI", front::openai::PATHS),
+    ("operator", front::operator::PATHS),
+];
+
 struct Shared {
     config: ServerConfig,
     models: ModelRegistry,
@@ -77,7 +87,7 @@ struct Shared {
     validation_workers: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
-    stops: stops::Stops,
+    aborts: Aborts,
 }
 
 /// What every handler can reach. Cheap to clone.
@@ -112,8 +122,8 @@ impl AppState {
         &self.0.shutdown
     }
     /// The conversations' running generations, for stop-generating.
-    pub fn stops(&self) -> &stops::Stops {
-        &self.0.stops
+    pub fn aborts(&self) -> &Aborts {
+        &self.0.aborts
     }
 }
 
@@ -138,7 +148,7 @@ impl Server {
             .iter()
             .map(|m| (m.engine.info().model_id, m.engine.clone()))
             .collect();
-        let metrics = Metrics::new(engines, models.pool().cloned());
+        let metrics = Metrics::new(engines);
         Server {
             state: AppState(Arc::new(Shared {
                 config,
@@ -148,7 +158,7 @@ impl Server {
                 validation_workers,
                 metrics: Arc::new(metrics),
                 shutdown: Shutdown::new(),
-                stops: stops::Stops::default(),
+                aborts: Aborts::default(),
             })),
         }
     }
@@ -157,68 +167,29 @@ impl Server {
         &self.state
     }
 
-    /// The axum application.
+    /// Adds figures kept outside the server (a gateway's per-upstream metrics) to
+    /// `/metrics`.
+    pub fn register_metrics(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.state.metrics().register(collector)
+    }
+
+    /// The axum application: every front, counted by route, within the body bounds.
     pub fn router(&self) -> Router {
         let state = self.state.clone();
-        let chat_ui = Router::new()
-            .route("/settings", post(routes::chat_ui::settings))
-            .route(
-                "/conversation",
-                post(routes::chat_ui::create).get(routes::chat_ui::conversation_index),
-            )
-            .route("/conversations", get(routes::chat_ui::list))
-            .route(
-                "/conversation/{id}",
-                post(routes::chat_ui::generate)
-                    .get(routes::chat_ui::show)
-                    .delete(routes::chat_ui::delete)
-                    .patch(routes::chat_ui::rename),
-            )
-            .route(
-                "/conversation/{id}/stop-generating",
-                post(routes::chat_ui::stop_generating),
-            )
-            .route_layer(from_fn_with_state(state.clone(), hooks::chat_ui_hooks))
-            .route_layer(from_fn_with_state(state.clone(), auth::chat_ui));
-        let tgi_guard = from_fn_with_state(state.clone(), auth::tgi);
-        let tgi = Router::new()
-            // `/` is the page for GET (open) and TGI's compat route for POST (guarded).
-            .route(
-                "/",
-                get(routes::page::page.layer(CompressionLayer::new()))
-                    .post(routes::tgi::compat.layer(tgi_guard.clone())),
-            )
-            .route(
-                "/generate",
-                post(routes::tgi::generate.layer(tgi_guard.clone())),
-            )
-            .route(
-                "/generate_stream",
-                post(routes::tgi::generate_stream.layer(tgi_guard)),
-            )
-            .route("/info", get(routes::tgi::info));
-        // The page's assets, compressed (the event streams never are).
-        let page = Router::new()
-            .route("/assets/app.js", get(routes::page::script))
-            .route("/assets/app.css", get(routes::page::style))
-            .layer(CompressionLayer::new());
-        let openai = Router::new()
-            .route("/v1/models", get(routes::openai::models))
-            .route(
-                "/v1/chat/completions",
-                post(routes::openai::chat_completions),
-            )
-            .route("/v1/completions", post(routes::openai::completions))
-            .route_layer(from_fn_with_state(state.clone(), auth::openai));
-        let operator = Router::new()
-            .route("/health", get(routes::health::health))
-            .route("/metrics", get(routes::health::metrics));
+        // `/` is the page for GET (open) and TGI's compat route for POST (guarded).
+        let root =
+            get(front::page::page.layer(CompressionLayer::new())).merge(front::tgi::compat(&state));
         let body_limit = state.config().bounds.body_limit;
-        chat_ui
-            .merge(tgi)
-            .merge(openai)
-            .merge(operator)
-            .merge(page)
+        Router::new()
+            .route("/", root)
+            .merge(front::chat_ui::router(&state))
+            .merge(front::tgi::router(&state))
+            .merge(front::openai::router(&state))
+            .merge(front::operator::router())
+            .merge(front::page::router())
             .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(body_limit))
@@ -289,7 +260,7 @@ async fn close_when_body_refused(mut response: Response) -> Response {
 }
 
 async fn not_found(headers: HeaderMap, uri: Uri) -> Response {
-    wire::chat_ui::route_error(
+    front::chat_ui::reply::route_error(
         &headers,
         StatusCode::NOT_FOUND,
         &format!("Not found: {}", uri.path()),

@@ -11,10 +11,8 @@
 //!   `h2o_chat_prompt_tokens_cached_total`, `h2o_chat_generated_tokens_total`,
 //!   `h2o_chat_batches_total`, `h2o_chat_prefill_first_steps_total`, `h2o_chat_engine_ready`.
 //!
-//! - For a gateway, per upstream: `h2o_chat_upstream_requests_total`,
-//!   `h2o_chat_upstream_errors_total{stage}`, `h2o_chat_upstream_cooldowns_total`,
-//!   `h2o_chat_upstream_failovers_total`, `h2o_chat_upstream_first_token_seconds`,
-//!   `h2o_chat_upstream_in_flight`, `h2o_chat_upstream_healthy`.
+//! - Anything else registered with [`Metrics::register`]: a gateway's per-upstream figures
+//!   (`h2o-chat-gateway`).
 //!
 //! Each server has its own registry, so several servers in one process (tests, the
 //! gateway) never mix their figures.
@@ -34,7 +32,6 @@ use prometheus::{
 };
 
 use crate::AppState;
-use crate::gateway::{Pool, PoolCollector};
 
 /// Latency buckets, in seconds: from a warm token (~10 ms) to a long queue.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -60,9 +57,8 @@ fn must<T>(result: prometheus::Result<T>) -> T {
 }
 
 impl Metrics {
-    /// Metrics for a server whose models are served by `engines` (named by model id), in
-    /// front of `pool`'s upstreams when it is a gateway.
-    pub fn new(engines: Vec<(String, Arc<dyn Engine>)>, pool: Option<Arc<Pool>>) -> Self {
+    /// Metrics for a server whose models are served by `engines` (named by model id).
+    pub fn new(engines: Vec<(String, Arc<dyn Engine>)>) -> Self {
         let registry = Registry::new();
         let requests = must(IntCounterVec::new(
             Opts::new(
@@ -112,19 +108,7 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(connections_evicted.clone()),
         ];
-        match pool {
-            // A gateway's engines are its upstreams: per-upstream figures instead.
-            Some(pool) => {
-                let upstream = &pool.metrics;
-                collectors.push(Box::new(upstream.requests.clone()));
-                collectors.push(Box::new(upstream.errors.clone()));
-                collectors.push(Box::new(upstream.cooldowns.clone()));
-                collectors.push(Box::new(upstream.failovers.clone()));
-                collectors.push(Box::new(upstream.first_token.clone()));
-                collectors.push(Box::new(PoolCollector::new(pool)));
-            }
-            None => collectors.push(Box::new(EngineCollector::new(engines))),
-        }
+        collectors.push(Box::new(EngineCollector::new(engines)));
         for collector in collectors {
             must(registry.register(collector));
         }
@@ -139,6 +123,11 @@ impl Metrics {
             conversations,
             sessions,
         }
+    }
+
+    /// Adds figures kept elsewhere (a gateway's per-upstream metrics) to `/metrics`.
+    pub fn register(&self, collector: Box<dyn Collector>) -> prometheus::Result<()> {
+        self.registry.register(collector)
     }
 
     pub fn observe_first_token(&self, elapsed: Duration) {
@@ -213,11 +202,12 @@ const ENGINE_METRICS: &[(&str, &str)] = &[
 
 impl EngineCollector {
     fn new(mut engines: Vec<(String, Arc<dyn Engine>)>) -> Self {
-        // Stand-in ids share one engine: report each engine once.
+        // Stand-in ids share one engine: report each engine once, and only engines that
+        // keep figures (a gateway's are its upstreams', registered on their own).
         let mut seen: Vec<*const ()> = Vec::new();
         engines.retain(|(_, engine)| {
             let ptr = Arc::as_ptr(engine) as *const ();
-            let fresh = !seen.contains(&ptr);
+            let fresh = !seen.contains(&ptr) && engine.stats().is_some();
             seen.push(ptr);
             fresh
         });
@@ -264,7 +254,9 @@ impl Collector for EngineCollector {
             return Vec::new();
         };
         for (model, engine) in &self.engines {
-            let stats = engine.stats();
+            let Some(stats) = engine.stats() else {
+                continue;
+            };
             let labels = [model.as_str()];
             slots.with_label_values(&labels).set(stats.slots as i64);
             busy.with_label_values(&labels).set(stats.busy_slots as i64);

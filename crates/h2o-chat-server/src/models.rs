@@ -9,8 +9,6 @@ use std::sync::Arc;
 use h2o_chat::models::MODELS as H2O_MODELS;
 use h2o_chat_engine::Engine;
 
-use crate::gateway::{Gateway, Pool};
-
 /// The local model's id.
 pub const LOCAL_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 /// The local model's short alias.
@@ -34,7 +32,6 @@ pub struct ServedModel {
 #[derive(Clone)]
 pub struct ModelRegistry {
     models: Vec<ServedModel>,
-    pool: Option<Arc<Pool>>,
 }
 
 /// The parameters the command line and the page send for the local model: greedy with a
@@ -51,6 +48,16 @@ pub fn local_parameters() -> h2o_chat::Parameters {
 }
 
 impl ServedModel {
+    /// `id` (and `aliases`) served by `engine`, which is that model.
+    pub fn new(id: String, aliases: Vec<String>, engine: Arc<dyn Engine>) -> Self {
+        ServedModel {
+            id,
+            aliases,
+            engine,
+            stand_in: false,
+        }
+    }
+
     /// The parameters a chat-ui client starts with for this model: an H2o model's own
     /// configuration (§a.4, g4f's six), otherwise [`local_parameters`].
     pub fn parameters(&self) -> h2o_chat::Parameters {
@@ -82,42 +89,12 @@ impl ModelRegistry {
             engine,
             stand_in: false,
         });
-        ModelRegistry { models, pool: None }
+        ModelRegistry { models }
     }
 
     /// Exactly these models.
     pub fn new(models: Vec<ServedModel>) -> Self {
-        ModelRegistry { models, pool: None }
-    }
-
-    /// A gateway in front of `pool`: the H2o ids and the local model's id, each relayed to
-    /// the pool's upstreams (which receive the id asked for, unless an upstream names its
-    /// own model).
-    pub fn gateway(pool: Arc<Pool>) -> Self {
-        let ids = H2O_MODELS
-            .iter()
-            .map(|m| (m.id.to_string(), vec![m.alias.to_string()]))
-            .chain(std::iter::once((
-                LOCAL_MODEL_ID.to_string(),
-                vec![LOCAL_ALIAS.to_string()],
-            )));
-        let models = ids
-            .map(|(id, aliases)| ServedModel {
-                engine: Arc::new(Gateway::new(pool.clone(), id.clone())),
-                id,
-                aliases,
-                stand_in: false,
-            })
-            .collect();
-        ModelRegistry {
-            models,
-            pool: Some(pool),
-        }
-    }
-
-    /// The gateway's upstreams, when this registry is a gateway.
-    pub fn pool(&self) -> Option<&Arc<Pool>> {
-        self.pool.as_ref()
+        ModelRegistry { models }
     }
 
     pub fn all(&self) -> &[ServedModel] {

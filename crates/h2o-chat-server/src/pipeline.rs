@@ -1,11 +1,15 @@
-//! One generation, from a validated request to its events — for every route family.
+//! One generation, from a [`Plan`] to its steps — for every front.
 //!
-//! Routes only translate: their wire format into a [`Validated`] request, and the
-//! [`Step`]s of a [`Run`] back into their wire format. Everything else happens here, once:
-//! the concurrency permit (`max_concurrent_requests`), starting the engine, keep-alive
-//! ticks while nothing arrives, the shutdown deadline, time-to-first-token and inter-token
-//! metrics, the final text (`return_full_text`), and every way a generation can fail, as
-//! one [`Failure`] type each protocol maps to its own status or event.
+//! Fronts only translate: their wire into a plan, and the [`Step`]s of a [`Run`] back into
+//! their wire. Everything else happens here, once: the input rules, preparing the prompt
+//! ([`crate::prepare`]), the length rules, the concurrency permit
+//! (`max_concurrent_requests`), starting the engine, keep-alive ticks while nothing arrives,
+//! the shutdown deadline, time-to-first-token and inter-token metrics, and every way a
+//! generation can fail, as one [`Failure`].
+//!
+//! What a front must do at a run's end — chat-ui stores the turn — is an [`Observer`] of
+//! the run: it sees every step and exactly one [`End`], whichever way the run ends (a
+//! final event, a failure, stop-generating, or a client that leaves).
 //!
 //! The run owns the engine's receiver: when the client disconnects, hyper drops the body,
 //! the run goes with it, and the engine frees the sequence at its next step.
@@ -13,112 +17,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use h2o_chat_engine::{Engine, EngineError, Finish, GenerationEvent, Token};
+use h2o_chat_engine::{Engine, Finish, GenerationEvent, GenerationRequest, Token};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::failure::Failure;
 use crate::metrics::Metrics;
+use crate::plan::Plan;
+use crate::prepare::{Prepared, prepare};
 use crate::shutdown::Shutdown;
-use crate::validation::{Rejection, Validated, ValidationError};
-
-/// Every way a generation can fail, whatever the protocol.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    /// A rule of §c.
-    Invalid(ValidationError),
-    /// More requests than the server or engine takes (TGI's `overloaded`).
-    Overloaded,
-    /// The model is loading or the engine has stopped.
-    Unavailable(String),
-    /// A remote server answered with an error status before any token (relays).
-    Upstream {
-        status: u16,
-        retry_after: Option<Duration>,
-        message: String,
-    },
-    /// Generation failed after starting (TGI's `generation`).
-    Generation(String),
-    /// The client did not read its stream for too long.
-    Stalled(Duration),
-    /// The engine's stream ended without a final event (TGI's `incomplete_generation`).
-    Incomplete,
-    /// The server's shutdown deadline passed.
-    ShuttingDown,
-}
-
-impl Failure {
-    /// The message a client sees.
-    pub fn message(&self) -> String {
-        match self {
-            Failure::Invalid(err) => err.to_string(),
-            Failure::Overloaded => "Model is overloaded".into(),
-            Failure::Unavailable(reason) => format!("The model is not available: {reason}"),
-            Failure::Upstream {
-                status, message, ..
-            } => format!("Upstream answered {status}: {message}"),
-            Failure::Generation(detail) => format!("Request failed during generation: {detail}"),
-            Failure::Stalled(waited) => format!(
-                "Request failed during generation: the client did not read its stream for {} s",
-                waited.as_secs()
-            ),
-            Failure::Incomplete => "Incomplete generation".into(),
-            Failure::ShuttingDown => {
-                "Request failed during generation: the server is shutting down".into()
-            }
-        }
-    }
-
-    /// TGI's `error_type` (§b.4), extended with `unavailable` and `shutdown`.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Failure::Invalid(_) => "validation",
-            Failure::Overloaded => "overloaded",
-            Failure::Unavailable(_) | Failure::Upstream { .. } => "unavailable",
-            Failure::Generation(_) | Failure::Stalled(_) => "generation",
-            Failure::Incomplete => "incomplete_generation",
-            Failure::ShuttingDown => "shutdown",
-        }
-    }
-}
-
-impl From<Rejection> for Failure {
-    fn from(rejection: Rejection) -> Self {
-        match rejection {
-            Rejection::Invalid(err) => Failure::Invalid(err),
-            Rejection::Unavailable(err) => Failure::from(err),
-        }
-    }
-}
-
-impl From<EngineError> for Failure {
-    fn from(err: EngineError) -> Self {
-        match err {
-            EngineError::Overloaded => Failure::Overloaded,
-            EngineError::Input(message) | EngineError::TooLong(message) => {
-                Failure::Invalid(ValidationError::Prompt(message))
-            }
-            other => Failure::Unavailable(other.to_string()),
-        }
-    }
-}
-
-impl From<h2o_chat_engine::Failure> for Failure {
-    fn from(failure: h2o_chat_engine::Failure) -> Self {
-        match failure {
-            h2o_chat_engine::Failure::Upstream {
-                status,
-                retry_after,
-                message,
-            } => Failure::Upstream {
-                status,
-                retry_after,
-                message,
-            },
-            h2o_chat_engine::Failure::Generation(detail) => Failure::Generation(detail),
-            h2o_chat_engine::Failure::Stalled { waited } => Failure::Stalled(waited),
-        }
-    }
-}
+use crate::validation::{Budget, check_input, check_lengths};
 
 /// A finished generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,11 +35,6 @@ pub struct Finished {
     /// The last token (special for EOS).
     pub token: Token,
     pub finish: Finish,
-    /// `generated_text` as the final event carries it: the prompt first when
-    /// `return_full_text` asked for it.
-    pub generated_text: String,
-    /// Whether the request asked for `details`.
-    pub details: bool,
 }
 
 /// What a run produces, in order.
@@ -143,13 +47,33 @@ pub enum Step {
     Finished(Finished),
     /// The last step of a failed run.
     Failed(Failure),
+    /// The last step of a run that was asked to stop (chat-ui's stop-generating): the
+    /// answer ends where it is, with no final event.
+    Aborted,
+}
+
+/// How a run ended, as its [`Observer`] hears it.
+#[derive(Debug)]
+pub enum End<'a> {
+    Finished(&'a Finished),
+    Failed(&'a Failure),
+    /// Stopped on request.
+    Aborted,
+    /// Dropped before its end: the client left.
+    Abandoned,
+}
+
+/// Watches a run: each token as it is produced, then exactly one [`End`].
+pub trait Observer: Send {
+    fn token(&mut self, _token: &Token) {}
+    fn end(&mut self, end: End<'_>);
 }
 
 /// A running generation. See the module docs.
 pub struct Run {
     events: mpsc::Receiver<GenerationEvent>,
     _permit: OwnedSemaphorePermit,
-    validated: Validated,
+    prepared: Prepared,
     engine: Arc<dyn Engine>,
     keep_alive: Duration,
     shutdown: Shutdown,
@@ -158,15 +82,31 @@ pub struct Run {
     last_token: Option<Instant>,
     peeked: Option<Step>,
     done: bool,
+    abort: Option<CancellationToken>,
+    observer: Option<Box<dyn Observer>>,
 }
 
-/// Starts a generation under the concurrency limit.
-pub fn start(
+/// Checks, prepares and starts a plan on `engine`, under the concurrency limit.
+pub async fn start(
     state: &AppState,
     engine: &Arc<dyn Engine>,
-    validated: Validated,
+    plan: Plan,
     started: Instant,
 ) -> Result<Run, Failure> {
+    let limits = state.config().limits;
+    check_input(&plan, &limits)?;
+    let context = engine.info().context_length;
+    let budget = Budget::of(&plan, &limits, context);
+    let Plan {
+        input,
+        sampling,
+        max_new_tokens,
+        stop,
+        truncate,
+        cache_hint,
+    } = plan;
+    let prepared = prepare(engine, state.validation_workers(), input, budget, truncate).await?;
+    let max_new_tokens = check_lengths(prepared.tokens.count, max_new_tokens, &limits, context)?;
     let permit = state
         .permits()
         .clone()
@@ -175,11 +115,19 @@ pub fn start(
     if state.shutdown().is_draining() {
         return Err(Failure::ShuttingDown);
     }
-    let generation = engine.start(validated.request.clone())?;
+    let generation = engine.start(GenerationRequest {
+        prompt: prepared.prompt.clone(),
+        tokens: Some(prepared.tokens.clone()),
+        sampling,
+        max_new_tokens,
+        stop,
+        truncate,
+        cache_hint,
+    })?;
     Ok(Run {
         events: generation.events,
         _permit: permit,
-        validated,
+        prepared,
         engine: engine.clone(),
         keep_alive: state.config().timeouts.sse_keep_alive,
         shutdown: state.shutdown().clone(),
@@ -188,10 +136,43 @@ pub fn start(
         last_token: None,
         peeked: None,
         done: false,
+        abort: None,
+        observer: None,
     })
 }
 
 impl Run {
+    /// Lets `observer` watch the rest of the run.
+    pub fn observe(&mut self, observer: Box<dyn Observer>) {
+        self.observer = Some(observer);
+    }
+
+    /// Ends the run with [`Step::Aborted`] when `abort` is cancelled.
+    pub fn abort_on(&mut self, abort: CancellationToken) {
+        self.abort = Some(abort);
+    }
+
+    /// What was prepared for the engine (the prompt, its tokens, the history window).
+    pub fn prepared(&self) -> &Prepared {
+        &self.prepared
+    }
+
+    /// The prompt as the model saw it, for TGI's `return_full_text`: a truncated prompt is
+    /// echoed as its kept tokens, never as the megabytes a client may send.
+    /// An engine without a tokenizer cannot say what it kept: nothing is echoed then.
+    pub fn echo(&self) -> String {
+        let prepared = &self.prepared;
+        if !prepared.truncated {
+            return prepared.prompt.text();
+        }
+        prepared
+            .tokens
+            .ids
+            .as_ref()
+            .and_then(|ids| self.engine.detokenize(ids))
+            .unwrap_or_default()
+    }
+
     /// The next step; `None` after the last one.
     pub async fn next(&mut self) -> Option<Step> {
         if let Some(step) = self.peeked.take() {
@@ -200,16 +181,33 @@ impl Run {
         if self.done {
             return None;
         }
+        let step = self.receive().await;
+        self.tell(&step);
+        Some(step)
+    }
+
+    async fn receive(&mut self) -> Step {
+        let abort = self.abort.clone();
+        let aborted = async {
+            match &abort {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         let received = tokio::select! {
             biased;
             () = self.shutdown.deadline_passed() => {
                 self.done = true;
-                return Some(Step::Failed(Failure::ShuttingDown));
+                return Step::Failed(Failure::ShuttingDown);
+            }
+            () = aborted => {
+                self.done = true;
+                return Step::Aborted;
             }
             received = tokio::time::timeout(self.keep_alive, self.events.recv()) => received,
         };
-        let step = match received {
-            Err(_) => return Some(Step::KeepAlive),
+        match received {
+            Err(_) => Step::KeepAlive,
             Ok(Some(GenerationEvent::Token(token))) => {
                 self.record_token();
                 Step::Token(token)
@@ -217,13 +215,7 @@ impl Run {
             Ok(Some(GenerationEvent::Finished(token, finish))) => {
                 self.record_token();
                 self.done = true;
-                let generated_text = self.final_text(&finish);
-                Step::Finished(Finished {
-                    token,
-                    finish,
-                    generated_text,
-                    details: self.validated.details,
-                })
+                Step::Finished(Finished { token, finish })
             }
             Ok(Some(GenerationEvent::Failed(failure))) => {
                 self.done = true;
@@ -233,12 +225,29 @@ impl Run {
                 self.done = true;
                 Step::Failed(Failure::Incomplete)
             }
+        }
+    }
+
+    /// Tells the observer about a step as it is produced.
+    fn tell(&mut self, step: &Step) {
+        let Some(observer) = self.observer.as_mut() else {
+            return;
         };
-        Some(step)
+        match step {
+            Step::KeepAlive => return,
+            Step::Token(token) => {
+                observer.token(token);
+                return;
+            }
+            Step::Finished(finished) => observer.end(End::Finished(finished)),
+            Step::Failed(failure) => observer.end(End::Failed(failure)),
+            Step::Aborted => observer.end(End::Aborted),
+        }
+        self.observer = None;
     }
 
     /// Waits for the first step (at most a keep-alive interval) and keeps it for
-    /// [`Run::next`]. Streaming routes look at it before committing to `200`, so a relayed
+    /// [`Run::next`]. Streaming fronts look at it before committing to `200`, so a relayed
     /// upstream's error status is answered as that status (§a.4 step 9: chat-ui relays TGI's
     /// status unchanged).
     pub async fn peek(&mut self) -> Option<&Step> {
@@ -248,7 +257,7 @@ impl Run {
         self.peeked.as_ref()
     }
 
-    /// Reads the run to its end (the non-stream routes).
+    /// Reads the run to its end (the non-stream replies).
     pub async fn collect(mut self) -> Result<Collected, Failure> {
         let mut tokens = Vec::new();
         while let Some(step) = self.next().await {
@@ -257,17 +266,18 @@ impl Run {
                 Step::Token(token) => tokens.push(token),
                 Step::Finished(finished) => {
                     tokens.push(finished.token.clone());
-                    return Ok(Collected { finished, tokens });
+                    let echo = self.echo();
+                    return Ok(Collected {
+                        finished,
+                        tokens,
+                        echo,
+                    });
                 }
                 Step::Failed(failure) => return Err(failure),
+                Step::Aborted => break,
             }
         }
         Err(Failure::Incomplete)
-    }
-
-    /// Prompt tokens of the request, after truncation.
-    pub fn input_tokens(&self) -> usize {
-        self.validated.input_tokens
     }
 
     fn record_token(&mut self) {
@@ -278,23 +288,14 @@ impl Run {
         }
         self.last_token = Some(now);
     }
+}
 
-    /// `generated_text`, with the prompt first when asked for. A truncated prompt is echoed
-    /// as the model saw it (its kept tokens), never as the megabytes a client may send.
-    fn final_text(&self, finish: &Finish) -> String {
-        if !self.validated.return_full_text {
-            return finish.generated_text.clone();
+impl Drop for Run {
+    /// A run dropped before its end was left by its client.
+    fn drop(&mut self) {
+        if let Some(mut observer) = self.observer.take() {
+            observer.end(End::Abandoned);
         }
-        let request = &self.validated.request;
-        let prompt = match (&request.tokens, self.validated.truncated) {
-            (Some(tokens), true) => tokens
-                .ids
-                .as_ref()
-                .and_then(|ids| self.engine.detokenize(ids))
-                .unwrap_or_default(),
-            _ => request.prompt.text(),
-        };
-        format!("{prompt}{}", finish.generated_text)
     }
 }
 
@@ -304,6 +305,8 @@ pub struct Collected {
     pub finished: Finished,
     /// Every token, the last included.
     pub tokens: Vec<Token>,
+    /// The prompt as the model saw it ([`Run::echo`]).
+    pub echo: String,
 }
 
 impl Collected {

@@ -1,15 +1,15 @@
-//! TGI's request validation (protocol §c), as data in one place.
+//! The rules a request must pass, as data: pure functions of the request's parameters, the
+//! server's [`Limits`] and the model's context length — no engine calls, no I/O. Rules run
+//! in TGI's order, so the first violation is the one TGI reported (protocol §c):
 //!
-//! Two kinds of failure, as in TGI: a *type* error (wrong JSON type, negative or fractional
-//! integer, `null` where a value is required) is rejected before anything streams, with
-//! HTTP 422 and serde's message ([`parse_tgi_body`]); a *rule* violation is a
-//! [`ValidationError`], one variant per rule carrying its values, whose text is TGI's. Rules
-//! run in TGI's order, so the first message is the one TGI gave. Every route family goes
-//! through [`validate`]: the OpenAI mapper builds TGI parameters first. Each protocol maps
-//! the error to its own status in one place (`routes/*`).
+//! 1. [`check_rules`]: TGI's parameter rules (`best_of`, `temperature`, … `stop`), for the
+//!    fronts that take TGI's parameters;
+//! 2. [`check_input`]: a prompt is given, `truncate` in range — before tokenising;
+//! 3. [`check_lengths`]: the prompt's tokens and `max_new_tokens` fit — after
+//!    tokenising ([`crate::prepare`]).
 //!
-//! Tokenising is the one costly rule: it runs off the async runtime, at most
-//! `validation_workers` at a time, like TGI's validation workers.
+//! The token budget of a conversation's history window is [`Budget`], computed once with
+//! every cap. Each front words a [`ValidationError`] for its own wire.
 //!
 //! ```
 //! use h2o_chat_server::validation::{ValidationError, check_rules};
@@ -19,69 +19,63 @@
 //! let parameters = GenerateParameters { temperature: Some(0.0), ..Default::default() };
 //! let err = check_rules(&parameters, true, &Limits::default()).unwrap_err();
 //! assert_eq!(err, ValidationError::Temperature);
-//! assert_eq!(err.to_string(), "Input validation error: `temperature` must be strictly positive");
+//! assert_eq!(err.to_string(), "`temperature` must be strictly positive");
 //! ```
 
-use std::sync::Arc;
-
-use h2o_chat_engine::{Engine, EngineError, GenerationRequest, Prompt, SamplingParams, Tokenized};
-use h2o_chat_protocol::{CompatGenerateRequest, GenerateParameters};
-use serde_json::Value;
-use tokio::sync::Semaphore;
+use h2o_chat_engine::SamplingParams;
+use h2o_chat_protocol::GenerateParameters;
 
 use crate::config::Limits;
+use crate::plan::{Input, MaxNewTokens, Plan};
 
-/// A rule violation, one variant per rule of §c (in TGI's order), with TGI's message.
+/// A rule violation, one variant per rule of §c (in TGI's order), with TGI's wording of
+/// the rule (TGI's wire puts "Input validation error: " before it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    #[error("Input validation error: `best_of` != 1 is not supported when streaming tokens")]
+    #[error("`best_of` != 1 is not supported when streaming tokens")]
     BestOfStreaming,
-    #[error(
-        "Input validation error: `decoder_input_details` == true is not supported when streaming tokens"
-    )]
+    #[error("`decoder_input_details` == true is not supported when streaming tokens")]
     DecoderInputDetailsStreaming,
-    #[error("Input validation error: `best_of` must be > 0 and <= {max}. Given: {given}")]
+    #[error("`best_of` must be > 0 and <= {max}. Given: {given}")]
     BestOf { max: usize, given: usize },
-    #[error("Input validation error: you must use sampling when `best_of` is > 1")]
+    #[error("you must use sampling when `best_of` is > 1")]
     BestOfNeedsSampling,
-    #[error("Input validation error: `temperature` must be strictly positive")]
+    #[error("`temperature` must be strictly positive")]
     Temperature,
-    #[error("Input validation error: `repetition_penalty` must be strictly positive")]
+    #[error("`repetition_penalty` must be strictly positive")]
     RepetitionPenalty,
-    #[error("Input validation error: `top_p` must be > 0.0 and < 1.0")]
+    #[error("`top_p` must be > 0.0 and < 1.0")]
     TopP,
-    #[error("Input validation error: `typical_p` must be > 0.0 and < 1.0")]
+    #[error("`typical_p` must be > 0.0 and < 1.0")]
     TypicalP,
-    #[error("Input validation error: `top_k` must be strictly positive")]
+    #[error("`top_k` must be strictly positive")]
     TopK,
-    #[error("Input validation error: `max_new_tokens` must be strictly positive")]
+    #[error("`max_new_tokens` must be strictly positive")]
     MaxNewTokens,
-    #[error("Input validation error: `stop` supports up to {max} stop sequences. Given: {given}")]
+    #[error("`stop` supports up to {max} stop sequences. Given: {given}")]
     StopSequences { max: usize, given: usize },
-    #[error("Input validation error: `seed` must not be set when `best_of` > 1")]
+    #[error("`seed` must not be set when `best_of` > 1")]
     SeedWithBestOf,
     /// TGI would generate `best_of` sequences and return the likeliest; this server
     /// generates one, so it says so instead of silently ignoring the request.
-    #[error("Input validation error: `best_of` > 1 is not supported by this server")]
+    #[error("`best_of` > 1 is not supported by this server")]
     BestOfUnsupported,
-    #[error("Input validation error: `inputs` cannot be empty")]
+    #[error("`inputs` cannot be empty")]
     EmptyInputs,
-    #[error(
-        "Input validation error: `truncate` must be strictly positive and less than {max}. Given: {given}"
-    )]
+    #[error("`truncate` must be strictly positive and less than {max}. Given: {given}")]
     Truncate { max: usize, given: usize },
     #[error(
-        "Input validation error: `inputs` tokens + `max_new_tokens` must be <= {max}. Given: {inputs} `inputs` tokens and {new_tokens} `max_new_tokens`"
+        "`inputs` tokens + `max_new_tokens` must be <= {max}. Given: {inputs} `inputs` tokens and {new_tokens} `max_new_tokens`"
     )]
     TotalTokens {
         max: usize,
         inputs: usize,
         new_tokens: usize,
     },
-    #[error("Input validation error: `inputs` must have less than {max} tokens. Given: {given}")]
+    #[error("`inputs` must have less than {max} tokens. Given: {given}")]
     InputLength { max: usize, given: usize },
     /// The prompt could not be rendered or tokenised.
-    #[error("Input validation error: {0}")]
+    #[error("{0}")]
     Prompt(String),
 }
 
@@ -119,94 +113,8 @@ impl ValidationError {
     }
 }
 
-/// A type error: HTTP 422 `text/plain`, the message axum/TGI gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypeError(pub String);
-
-/// Parses a TGI body the way TGI's axum `Json` extractor did: syntax errors and type errors
-/// both end in [`TypeError`] with axum's wording.
-pub fn parse_tgi_body(bytes: &[u8]) -> Result<CompatGenerateRequest, TypeError> {
-    let syntax = |err: serde_json::Error| {
-        TypeError(format!("Failed to parse the request body as JSON: {err}"))
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let body = serde_path_to_error::deserialize::<_, CompatGenerateRequest>(&mut deserializer)
-        .map_err(|err| {
-            if err.inner().is_data() {
-                TypeError(format!(
-                    "Failed to deserialize the JSON body into the target type: {err}"
-                ))
-            } else {
-                syntax(err.into_inner())
-            }
-        })?;
-    deserializer.end().map_err(syntax)?;
-    Ok(body)
-}
-
-/// `parameters` relayed by chat-ui (§a.4 step 8): absent or null means TGI's defaults.
-pub fn parse_relayed_parameters(value: Option<&Value>) -> Result<GenerateParameters, TypeError> {
-    match value {
-        None | Some(Value::Null) => Ok(GenerateParameters::default()),
-        Some(value) => serde_path_to_error::deserialize(value).map_err(|err| {
-            TypeError(format!(
-                "Failed to deserialize the JSON body into the target type: parameters.{err}"
-            ))
-        }),
-    }
-}
-
-/// chat-ui re-serialises the body in JavaScript before relaying it, so a whole-valued float
-/// (`2048.0`) reaches TGI as an integer (§c). Applied to the chat-ui route's parameters.
-pub fn normalize_whole_floats(value: &mut Value) {
-    match value {
-        Value::Number(n) => {
-            if let Some(f) = n.as_f64()
-                && !n.is_i64()
-                && !n.is_u64()
-                && f.fract() == 0.0
-                && f.abs() < 9.0e15
-            {
-                *value = if f < 0.0 {
-                    Value::from(f as i64)
-                } else {
-                    Value::from(f as u64)
-                };
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(normalize_whole_floats),
-        Value::Object(map) => map.values_mut().for_each(normalize_whole_floats),
-        _ => {}
-    }
-}
-
-/// A request that passed every rule, ready for the engine.
-#[derive(Debug, Clone)]
-pub struct Validated {
-    /// Prompt, its tokens (truncated), sampling, length, stops.
-    pub request: GenerationRequest,
-    pub details: bool,
-    pub return_full_text: bool,
-    /// Prompt tokens after truncation.
-    pub input_tokens: usize,
-    /// Whether truncation dropped prompt tokens.
-    pub truncated: bool,
-}
-
-/// Why a request cannot start: a rule, or an engine that cannot tokenise now.
-#[derive(Debug)]
-pub enum Rejection {
-    Invalid(ValidationError),
-    Unavailable(EngineError),
-}
-
-impl From<ValidationError> for Rejection {
-    fn from(err: ValidationError) -> Self {
-        Rejection::Invalid(err)
-    }
-}
-
-/// The rules that need no tokenizer, in TGI's order (up to the `inputs` check).
+/// The rules that need no tokenizer, in TGI's order (up to the `inputs` check), for the
+/// fronts that take TGI's parameters. Returns the sampling they ask for.
 pub fn check_rules(
     parameters: &GenerateParameters,
     streaming: bool,
@@ -270,57 +178,65 @@ pub fn check_rules(
     Ok(sampling)
 }
 
-/// What [`validate`] needs besides the parameters.
-pub struct Validation<'a> {
-    pub engine: &'a Arc<dyn Engine>,
-    pub limits: &'a Limits,
-    /// Bounds the tokenisations running at once.
-    pub workers: &'a Arc<Semaphore>,
-    pub streaming: bool,
-    /// `return_full_text` when the request leaves it out (true on TGI's `/`).
-    pub default_full_text: bool,
-    /// `max_new_tokens` is a default, not the client's: lower it to what fits after the
-    /// prompt instead of refusing (OpenAI's `max_tokens` when absent).
-    pub fit_max_new_tokens: bool,
-}
-
-/// Applies §c's rules in TGI's order, tokenising the prompt off the async runtime.
-pub async fn validate(
-    prompt: Prompt,
-    tokens: Option<Tokenized>,
-    parameters: &GenerateParameters,
-    how: Validation<'_>,
-) -> Result<Validated, Rejection> {
-    let limits = how.limits;
-    let sampling = check_rules(parameters, how.streaming, limits)?;
-    if prompt.is_empty() {
-        return Err(ValidationError::EmptyInputs.into());
+/// A prompt is given and `truncate` is in range (TGI checks both before tokenising).
+pub fn check_input(plan: &Plan, limits: &Limits) -> Result<(), ValidationError> {
+    let empty = match &plan.input {
+        Input::Raw(text) => text.is_empty(),
+        Input::Chat(turns) | Input::History(turns) => turns.is_empty(),
+    };
+    if empty {
+        return Err(ValidationError::EmptyInputs);
     }
-    if let Some(truncate) = parameters.truncate
+    if let Some(truncate) = plan.truncate
         && (truncate == 0 || truncate > limits.max_input_length)
     {
         return Err(ValidationError::Truncate {
             max: limits.max_input_length,
             given: truncate,
-        }
-        .into());
+        });
     }
-    let (prompt, tokens) = match tokens {
-        Some(tokens) => (prompt, tokens),
-        None => tokenize(how.engine, how.workers, prompt).await?,
-    };
-    let counted = tokens.count;
-    let tokens = match parameters.truncate {
-        Some(keep) => tokens.keep_last(keep),
-        None => tokens,
-    };
-    let input_tokens = tokens.count;
-    // The engine's own sequences may be shorter than the configured limit.
-    let max_total = limits
-        .max_total_tokens
-        .min(context_of(how.engine).unwrap_or(usize::MAX));
-    let mut max_new_tokens = parameters.max_new_tokens as usize;
-    if how.fit_max_new_tokens && input_tokens < max_total {
+    Ok(())
+}
+
+/// The positions one request may use, prompt and answer together: the configured
+/// `max_total_tokens`, and the engine's own sequence length when it says (0 = unknown).
+pub fn max_total_tokens(limits: &Limits, context_length: usize) -> usize {
+    match context_length {
+        0 => limits.max_total_tokens,
+        context => limits.max_total_tokens.min(context),
+    }
+}
+
+/// How many prompt tokens a conversation's history window may hold: what TGI's input and
+/// total limits, the engine's context and `truncate` leave after the answer's room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(pub usize);
+
+impl Budget {
+    pub fn of(plan: &Plan, limits: &Limits, context_length: usize) -> Budget {
+        let total = max_total_tokens(limits, context_length);
+        let mut budget = limits
+            .max_input_length
+            .min(total.saturating_sub(plan.max_new_tokens.length as usize));
+        if let Some(truncate) = plan.truncate.filter(|&t| t > 0) {
+            budget = budget.min(truncate);
+        }
+        Budget(budget)
+    }
+}
+
+/// The prompt (`input_tokens`, after truncation) and the answer fit. Returns the answer's
+/// room: `max_new_tokens`, lowered to what fits when it is a default.
+pub fn check_lengths(
+    input_tokens: usize,
+    max_new_tokens: MaxNewTokens,
+    limits: &Limits,
+    context_length: usize,
+) -> Result<u32, ValidationError> {
+    let max_total = max_total_tokens(limits, context_length);
+    let fit = max_new_tokens.is_default;
+    let mut max_new_tokens = max_new_tokens.length as usize;
+    if fit && input_tokens < max_total {
         max_new_tokens = max_new_tokens.min(max_total - input_tokens);
     }
     if input_tokens + max_new_tokens > max_total {
@@ -328,171 +244,30 @@ pub async fn validate(
             max: max_total,
             inputs: input_tokens,
             new_tokens: max_new_tokens,
-        }
-        .into());
+        });
     }
     if input_tokens > limits.max_input_length {
         return Err(ValidationError::InputLength {
             max: limits.max_input_length,
             given: input_tokens,
-        }
-        .into());
+        });
     }
-    Ok(Validated {
-        request: GenerationRequest {
-            prompt,
-            tokens: Some(tokens),
-            sampling,
-            max_new_tokens: max_new_tokens as u32,
-            stop: parameters.stop.clone(),
-            truncate: parameters.truncate,
-            cache_hint: None,
-        },
-        details: parameters.details,
-        return_full_text: parameters.return_full_text.unwrap_or(how.default_full_text),
-        input_tokens,
-        truncated: input_tokens < counted,
-    })
-}
-
-/// The positions one sequence of the engine holds, when it says (0 = unknown).
-fn context_of(engine: &Arc<dyn Engine>) -> Option<usize> {
-    Some(engine.info().context_length).filter(|&n| n > 0)
-}
-
-/// Tokenises on a blocking thread, at most `workers` at once.
-pub async fn tokenize(
-    engine: &Arc<dyn Engine>,
-    workers: &Arc<Semaphore>,
-    prompt: Prompt,
-) -> Result<(Prompt, Tokenized), Rejection> {
-    let _permit = workers
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| Rejection::Unavailable(EngineError::Stopped("shutting down".into())))?;
-    let engine = engine.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let tokens = engine.tokenize(&prompt);
-        (prompt, tokens)
-    })
-    .await;
-    match outcome {
-        Ok((prompt, Ok(tokens))) => Ok((prompt, tokens)),
-        Ok((_, Err(EngineError::Input(message)))) => Err(ValidationError::Prompt(message).into()),
-        Ok((_, Err(err))) => Err(Rejection::Unavailable(err)),
-        Err(join) => Err(Rejection::Unavailable(EngineError::Stopped(format!(
-            "tokenisation failed: {join}"
-        )))),
-    }
-}
-
-/// Renders a chat with the engine's template on a blocking thread, bounded like
-/// tokenisation.
-pub async fn render_chat(
-    engine: &Arc<dyn Engine>,
-    workers: &Arc<Semaphore>,
-    turns: Vec<h2o_chat_engine::ChatTurn>,
-) -> Result<Prompt, Rejection> {
-    let _permit = workers
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| Rejection::Unavailable(EngineError::Stopped("shutting down".into())))?;
-    let engine = engine.clone();
-    match tokio::task::spawn_blocking(move || engine.render_chat(&turns)).await {
-        Ok(Ok(prompt)) => Ok(prompt),
-        Ok(Err(EngineError::Input(message))) => Err(ValidationError::Prompt(message).into()),
-        Ok(Err(err)) => Err(Rejection::Unavailable(err)),
-        Err(join) => Err(Rejection::Unavailable(EngineError::Stopped(format!(
-            "rendering failed: {join}"
-        )))),
-    }
+    Ok(u32::try_from(max_new_tokens).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use h2o_chat_engine::{Script, ScriptedEngine};
+    use h2o_chat_engine::ChatTurn;
 
-    async fn check(params: Value) -> Result<Validated, String> {
-        let body = serde_json::json!({"inputs": "hello", "parameters": params}).to_string();
-        let parsed = parse_tgi_body(body.as_bytes()).map_err(|e| e.0)?;
-        let engine: Arc<dyn Engine> = Arc::new(ScriptedEngine::new(Script::default()));
-        let workers = Arc::new(Semaphore::new(1));
-        validate(
-            Prompt::raw(parsed.inputs),
-            None,
-            &parsed.parameters,
-            Validation {
-                engine: &engine,
-                limits: &Limits::default(),
-                workers: &workers,
-                streaming: true,
-                default_full_text: false,
-                fit_max_new_tokens: false,
-            },
-        )
-        .await
-        .map_err(|e| match e {
-            Rejection::Invalid(e) => e.to_string(),
-            Rejection::Unavailable(e) => e.to_string(),
-        })
-    }
-
-    #[tokio::test]
-    async fn rules_and_their_messages() {
-        for (params, message) in [
-            (
-                serde_json::json!({"temperature": 0}),
-                "`temperature` must be strictly positive",
-            ),
-            (
-                serde_json::json!({"repetition_penalty": -1.0}),
-                "`repetition_penalty` must be strictly positive",
-            ),
-            (
-                serde_json::json!({"top_p": 1.0}),
-                "`top_p` must be > 0.0 and < 1.0",
-            ),
-            (
-                serde_json::json!({"typical_p": 0}),
-                "`typical_p` must be > 0.0 and < 1.0",
-            ),
-            (
-                serde_json::json!({"top_k": 0}),
-                "`top_k` must be strictly positive",
-            ),
-            (
-                serde_json::json!({"max_new_tokens": 0}),
-                "`max_new_tokens` must be strictly positive",
-            ),
-            (
-                serde_json::json!({"stop": ["a","b","c","d","e","f","g"]}),
-                "`stop` supports up to 6 stop sequences. Given: 7",
-            ),
-            (
-                serde_json::json!({"truncate": 0}),
-                "`truncate` must be strictly positive and less than 2048. Given: 0",
-            ),
-            (
-                serde_json::json!({"truncate": 4096}),
-                "`truncate` must be strictly positive and less than 2048. Given: 4096",
-            ),
-            (
-                serde_json::json!({"max_new_tokens": 4095}),
-                "`inputs` tokens + `max_new_tokens` must be <= 4096. Given: 5 `inputs` tokens and 4095 `max_new_tokens`",
-            ),
-            (
-                serde_json::json!({"best_of": 2}),
-                "`best_of` != 1 is not supported when streaming tokens",
-            ),
-        ] {
-            assert_eq!(
-                check(params.clone()).await.unwrap_err(),
-                format!("Input validation error: {message}"),
-                "{params}"
-            );
+    fn plan(max_new_tokens: u32) -> Plan {
+        Plan {
+            input: Input::Raw("hello".into()),
+            sampling: SamplingParams::default(),
+            max_new_tokens: MaxNewTokens::given(max_new_tokens),
+            stop: Vec::new(),
+            truncate: None,
+            cache_hint: None,
         }
     }
 
@@ -522,41 +297,74 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn type_errors_name_the_field() {
-        for params in [
-            serde_json::json!({"truncate": 2048.0}),
-            serde_json::json!({"max_new_tokens": -1}),
-            serde_json::json!({"do_sample": null}),
-            serde_json::json!({"stop": null}),
-            serde_json::json!({"temperature": "hot"}),
-        ] {
-            let err = check(params.clone()).await.unwrap_err();
-            assert!(
-                err.starts_with(
-                    "Failed to deserialize the JSON body into the target type: parameters."
-                ),
-                "{err}"
+    #[test]
+    fn an_empty_prompt_or_conversation_is_refused() {
+        let limits = Limits::default();
+        let mut empty = plan(20);
+        empty.input = Input::Raw(String::new());
+        assert_eq!(
+            check_input(&empty, &limits),
+            Err(ValidationError::EmptyInputs)
+        );
+        empty.input = Input::Chat(Vec::new());
+        assert_eq!(
+            check_input(&empty, &limits),
+            Err(ValidationError::EmptyInputs)
+        );
+        let mut chat = plan(20);
+        chat.input = Input::Chat(vec![ChatTurn::new("user", "Hi")]);
+        assert_eq!(check_input(&chat, &limits), Ok(()));
+    }
+
+    #[test]
+    fn truncate_must_be_positive_and_within_the_input_limit() {
+        let limits = Limits::default();
+        for given in [0, 4096] {
+            let mut truncated = plan(20);
+            truncated.truncate = Some(given);
+            let err = check_input(&truncated, &limits).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("`truncate` must be strictly positive and less than 2048. Given: {given}")
             );
         }
     }
 
-    #[tokio::test]
-    async fn integers_are_accepted_for_float_fields_and_unknown_keys_ignored() {
-        let ok = check(serde_json::json!({"temperature": 1, "whatever": [1], "stream": true}))
-            .await
-            .unwrap();
-        assert_eq!(ok.request.sampling.temperature, Some(1.0));
-        assert_eq!(ok.request.max_new_tokens, 20, "TGI's default");
+    #[test]
+    fn the_engine_context_caps_the_total_and_the_window() {
+        let limits = Limits::default();
+        assert_eq!(max_total_tokens(&limits, 0), 4096, "unknown: the limit");
+        assert_eq!(max_total_tokens(&limits, 1024), 1024);
+        // A window leaves room for the answer within the smaller of the two.
+        assert_eq!(Budget::of(&plan(24), &limits, 1024), Budget(1000));
+        assert_eq!(Budget::of(&plan(24), &limits, 0), Budget(2048));
+        let mut truncated = plan(24);
+        truncated.truncate = Some(100);
+        assert_eq!(Budget::of(&truncated, &limits, 1024), Budget(100));
+        assert_eq!(
+            check_lengths(1001, MaxNewTokens::given(24), &limits, 1024),
+            Err(ValidationError::TotalTokens {
+                max: 1024,
+                inputs: 1001,
+                new_tokens: 24
+            })
+        );
     }
 
     #[test]
-    fn chat_ui_relay_turns_whole_floats_into_integers() {
-        let mut params = serde_json::json!({"truncate": 2048.0, "temperature": 0.5, "x": [3.0]});
-        normalize_whole_floats(&mut params);
+    fn a_default_answer_length_shrinks_to_fit_and_a_given_one_does_not() {
+        let limits = Limits::default();
         assert_eq!(
-            params.to_string(),
-            r#"{"truncate":2048,"temperature":0.5,"x":[3]}"#
+            check_lengths(1000, MaxNewTokens::default_of(512), &limits, 1024),
+            Ok(24)
+        );
+        assert!(check_lengths(1000, MaxNewTokens::given(512), &limits, 1024).is_err());
+        assert_eq!(
+            check_lengths(2049, MaxNewTokens::given(1), &limits, 0),
+            Err(ValidationError::InputLength {
+                max: 2048,
+                given: 2049
+            })
         );
     }
 }

@@ -3,15 +3,16 @@
 //! tested over real sockets. Waits are on the server's own events (a closed socket, an
 //! answer); their bounds only turn a hang into a failure.
 
-mod support;
-
 use std::time::Duration;
 
 use h2o_chat_engine::{Script, ScriptGate};
 use h2o_chat_server::{Bounds, Limits, ServerConfig, Timeouts};
+use h2o_chat_test_support::chat_ui::*;
+use h2o_chat_test_support::http::session;
+use h2o_chat_test_support::metrics;
+use h2o_chat_test_support::server::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::AsyncWriteExt;
 
 /// Long enough that a closed socket means the server closed it.
@@ -49,7 +50,7 @@ async fn sessions_are_capped_and_the_least_recently_seen_is_forgotten() {
     let url = server.url();
     let clients: Vec<reqwest::Client> = (0..4).map(|_| session()).collect();
     for client in &clients {
-        accept_settings(client, &url).await;
+        accept_settings(client, &url, FALCON).await;
     }
     assert_eq!(server.state().store().session_count(), 3);
     // The first session was the least recently seen: its acceptance is gone (405).
@@ -60,7 +61,7 @@ async fn sessions_are_capped_and_the_least_recently_seen_is_forgotten() {
         .await
         .unwrap();
     assert_eq!(forgotten.status(), StatusCode::METHOD_NOT_ALLOWED);
-    create(&clients[3], &url).await;
+    create(&clients[3], &url, FALCON).await;
 }
 
 #[tokio::test]
@@ -77,7 +78,7 @@ async fn conversations_are_capped_server_wide_with_429() {
     ready_conversation(&url).await;
     ready_conversation(&url).await;
     let client = session();
-    accept_settings(&client, &url).await;
+    accept_settings(&client, &url, FALCON).await;
     let refused = client
         .post(format!("{url}/conversation"))
         .header("accept", "*/*")
@@ -240,7 +241,12 @@ async fn at_the_connection_cap_the_longest_idle_connection_makes_room() {
         }
     }
     assert!(closed >= 16, "{closed} idle connections were closed");
-    assert!(metric(&url, "h2o_chat_connections_evicted_total").await >= 16.0);
+    assert!(
+        metrics::fetch(&url)
+            .await
+            .sum("h2o_chat_connections_evicted_total")
+            >= 16.0
+    );
 }
 
 #[tokio::test]

@@ -3,8 +3,6 @@
 //! `Accept`-dependent replies, session isolation, hostile input, and the project's own client
 //! streaming from it with no special-casing.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +11,11 @@ use h2o_chat_engine::{Script, ScriptGate, ScriptedEngine};
 use h2o_chat_server::{
     Limits, MemoryStore, ModelRegistry, Server, ServerConfig, Store, StoreBounds, Timeouts,
 };
+use h2o_chat_test_support::chat_ui::*;
+use h2o_chat_test_support::http::session;
+use h2o_chat_test_support::server::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::*;
 
 #[tokio::test]
 async fn sse_framing_bytes_are_those_of_section_b() {
@@ -185,7 +185,7 @@ async fn create_with_bad_json_or_unknown_model_is_500() {
     let server = start().await;
     let url = server.url();
     let client = session();
-    accept_settings(&client, &url).await;
+    accept_settings(&client, &url, FALCON).await;
     for body in [&b"{not json"[..], br#"{}"#, br#"{"model":"falcon-40b"}"#] {
         let response = client
             .post(format!("{url}/conversation"))
@@ -208,7 +208,7 @@ async fn bad_ids_are_500_and_foreign_or_missing_conversations_404() {
     let url = server.url();
     let (alice, id) = ready_conversation(&url).await;
     let bob = session();
-    accept_settings(&bob, &url).await;
+    accept_settings(&bob, &url, FALCON).await;
     let star = |c: &reqwest::Client, method: reqwest::Method, path: String| {
         c.request(method, format!("{url}{path}"))
             .header("accept", "*/*")
@@ -341,9 +341,9 @@ async fn conversation_of_a_removed_model_is_410() {
     .unwrap();
     let url = server.url();
     let client = session();
-    accept_settings(&client, &url).await;
+    accept_settings(&client, &url, FALCON).await;
     // Learn this client's session id from a real conversation, then plant one whose model is gone.
-    let probe = create(&client, &url).await;
+    let probe = create(&client, &url, FALCON).await;
     let owner = store.owner_of(&probe).expect("conversation exists");
     let id = store.create(&owner, "retired/model-v0").unwrap();
     let response = client
@@ -829,7 +829,7 @@ async fn a_multipart_settings_form_is_read_and_accepts_the_modal() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     // The acceptance was not lost: creating a conversation passes the ethics gate.
-    create(&client, &url).await;
+    create(&client, &url, FALCON).await;
     let bad = reqwest::multipart::Form::new().text("activeModel", "no/such-model");
     let response = client
         .post(format!("{url}/settings"))

@@ -2,11 +2,11 @@
 //! and OpenAI's — each refusing in its own shape; the page, `/info`, `/health` and
 //! `/metrics` stay open.
 
-mod support;
-
+use h2o_chat_test_support::chat_ui::*;
+use h2o_chat_test_support::http::session;
+use h2o_chat_test_support::server::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::*;
 
 const KEY: &str = "s3cret-key";
 

@@ -1,13 +1,11 @@
 //! The OpenAI-compatible gateway with the scripted engine: exact reply shapes, streaming
 //! chunks ending in `[DONE]`, errors in OpenAI's shape, the API key, curl, disconnects.
 
-mod support;
-
 use h2o_chat_engine::{Script, ScriptGate};
 use h2o_chat_server::{Limits, ServerConfig};
+use h2o_chat_test_support::server::{gated, reach, start, start_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{gated, reach, start, start_with};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()

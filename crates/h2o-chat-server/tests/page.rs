@@ -2,8 +2,6 @@
 //! accepts gzip (event streams never are), revalidated with their ETag, and served under a
 //! policy that allows no script but the page's own.
 
-mod support;
-
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
@@ -17,7 +15,7 @@ fn plain() -> reqwest::Client {
 
 #[tokio::test]
 async fn the_page_and_its_assets_are_compressed_cached_and_script_locked() {
-    let server = support::start().await;
+    let server = h2o_chat_test_support::server::start().await;
     let url = server.url();
     for (path, kind) in [
         ("/", "text/html"),
@@ -52,7 +50,7 @@ async fn the_page_and_its_assets_are_compressed_cached_and_script_locked() {
 
 #[tokio::test]
 async fn event_streams_are_never_compressed() {
-    let server = support::start().await;
+    let server = h2o_chat_test_support::server::start().await;
     let response = plain()
         .post(format!("{}/generate_stream", server.url()))
         .header(ACCEPT_ENCODING, "gzip")

@@ -3,14 +3,13 @@
 //! (The signals themselves — SIGTERM, SIGINT, a second signal — are tested on the real
 //! binary in the CLI's tests.)
 
-mod support;
-
 use std::time::Duration;
 
 use h2o_chat_engine::ScriptGate;
 use h2o_chat_server::{ServerConfig, Timeouts};
+use h2o_chat_test_support::http::session;
+use h2o_chat_test_support::server::*;
 use serde_json::json;
-use support::*;
 
 fn config(shutdown: Duration) -> ServerConfig {
     ServerConfig {

@@ -2,16 +2,15 @@
 //! answer is kept as far as it went (chat-ui's `abortedGenerations`). The scripted engine's
 //! gate sets the pace, so every step is an event, not a timer.
 
-mod support;
-
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use h2o_chat_engine::ScriptGate;
 use h2o_chat_server::ServerConfig;
+use h2o_chat_test_support::chat_ui::{g4f_body, ready_conversation};
+use h2o_chat_test_support::server::{gated, reach, start_with};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{g4f_body, gated, reach, ready_conversation, start_with};
 
 /// Reads the stream until `n` token events have arrived; returns what was read.
 async fn read_tokens(
@@ -115,7 +114,10 @@ async fn stop_generating_ends_the_stream_and_keeps_the_answer_so_far() {
             .starts_with("toktoktok"),
         "{conversation}"
     );
-    assert!(server.state().stops().is_empty(), "nothing left registered");
+    assert!(
+        server.state().aborts().is_empty(),
+        "nothing left registered"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +137,10 @@ async fn a_client_that_leaves_mid_answer_keeps_the_question_and_the_answer_so_fa
     assert_eq!(messages[0]["content"], "Count forever.");
     assert_eq!(messages[1]["from"], "assistant");
     assert_eq!(messages[1]["content"], "toktoktok", "{conversation}");
-    assert!(server.state().stops().is_empty(), "nothing left registered");
+    assert!(
+        server.state().aborts().is_empty(),
+        "nothing left registered"
+    );
 }
 
 #[tokio::test]
@@ -150,7 +155,7 @@ async fn stop_generating_with_nothing_running_is_200_and_changes_nothing() {
         .unwrap();
     assert_eq!(stop.status(), StatusCode::OK);
     // Another session's conversation, or no conversation: not found, as every id route.
-    let stranger = support::session();
+    let stranger = h2o_chat_test_support::http::session();
     let refused = stranger
         .post(format!("{url}/conversation/{id}/stop-generating"))
         .send()

@@ -6,8 +6,7 @@
 //!
 //! `cargo bench -p h2o-chat --bench client_loopback`
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 use std::collections::HashSet;
 use std::time::Instant;

@@ -1,6 +1,6 @@
 //! The blocking face and the legacy API (seed 001), against the test server over loopback.
 
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 use axum::http::Method;
 use h2o_chat::legacy::{Completion, Legacy, LegacyParams};

@@ -1,7 +1,7 @@
 //! Every way a server can fail (§f, §b.4, §b.5) ends in the right typed error, keeps the
 //! text already received, and leaves no conversation behind on the server.
 
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 use std::time::{Duration, Instant};
 

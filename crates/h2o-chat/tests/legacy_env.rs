@@ -2,7 +2,7 @@
 //! other thread reads the environment, so this test has its own binary (its own process)
 //! and is its only test.
 
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 use h2o_chat::Message;
 use h2o_chat::legacy::{self, LegacyParams};

@@ -1,7 +1,7 @@
 //! The conversation lifecycle of protocol §a, checked on the wire: what the client sends at
 //! each step, byte for byte, against the literal examples of the protocol document.
 
-mod support;
+use h2o_chat_test_support::chat_ui_double as support;
 
 use std::time::Duration;
 

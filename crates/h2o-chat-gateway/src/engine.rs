@@ -1,0 +1,98 @@
+//! The gateway as an [`Engine`]: one per served model id, every request handed to the pool.
+
+use std::sync::Arc;
+
+use h2o_chat_engine::{
+    ChatTurn, Cleanup, Engine, EngineError, EngineInfo, Generation, GenerationRequest, Health,
+    Prompt, Tokenized, chatml,
+};
+use tokio::sync::mpsc;
+
+use crate::pool::Pool;
+use crate::relay::{EVENT_BUFFER, estimate_tokens};
+use crate::upstream::Client;
+
+/// The gateway as the engine of one served model id: every request goes to the pool.
+pub struct Gateway {
+    pool: Arc<Pool>,
+    model: String,
+}
+
+impl Gateway {
+    pub fn new(pool: Arc<Pool>, model: impl Into<String>) -> Self {
+        Gateway {
+            pool,
+            model: model.into(),
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+impl Engine for Gateway {
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            model_id: self.model.clone(),
+            backend: format!(
+                "gateway to {} upstream(s): {}",
+                self.pool.upstreams.len(),
+                self.pool
+                    .upstreams
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            compute_type: "gateway".into(),
+            dtype: "unknown".into(),
+            device: "remote".into(),
+            context_length: 0,
+            slots: self
+                .pool
+                .upstreams
+                .iter()
+                .map(|u| u.spec.max_in_flight)
+                .sum(),
+            batch_total_tokens: 0,
+        }
+    }
+
+    fn health(&self) -> Health {
+        if self.pool.any_available() {
+            Health::Ready
+        } else {
+            Health::Failed("no upstream is healthy".into())
+        }
+    }
+
+    /// ChatML text (what a TGI upstream gets), with the messages kept for upstreams that
+    /// take messages (OpenAI) or format them themselves (chat-ui).
+    fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
+        Ok(chatml(turns))
+    }
+
+    fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
+        Ok(Tokenized::counted(estimate_tokens(&prompt.text())))
+    }
+
+    fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| EngineError::Stopped("the gateway needs a tokio runtime".into()))?;
+        let (sender, events) = mpsc::channel(EVENT_BUFFER);
+        runtime.spawn(self.pool.clone().run(self.model.clone(), request, sender));
+        Ok(Generation { events })
+    }
+
+    fn pending_cleanup(&self) -> Option<Cleanup> {
+        let pool = self.pool.clone();
+        Some(Box::pin(async move {
+            for upstream in &pool.upstreams {
+                if let Client::H2o(relay) = &upstream.client {
+                    relay.cleanup().await;
+                }
+            }
+        }))
+    }
+}

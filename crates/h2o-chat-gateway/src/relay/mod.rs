@@ -1,0 +1,224 @@
+//! Relays: one request answered by another server, one module per protocol the other server
+//! speaks — chat-ui through the provider library ([`h2o`]), text-generation-inference
+//! ([`tgi`]), an OpenAI-compatible server such as vLLM or llama.cpp's `llama-server`
+//! ([`openai`]). The gateway (`crate::gateway`) chooses the server; a relay only talks to it.
+//!
+//! What every relay promises:
+//!
+//! - Errors stay typed: an HTTP error status before the first token is
+//!   [`GenerationFailure::Upstream`] with its status and `Retry-After`; a server that cannot be reached
+//!   is a 502, one that does not answer in time a 504 — so the gateway can fail over, and a
+//!   client sees the status the upstream gave.
+//! - Nothing hangs: connect and read deadlines, error bodies read with a cap and a deadline,
+//!   and a reader that stops taking events is given up after [`READER_STALL`].
+//! - Leaving is cheap: when the receiver is dropped the relay stops reading at once (and the
+//!   h2o relay deletes its upstream conversation).
+
+pub mod h2o;
+pub mod openai;
+pub mod tgi;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use h2o_chat_engine::{
+    Finish, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest, Token,
+};
+use tokio::sync::mpsc;
+
+pub use h2o::RemoteH2o;
+pub use openai::RemoteOpenAi;
+pub use tgi::RemoteTgi;
+
+/// Events buffered between a relay task and the server.
+pub(crate) const EVENT_BUFFER: usize = 64;
+/// How long a relay waits for the server's reader before giving the request up.
+pub const READER_STALL: Duration = Duration::from_secs(60);
+/// How much of an upstream error body is read.
+pub(crate) const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// How long an error body may take.
+pub(crate) const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// Connecting to an upstream.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence on an upstream's stream (its own keep-alives included) before it is given up.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One token per four bytes: relays do not know the remote tokenizer.
+pub fn estimate_tokens(text: &str) -> usize {
+    text.len().div_ceil(4)
+}
+
+/// The whole cause chain of an error, for messages.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A request that could not be sent: unreachable (502) or too slow (504).
+pub(crate) fn transport_failure(err: &reqwest::Error) -> GenerationFailure {
+    GenerationFailure::Upstream {
+        status: if err.is_timeout() { 504 } else { 502 },
+        retry_after: None,
+        message: format!("upstream unreachable: {}", chain(err)),
+    }
+}
+
+/// Sends an event, unless the server's reader is gone or stalled.
+pub(crate) async fn forward(
+    sender: &mpsc::Sender<GenerationEvent>,
+    event: GenerationEvent,
+) -> bool {
+    sender.send_timeout(event, READER_STALL).await.is_ok()
+}
+
+/// Sends `post` with the upstream's key and waits for a successful reply. A refusal or an
+/// unreachable upstream is relayed as a failure; a reader that leaves first ends the wait.
+/// `None`: there is nothing more to relay.
+pub(crate) async fn successful_reply(
+    post: reqwest::RequestBuilder,
+    api_key: Option<&str>,
+    sender: &mpsc::Sender<GenerationEvent>,
+) -> Option<reqwest::Response> {
+    let post = match api_key {
+        Some(key) => post.bearer_auth(key),
+        None => post,
+    };
+    let posted = tokio::select! {
+        posted = post.send() => posted,
+        () = sender.closed() => return None,
+    };
+    let failure = match posted {
+        Ok(response) if response.status().is_success() => return Some(response),
+        Ok(response) => status_failure(response).await,
+        Err(err) => transport_failure(&err),
+    };
+    forward(sender, GenerationEvent::Failed(failure)).await;
+    None
+}
+
+/// `Retry-After` in seconds.
+pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
+    value
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// An error reply as a failure: its status, its `Retry-After`, and its message (JSON
+/// `error`, `error.message` or `message`, else the text), read with a cap and a deadline.
+pub(crate) async fn status_failure(response: reqwest::Response) -> GenerationFailure {
+    let status = response.status().as_u16();
+    let retry_after = retry_after(&response);
+    let read = async {
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        while let Some(Ok(chunk)) = chunks.next().await {
+            let room = ERROR_BODY_LIMIT - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= ERROR_BODY_LIMIT {
+                break;
+            }
+        }
+        body
+    };
+    let body = tokio::time::timeout(ERROR_BODY_DEADLINE, read)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let json = serde_json::from_str::<serde_json::Value>(&text).ok();
+    let message = json
+        .as_ref()
+        .and_then(|v| {
+            v.get("error")
+                .and_then(|e| e.as_str().or_else(|| e.get("message")?.as_str()))
+                .or_else(|| v.get("message")?.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| text.trim().chars().take(500).collect());
+    GenerationFailure::Upstream {
+        status,
+        retry_after,
+        message,
+    }
+}
+
+/// The end marker for streams whose last event carries no token (OpenAI's `[DONE]`).
+pub(crate) fn end_token() -> Token {
+    Token {
+        id: 0,
+        text: String::new(),
+        logprob: None,
+        special: true,
+    }
+}
+
+/// A finish from what a relay counted, when the upstream says less.
+pub(crate) fn finish(
+    reason: FinishReason,
+    generated_tokens: u32,
+    generated_text: String,
+    input_tokens: u32,
+    seed: Option<u64>,
+) -> Finish {
+    Finish {
+        reason,
+        generated_tokens,
+        seed,
+        generated_text,
+        input_tokens,
+        cached_tokens: 0,
+    }
+}
+
+/// What the request asks of the sampler, in TGI's terms (for relays that speak TGI).
+pub(crate) fn tgi_parameters(request: &GenerationRequest) -> serde_json::Value {
+    let sampling = &request.sampling;
+    let mut params = serde_json::json!({
+        "max_new_tokens": request.max_new_tokens,
+        "do_sample": sampling.do_sample,
+        "details": true,
+        "return_full_text": false,
+    });
+    let map = params.as_object_mut().expect("an object");
+    let mut put = |key: &str, value: serde_json::Value| {
+        map.insert(key.to_string(), value);
+    };
+    if let Some(t) = sampling.temperature {
+        put("temperature", t.into());
+    }
+    if let Some(k) = sampling.top_k {
+        put("top_k", k.into());
+    }
+    if let Some(p) = sampling.top_p {
+        put("top_p", p.into());
+    }
+    if let Some(p) = sampling.typical_p {
+        put("typical_p", p.into());
+    }
+    if let Some(p) = sampling.repetition_penalty {
+        put("repetition_penalty", p.into());
+    }
+    if let Some(seed) = sampling.seed {
+        put("seed", seed.into());
+    }
+    if !request.stop.is_empty() {
+        put("stop", request.stop.clone().into());
+    }
+    if let Some(truncate) = request.truncate {
+        put("truncate", (truncate as u64).into());
+    }
+    params
+}

@@ -1,0 +1,268 @@
+//! The relays behind the gateway, one upstream at a time: an H2o (chat-ui) upstream through
+//! the provider library — faults become OpenAI-shaped errors with the upstream's status and
+//! nothing is left upstream — a TGI upstream, and an OpenAI-compatible upstream.
+
+use h2o_chat_test_support::chat_ui_double as support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use h2o_chat_engine::{Script, ScriptedEngine};
+use h2o_chat_gateway::{Pool, UpstreamKind, UpstreamSpec};
+use h2o_chat_server::{ModelRegistry, RunningServer, Server, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Chunk, Reply, TestServer, token_event};
+
+async fn gateway_of(kind: UpstreamKind, url: &str) -> RunningServer {
+    let pool = Pool::new(vec![UpstreamSpec::new(kind, url)]).unwrap();
+    h2o_chat_test_support::gateway::serve(ServerConfig::default(), &pool).await
+}
+
+async fn gateway_to(upstream: &TestServer) -> RunningServer {
+    gateway_of(UpstreamKind::H2o, &upstream.url).await
+}
+
+fn request(stream: bool) -> Value {
+    json!({"model": "falcon-7b", "messages": [{"role": "user", "content": "Hi"}], "stream": stream})
+}
+
+async fn post(gateway: &RunningServer, body: &Value) -> reqwest::Response {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/v1/chat/completions", gateway.url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn nothing_left(upstream: &TestServer) {
+    upstream.until_conversations(0).await;
+}
+
+#[tokio::test]
+async fn relays_an_answer_through_the_provider_lifecycle() {
+    let upstream = TestServer::start().await;
+    let gateway = gateway_to(&upstream).await;
+    let reply: Value = post(&gateway, &request(false)).await.json().await.unwrap();
+    assert_eq!(reply["choices"][0]["message"]["content"], "Hello!");
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    let create = upstream.requests_to(axum::http::Method::POST, "/conversation");
+    assert_eq!(
+        create[0].json()["model"],
+        "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v3"
+    );
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn upstream_500_is_an_openai_error_with_its_status_and_nothing_is_left() {
+    let upstream = TestServer::start().await;
+    upstream.script_generate(Reply::Status(
+        500,
+        vec![],
+        r#"{"message":"Internal Error"}"#.into(),
+    ));
+    let gateway = gateway_to(&upstream).await;
+    let response = post(&gateway, &request(false)).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("500: Internal Error"),
+        "{error}"
+    );
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn an_upstream_429_reaches_the_client_as_429_with_its_retry_after() {
+    for stream in [false, true] {
+        let upstream = TestServer::start().await;
+        upstream.script_generate(Reply::Status(
+            429,
+            vec![("retry-after", "7".into())],
+            r#"{"message":"You are sending too many messages. Try again later."}"#.into(),
+        ));
+        let gateway = gateway_to(&upstream).await;
+        let response = post(&gateway, &request(stream)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "stream {stream}"
+        );
+        assert_eq!(response.headers()["retry-after"], "7");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "rate_limit_error");
+        nothing_left(&upstream).await;
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_503_reaches_the_client_as_503_on_every_route() {
+    let upstream = TestServer::start().await;
+    upstream.script_generate_always(Reply::Status(
+        503,
+        vec![],
+        r#"{"message":"Service Unavailable"}"#.into(),
+    ));
+    let gateway = gateway_to(&upstream).await;
+    assert_eq!(
+        post(&gateway, &request(true)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for route in ["/generate", "/generate_stream"] {
+        let response = client
+            .post(format!("{}{route}", gateway.url()))
+            .json(&json!({"inputs": "Hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{route}"
+        );
+    }
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn upstream_error_event_mid_stream_is_an_error_chunk_then_done() {
+    let upstream = TestServer::start().await;
+    upstream.script_generate(support::stream_reply(format!(
+        "{}data:{{\"error\":\"Request failed during generation: boom\",\"error_type\":\"generation\"}}\n\n",
+        token_event(1, "Hel", false)
+    )));
+    let gateway = gateway_to(&upstream).await;
+    let body = post(&gateway, &request(true)).await.text().await.unwrap();
+    assert!(body.contains("\"content\":\"Hel\""), "{body}");
+    assert!(body.contains("boom"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn upstream_disconnect_is_an_error_and_nothing_is_left() {
+    let upstream = TestServer::start().await;
+    upstream.script_generate(Reply::Stream(
+        "text/event-stream",
+        vec![
+            Chunk::Bytes(token_event(1, "Hel", false).into_bytes()),
+            Chunk::Sleep(Duration::from_millis(100)),
+            Chunk::Disconnect,
+        ],
+    ));
+    let gateway = gateway_to(&upstream).await;
+    let body = post(&gateway, &request(true)).await.text().await.unwrap();
+    assert!(body.contains("incomplete"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_the_gateway_deletes_the_upstream_conversation() {
+    let upstream = TestServer::start().await;
+    let mut slow = Vec::new();
+    for i in 0..500 {
+        slow.push(Chunk::Bytes(token_event(i, "la", false).into_bytes()));
+        slow.push(Chunk::Sleep(Duration::from_millis(20)));
+    }
+    upstream.script_generate(Reply::Stream("text/event-stream", slow));
+    let gateway = gateway_to(&upstream).await;
+    let mut response = post(&gateway, &request(true)).await;
+    assert!(response.chunk().await.unwrap().is_some());
+    assert!(response.chunk().await.unwrap().is_some());
+    upstream.until_conversations(1).await;
+    drop(response);
+    nothing_left(&upstream).await;
+}
+
+#[tokio::test]
+async fn relays_to_a_tgi_server() {
+    let tgi = Server::new(
+        ServerConfig::default(),
+        ModelRegistry::with_h2o_stand_ins(Arc::new(ScriptedEngine::new(Script::default()))),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap();
+    let gateway = gateway_of(UpstreamKind::Tgi, &tgi.url()).await;
+    let reply: Value = post(
+        &gateway,
+        &json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(reply["choices"][0]["message"]["content"], "Hello!");
+    assert_eq!(reply["usage"]["completion_tokens"], 3);
+}
+
+#[tokio::test]
+async fn relays_a_chat_to_an_openai_upstream_as_messages() {
+    let upstream = Server::new(
+        ServerConfig::default(),
+        ModelRegistry::with_h2o_stand_ins(Arc::new(ScriptedEngine::new(Script::default()))),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap();
+    let gateway = gateway_of(UpstreamKind::OpenAi, &upstream.url()).await;
+    for stream in [false, true] {
+        let response = post(
+            &gateway,
+            &json!({"model": "falcon-40b", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "max_tokens": 10, "stream": stream}),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.text().await.unwrap();
+        assert!(body.contains("Hello"), "{body}");
+    }
+    // A chat-ui conversation relayed to it keeps its history on this side.
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = gateway.url();
+    client
+        .post(format!("{url}/settings"))
+        .header("referer", format!("{url}/"))
+        .form(&[("ethicsModalAccepted", "true")])
+        .send()
+        .await
+        .unwrap();
+    let created: Value = client
+        .post(format!("{url}/conversation"))
+        .json(&json!({"model": "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-40b-v1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["conversationId"].as_str().unwrap();
+    for question in ["First?", "Second?"] {
+        let body = client
+            .post(format!("{url}/conversation/{id}"))
+            .json(&json!({"inputs": question, "parameters": {"max_new_tokens": 8, "return_full_text": false}, "stream": true, "options": {}}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("\"generated_text\":\"Hello!\""), "{body}");
+    }
+    let owner = gateway.state().store().owner_of(id).unwrap();
+    let messages = gateway.state().store().get(&owner, id).unwrap().messages;
+    assert_eq!(messages.len(), 4);
+}

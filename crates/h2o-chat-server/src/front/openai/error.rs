@@ -1,0 +1,170 @@
+//! OpenAI's error object with its status: `{"error": {"message", "type", "param", "code"}}`
+//! — for a request this front refuses, and for a [`Failure`] of the pipeline, mapped once.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::failure::Failure;
+use crate::front::openai::wire::{ErrorBody, ErrorObject};
+use crate::validation::ValidationError;
+
+/// See the module docs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        message: impl Into<String>,
+        kind: &'static str,
+        param: Option<&str>,
+        code: Option<&'static str>,
+    ) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: ErrorObject {
+                    message: message.into(),
+                    kind,
+                    param: param.map(str::to_string),
+                    code,
+                },
+            },
+            retry_after: None,
+        }
+    }
+
+    /// 400 `invalid_request_error` about `param`.
+    pub fn invalid(message: impl Into<String>, param: &str) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            message,
+            "invalid_request_error",
+            Some(param),
+            None,
+        )
+    }
+
+    /// 400 for an option this server does not implement.
+    pub fn unsupported(param: &str, what: &str) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{param}` is not supported by this server: {what}"),
+            "invalid_request_error",
+            Some(param),
+            Some("unsupported_parameter"),
+        )
+    }
+
+    /// 401 for a missing or wrong key.
+    pub fn invalid_api_key(message: &str) -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            message,
+            "invalid_request_error",
+            None,
+            Some("invalid_api_key"),
+        )
+    }
+
+    /// 404 for an unknown model.
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("The model `{model}` does not exist. See GET /v1/models."),
+            "invalid_request_error",
+            Some("model"),
+            Some("model_not_found"),
+        )
+    }
+
+    /// A pipeline failure in OpenAI's terms.
+    pub fn from_failure(failure: &Failure) -> Self {
+        let mut error = match failure {
+            Failure::Invalid(err) => ApiError::from_validation(err),
+            Failure::Overloaded => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "The model is overloaded; try again later.",
+                "server_error",
+                None,
+                Some("overloaded"),
+            ),
+            Failure::Upstream { status, .. } => ApiError::new(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                failure.message(),
+                if *status == 429 {
+                    "rate_limit_error"
+                } else {
+                    "server_error"
+                },
+                None,
+                Some("upstream_error"),
+            ),
+            Failure::Unavailable(_) | Failure::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                failure.message(),
+                "server_error",
+                None,
+                Some("unavailable"),
+            ),
+            Failure::Generation(_) | Failure::Stalled(_) | Failure::Incomplete => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                failure.message(),
+                "server_error",
+                None,
+                None,
+            ),
+        };
+        error.retry_after = failure.retry_after();
+        error
+    }
+
+    /// A rule of §c in OpenAI's terms: 400 naming the parameter as OpenAI calls it,
+    /// `context_length_exceeded` when the request is too long.
+    pub fn from_validation(err: &ValidationError) -> Self {
+        let param = match err {
+            ValidationError::MaxNewTokens | ValidationError::TotalTokens { .. } => "max_tokens",
+            ValidationError::EmptyInputs
+            | ValidationError::InputLength { .. }
+            | ValidationError::Prompt(_) => "messages",
+            other => other.parameter(),
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            err.to_string(),
+            "invalid_request_error",
+            Some(param),
+            err.is_too_long().then_some("context_length_exceeded"),
+        )
+    }
+
+    /// The `param` the error names.
+    pub fn param(&self) -> Option<&str> {
+        self.body.error.param.as_deref()
+    }
+
+    /// The body, for an error chunk in a stream.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(wait) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}

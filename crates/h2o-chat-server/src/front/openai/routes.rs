@@ -1,0 +1,94 @@
+//! The handlers: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`, and
+//! the API-key guard.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::auth::{self, KEY_MESSAGE};
+use crate::front::openai::error::ApiError;
+use crate::front::openai::reply;
+use crate::front::openai::request::{Kind, OpenAiRequest};
+use crate::front::openai::wire::{Model, ModelList, ModelOrigin};
+use crate::pipeline;
+
+/// `GET /v1/models`. Stand-ins say so in an extra `h2o_chat` object that clients ignore.
+pub async fn models(State(state): State<AppState>) -> Response {
+    let data = state
+        .models()
+        .all()
+        .iter()
+        .map(|m| Model {
+            id: m.id.clone(),
+            object: "model",
+            created: 0,
+            owned_by: if m.stand_in {
+                "h2o-chat (stand-in)"
+            } else {
+                "h2o-chat"
+            },
+            h2o_chat: ModelOrigin {
+                stand_in: m.stand_in,
+                served_by: m.engine.info().model_id,
+                aliases: m.aliases.clone(),
+            },
+        })
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Response {
+    respond(state, &body, Kind::Chat).await
+}
+
+/// `POST /v1/completions` (legacy text completions): the prompt is used as is.
+pub async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
+    respond(state, &body, Kind::Text).await
+}
+
+async fn respond(state: AppState, body: &[u8], kind: Kind) -> Response {
+    let started = Instant::now();
+    let request = match OpenAiRequest::parse(body, kind) {
+        Ok(request) => request,
+        Err(err) => return err.into_response(),
+    };
+    // No model (or an empty one) means the local model, not a stand-in.
+    let model = match request.model.as_deref().filter(|m| !m.is_empty()) {
+        None => state
+            .models()
+            .all()
+            .iter()
+            .find(|m| !m.stand_in)
+            .or(state.models().default_model())
+            .cloned(),
+        Some(name) => state.models().by_name(name).cloned(),
+    };
+    let Some(model) = model else {
+        return ApiError::model_not_found(request.model.as_deref().unwrap_or("")).into_response();
+    };
+    match pipeline::start(&state, &model.engine, request.plan, started).await {
+        Ok(run) if request.stream => {
+            reply::stream(run, kind, model.id, request.include_usage).await
+        }
+        Ok(run) => reply::complete(run, kind, model.id).await,
+        Err(failure) => ApiError::from_failure(&failure).into_response(),
+    }
+}
+
+/// The API-key guard, refusing with OpenAI's error object.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if auth::is_authorized(state.config(), request.headers()) {
+        return next.run(request).await;
+    }
+    auth::challenge(ApiError::invalid_api_key(KEY_MESSAGE).into_response())
+}
