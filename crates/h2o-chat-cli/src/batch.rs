@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cli::{BatchArgs, Global};
-use crate::failure::Failure;
+use crate::cli_error::CliError;
 use crate::setup;
 
 #[derive(Deserialize)]
@@ -61,12 +61,12 @@ pub async fn run(
     global: &Global,
     model: Option<String>,
     args: &BatchArgs,
-) -> Result<(), Failure> {
+) -> Result<(), CliError> {
     let lines: Vec<String> = if args.input == "-" {
         std::io::stdin().lock().lines().collect::<Result<_, _>>()?
     } else {
         let file = std::fs::File::open(&args.input)
-            .map_err(|e| Failure::Usage(format!("cannot open {}: {e}", args.input)))?;
+            .map_err(|e| CliError::Usage(format!("cannot open {}: {e}", args.input)))?;
         std::io::BufReader::new(file)
             .lines()
             .collect::<Result<_, _>>()?
@@ -129,7 +129,7 @@ pub async fn run(
     bar.finish_and_clear();
     h2o.wait_for_cleanup().await;
     if failed > 0 {
-        return Err(Failure::Batch { failed, total });
+        return Err(CliError::Batch { failed, total });
     }
     Ok(())
 }

@@ -10,11 +10,11 @@ use h2o_chat::{Error, Event, H2o, Message};
 use serde_json::json;
 
 use crate::cli::Global;
-use crate::failure::Failure;
+use crate::cli_error::CliError;
 use crate::logbook::{Exchange, Logbook, Transcript, now_ms};
 
 /// The prompt from the argument and/or standard input.
-pub fn read_prompt(arg: Option<&str>) -> Result<Option<String>, Failure> {
+pub fn read_prompt(arg: Option<&str>) -> Result<Option<String>, CliError> {
     let stdin = std::io::stdin();
     let piped = arg == Some("-") || (!stdin.is_terminal() && arg.is_some());
     let mut input = String::new();
@@ -22,7 +22,7 @@ pub fn read_prompt(arg: Option<&str>) -> Result<Option<String>, Failure> {
         stdin
             .lock()
             .read_to_string(&mut input)
-            .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
+            .map_err(|e| CliError::Usage(format!("cannot read standard input: {e}")))?;
     }
     let input = input.trim_end_matches(['\n', '\r']);
     Ok(match arg {
@@ -67,7 +67,7 @@ pub async fn stream_answer(
     global: &Global,
     model: Option<&str>,
     messages: Vec<Message>,
-) -> Result<Reply, Failure> {
+) -> Result<Reply, CliError> {
     let mut request = h2o.request(messages);
     if let Some(model) = model {
         request = request.model(model);
@@ -160,7 +160,7 @@ pub async fn stream_answer(
 }
 
 /// Ends the partial line (text mode) or writes the error event (JSON mode).
-fn report(stdout: &mut impl Write, global: &Global, err: Error, partial: &str) -> Failure {
+fn report(stdout: &mut impl Write, global: &Global, err: Error, partial: &str) -> CliError {
     if global.json {
         let kind = format!("{:?}", err.kind()).to_lowercase();
         let _ = writeln!(
@@ -172,7 +172,7 @@ fn report(stdout: &mut impl Write, global: &Global, err: Error, partial: &str) -
         let _ = stdout.write_all(b"\n");
     }
     let _ = stdout.flush();
-    Failure::Provider(err)
+    CliError::Provider(err)
 }
 
 const HELP: &str = "commands: /system TEXT  /model NAME  /reset  /save FILE  /help  /exit   (Ctrl-C stops a reply, Ctrl-D leaves)";
@@ -193,7 +193,7 @@ pub async fn interactive(
     mut model: Option<String>,
     recorder: &Recorder,
     continued: Option<Transcript>,
-) -> Result<(), Failure> {
+) -> Result<(), CliError> {
     // An explicit --system wins over the one the continued conversation was logged with.
     let (mut system, mut history) = match continued {
         Some(t) => (global.system.clone().or(t.system), t.messages),
@@ -201,11 +201,11 @@ pub async fn interactive(
     };
     let config = rustyline::Config::builder()
         .max_history_size(HISTORY_LINES)
-        .map_err(|e| Failure::Other(format!("cannot configure the line editor: {e}")))?
+        .map_err(|e| CliError::Other(format!("cannot configure the line editor: {e}")))?
         .auto_add_history(false)
         .build();
     let mut editor = rustyline::DefaultEditor::with_config(config)
-        .map_err(|e| Failure::Other(format!("cannot open the line editor: {e}")))?;
+        .map_err(|e| CliError::Other(format!("cannot open the line editor: {e}")))?;
     let history_file = history_path();
     // A missing history file is the first run; an unreadable one only costs the old lines.
     let _ = editor.load_history(&history_file);
@@ -220,13 +220,13 @@ pub async fn interactive(
             (editor, line)
         })
         .await
-        .map_err(|e| Failure::Other(format!("line editor failed: {e}")))?;
+        .map_err(|e| CliError::Other(format!("line editor failed: {e}")))?;
         editor = returned;
         let line = match line {
             Ok(line) => line,
             Err(rustyline::error::ReadlineError::Interrupted) => continue,
             Err(rustyline::error::ReadlineError::Eof) => break,
-            Err(err) => return Err(Failure::Other(format!("cannot read a line: {err}"))),
+            Err(err) => return Err(CliError::Other(format!("cannot read a line: {err}"))),
         };
         let line = line.trim();
         if line.is_empty() {
@@ -266,7 +266,7 @@ pub async fn interactive(
                     let json = serde_json::to_string_pretty(
                         &json!({"system": system, "model": model, "messages": saved}),
                     )
-                    .map_err(|e| Failure::Other(e.to_string()))?;
+                    .map_err(|e| CliError::Other(e.to_string()))?;
                     match std::fs::write(argument, json) {
                         Ok(()) => eprintln!("(saved to {argument})"),
                         Err(err) => eprintln!("cannot save to {argument}: {err}"),
@@ -286,7 +286,7 @@ pub async fn interactive(
                 // Dropping the stream deletes its conversation in the background.
                 println!();
                 eprintln!("(stopped)");
-                Err(Failure::Interrupted)
+                Err(CliError::Interrupted)
             }
         };
         recorder.record(
@@ -297,7 +297,7 @@ pub async fn interactive(
         );
         match answer {
             Ok(reply) => history.push(Message::assistant(reply.text)),
-            Err(Failure::Interrupted) => {
+            Err(CliError::Interrupted) => {
                 history.pop();
             }
             Err(err) => {
@@ -346,7 +346,7 @@ impl Recorder {
         prompt: &str,
         system: Option<&str>,
         model: Option<&str>,
-        outcome: &Result<Reply, Failure>,
+        outcome: &Result<Reply, CliError>,
     ) {
         let Some(log) = &self.log else { return };
         let mut exchange = Exchange {
@@ -368,7 +368,7 @@ impl Recorder {
                 exchange.total_ms = Some(reply.total_ms as i64);
             }
             Err(failure) => {
-                if let Failure::Provider(err) = failure {
+                if let CliError::Provider(err) = failure {
                     exchange.answer = err.partial().map(str::to_string);
                 }
                 exchange.error = Some(failure.to_string());

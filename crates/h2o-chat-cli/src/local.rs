@@ -14,13 +14,13 @@ use h2o_chat_server::{LOCAL_MODEL_ID, ModelRegistry, RunningServer, Server, Serv
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::EngineArgs;
-use crate::failure::Failure;
+use crate::cli_error::CliError;
 
 /// The GGUF to serve: `--gguf`, or the cached default (fetched with a progress bar).
-pub fn model_path(gguf: Option<PathBuf>, quiet: bool) -> Result<PathBuf, Failure> {
+pub fn model_path(gguf: Option<PathBuf>, quiet: bool) -> Result<PathBuf, CliError> {
     if let Some(path) = gguf {
         if !path.is_file() {
-            return Err(Failure::Model(format!("{}: no such file", path.display())));
+            return Err(CliError::Model(format!("{}: no such file", path.display())));
         }
         return Ok(path);
     }
@@ -64,7 +64,7 @@ pub fn model_path(gguf: Option<PathBuf>, quiet: bool) -> Result<PathBuf, Failure
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    result.map_err(|e| Failure::Model(e.to_string()))
+    result.map_err(|e| CliError::Model(e.to_string()))
 }
 
 /// Fetches (if needed) and loads the model. Blocking: call it off the async runtime.
@@ -72,10 +72,10 @@ pub fn load_engine(
     gguf: Option<PathBuf>,
     quiet: bool,
     knobs: &EngineArgs,
-) -> Result<LlamaEngine, Failure> {
+) -> Result<LlamaEngine, CliError> {
     let path = model_path(gguf, quiet)?;
     let config = knobs.config(path, LOCAL_MODEL_ID);
-    let engine = LlamaEngine::load(config).map_err(|e| Failure::Model(e.to_string()))?;
+    let engine = LlamaEngine::load(config).map_err(|e| CliError::Model(e.to_string()))?;
     tracing::debug!(load_ms = engine.load_ms(), "local model loaded");
     Ok(engine)
 }
@@ -85,10 +85,10 @@ pub async fn start(
     gguf: Option<PathBuf>,
     quiet: bool,
     knobs: EngineArgs,
-) -> Result<RunningServer, Failure> {
+) -> Result<RunningServer, CliError> {
     let engine = tokio::task::spawn_blocking(move || load_engine(gguf, quiet, &knobs))
         .await
-        .map_err(|e| Failure::Other(format!("model loading panicked: {e}")))??;
+        .map_err(|e| CliError::Other(format!("model loading panicked: {e}")))??;
     let engine: Arc<dyn Engine> = Arc::new(engine);
     Server::new(
         ServerConfig::default(),
@@ -96,5 +96,5 @@ pub async fn start(
     )
     .bind("127.0.0.1:0")
     .await
-    .map_err(|e| Failure::Other(format!("cannot start the embedded server: {e}")))
+    .map_err(|e| CliError::Other(format!("cannot start the embedded server: {e}")))
 }

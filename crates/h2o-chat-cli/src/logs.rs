@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use crate::cli::{ChatArgs, LogsArgs};
-use crate::failure::Failure;
+use crate::cli_error::CliError;
 use crate::logbook::{self, Exchange, Logbook, Query, Transcript};
 
 /// The log to record this run's exchanges in, or `None` with a warning when it cannot be
@@ -21,12 +21,12 @@ pub fn open_for_writing() -> Option<Logbook> {
 }
 
 /// The conversation `chat -c` or `chat --cid ID` continues: its id and its transcript.
-pub fn conversation_to_continue(args: &ChatArgs) -> Result<Option<(String, Transcript)>, Failure> {
+pub fn conversation_to_continue(args: &ChatArgs) -> Result<Option<(String, Transcript)>, CliError> {
     if !args.continue_last && args.cid.is_none() {
         return Ok(None);
     }
     let path = logbook::default_path();
-    let unreadable = |err| Failure::Usage(format!("cannot continue a conversation: {err}"));
+    let unreadable = |err| CliError::Usage(format!("cannot continue a conversation: {err}"));
     let log = Logbook::open(&path).map_err(unreadable)?;
     let id = match &args.cid {
         Some(id) => id.clone(),
@@ -34,18 +34,18 @@ pub fn conversation_to_continue(args: &ChatArgs) -> Result<Option<(String, Trans
             .last_conversation()
             .map_err(unreadable)?
             .ok_or_else(|| {
-                Failure::Usage("no conversation to continue: the log is empty".into())
+                CliError::Usage("no conversation to continue: the log is empty".into())
             })?,
     };
     let transcript = log
         .messages(&id)
         .map_err(unreadable)?
-        .ok_or_else(|| Failure::Usage(format!("no conversation {id} in the log")))?;
+        .ok_or_else(|| CliError::Usage(format!("no conversation {id} in the log")))?;
     Ok(Some((id, transcript)))
 }
 
 /// `h2o-chat logs`.
-pub fn run(args: &LogsArgs) -> Result<(), Failure> {
+pub fn run(args: &LogsArgs) -> Result<(), CliError> {
     let path = logbook::default_path();
     if !path.exists() {
         if args.json {
@@ -55,7 +55,7 @@ pub fn run(args: &LogsArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let log = Logbook::open(&path).map_err(|e| Failure::Other(e.to_string()))?;
+    let log = Logbook::open(&path).map_err(|e| CliError::Other(e.to_string()))?;
     let query = Query {
         limit: args.count as usize,
         conversation: args.conversation.as_deref(),
@@ -63,14 +63,14 @@ pub fn run(args: &LogsArgs) -> Result<(), Failure> {
     };
     let exchanges = log.recent(&query).map_err(|err| match args.query {
         // A malformed FTS5 query is the user's to fix.
-        Some(_) => Failure::Usage(format!("cannot search the log: {err}")),
-        None => Failure::Other(err.to_string()),
+        Some(_) => CliError::Usage(format!("cannot search the log: {err}")),
+        None => CliError::Other(err.to_string()),
     })?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &exchanges)
-            .map_err(|e| Failure::Other(e.to_string()))?;
+            .map_err(|e| CliError::Other(e.to_string()))?;
         writeln!(out)?;
     } else {
         for (i, exchange) in exchanges.iter().enumerate() {

@@ -5,7 +5,7 @@
 mod batch;
 mod chat;
 mod cli;
-mod failure;
+mod cli_error;
 mod info;
 mod local;
 mod logbook;
@@ -22,7 +22,7 @@ use h2o_chat::Message;
 
 use cli::EngineArgs;
 use cli::{Cli, Command};
-use failure::Failure;
+use cli_error::CliError;
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
@@ -59,7 +59,7 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(cli: Cli) -> Result<(), CliError> {
     let global = &cli.global;
     match &cli.command {
         Command::Models => {
@@ -77,10 +77,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let interactive =
                 args.interactive || (prompt.is_none() && std::io::stdin().is_terminal());
             if prompt.is_none() && !interactive {
-                return Err(Failure::Usage("no prompt: give one as an argument, pipe it on standard input, or run on a terminal for an interactive chat".into()));
+                return Err(CliError::Usage("no prompt: give one as an argument, pipe it on standard input, or run on a terminal for an interactive chat".into()));
             }
             if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
-                return Err(Failure::Usage("the prompt is empty".into()));
+                return Err(CliError::Usage("the prompt is empty".into()));
             }
             let conversation = logs::conversation_to_continue(args)?;
             let log = if global.no_log {
@@ -140,10 +140,10 @@ async fn with_client<F, Fut>(
     global: &cli::Global,
     knobs: EngineArgs,
     work: F,
-) -> Result<(), Failure>
+) -> Result<(), CliError>
 where
     F: FnOnce(h2o_chat::H2o, Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), Failure>>,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
 {
     match &global.url {
         Some(url) => {

@@ -16,18 +16,18 @@ use h2o_chat_server::{
 };
 
 use crate::cli::{Global, ServeArgs};
-use crate::failure::Failure;
+use crate::cli_error::CliError;
 use crate::local;
 use crate::upstreams;
 
 /// The exit code of a serve stopped by a second signal.
 const FORCED_EXIT: i32 = 130;
 
-pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
+pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
     // Installed before anything else, so no signal is missed between the two stages.
     let mut signals = Signals::new()?;
     let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout)
-        .map_err(|_| Failure::Usage("--shutdown-timeout takes a number of seconds".into()))?;
+        .map_err(|_| CliError::Usage("--shutdown-timeout takes a number of seconds".into()))?;
     let pool = upstreams::pool(&args.upstreams)?;
     let (models, loading) = match &pool {
         Some(pool) => {
@@ -57,17 +57,17 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
     };
     let guarded = config.api_key.is_some();
     let lines = models.describe();
-    let store = open_store(args.db.as_deref(), StoreBounds::from(&config.bounds))?;
+    let store = open_store(args.db.as_deref(), config.bounds.store)?;
     let server = Server::with_store(config, models, store);
     for collector in pool.iter().flat_map(h2o_chat_gateway::collectors) {
         server
             .register_metrics(collector)
-            .map_err(|e| Failure::Other(format!("the gateway's metrics: {e}")))?;
+            .map_err(|e| CliError::Other(format!("the gateway's metrics: {e}")))?;
     }
     let server = server
         .bind(&args.addr)
         .await
-        .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
     eprintln!("h2o-chat serve: listening on {}", server.url());
     let routes: Vec<String> = ROUTES
         .iter()
@@ -120,23 +120,23 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), Failure> {
     server
         .wait()
         .await
-        .map_err(|e| Failure::Other(format!("server error: {e}")))
+        .map_err(|e| CliError::Other(format!("server error: {e}")))
 }
 
 /// The conversation store `--db` names: a SQLite file (default `serve.sqlite3` in the cache
 /// directory), or `:memory:`.
-fn open_store(db: Option<&Path>, bounds: StoreBounds) -> Result<Arc<dyn Store>, Failure> {
+fn open_store(db: Option<&Path>, bounds: StoreBounds) -> Result<Arc<dyn Store>, CliError> {
     let store = match db {
         Some(path) if path.as_os_str() == ":memory:" => SqliteStore::in_memory(bounds),
         Some(path) => SqliteStore::open(path, bounds),
         None => {
             let dir = h2o_chat_cli::home::dir();
             std::fs::create_dir_all(&dir)
-                .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
             SqliteStore::open(&dir.join("serve.sqlite3"), bounds)
         }
     };
-    let store = store.map_err(|e| Failure::Usage(format!("--db: {e}")))?;
+    let store = store.map_err(|e| CliError::Usage(format!("--db: {e}")))?;
     eprintln!("conversations: {}", store.location());
     Ok(Arc::new(store))
 }
@@ -150,12 +150,12 @@ struct Signals {
 }
 
 impl Signals {
-    fn new() -> Result<Self, Failure> {
+    fn new() -> Result<Self, CliError> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
             let install = |kind| {
-                signal(kind).map_err(|e| Failure::Other(format!("cannot handle signals: {e}")))
+                signal(kind).map_err(|e| CliError::Other(format!("cannot handle signals: {e}")))
             };
             Ok(Signals {
                 interrupt: install(SignalKind::interrupt())?,

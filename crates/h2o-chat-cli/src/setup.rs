@@ -6,15 +6,15 @@ use h2o_chat::{H2o, Message, Parameters, PromptFormat, models};
 use serde_json::Value;
 
 use crate::cli::Global;
-use crate::failure::Failure;
+use crate::cli_error::CliError;
 
 /// The model to use: `--model` (checked against the alias table with `--legacy`), else
 /// the server's default. For the embedded server the default is its own model.
-pub fn model(global: &Global, embedded: bool) -> Result<Option<String>, Failure> {
+pub fn model(global: &Global, embedded: bool) -> Result<Option<String>, CliError> {
     match &global.model {
         Some(name) if global.legacy => models::resolve_alias(name)
             .map(|id| Some(id.to_string()))
-            .map_err(|e| Failure::Usage(e.to_string())),
+            .map_err(|e| CliError::Usage(e.to_string())),
         Some(name) => Ok(Some(models::resolve(name).to_string())),
         None if embedded => Ok(Some(h2o_chat_server::LOCAL_MODEL_ID.to_string())),
         None => Ok(None),
@@ -28,7 +28,7 @@ pub fn local_defaults() -> Parameters {
 
 /// The defaults (g4f's six for a remote server, [`local_defaults`] for the embedded one)
 /// overridden by the options, then every `-p KEY=VALUE`.
-pub fn parameters(global: &Global, embedded: bool) -> Result<Parameters, Failure> {
+pub fn parameters(global: &Global, embedded: bool) -> Result<Parameters, CliError> {
     let mut params = if embedded {
         local_defaults()
     } else {
@@ -58,9 +58,9 @@ pub fn parameters(global: &Global, embedded: bool) -> Result<Parameters, Failure
     for pair in &global.params {
         let (key, raw) = pair
             .split_once('=')
-            .ok_or_else(|| Failure::Usage(format!("--param `{pair}`: expected KEY=VALUE")))?;
+            .ok_or_else(|| CliError::Usage(format!("--param `{pair}`: expected KEY=VALUE")))?;
         if key.is_empty() {
-            return Err(Failure::Usage(format!(
+            return Err(CliError::Usage(format!(
                 "--param `{pair}`: the key is empty"
             )));
         }
@@ -72,7 +72,7 @@ pub fn parameters(global: &Global, embedded: bool) -> Result<Parameters, Failure
 }
 
 /// The client for `url` (`embedded`: the tool's own local server).
-pub fn client(global: &Global, url: &str, embedded: bool) -> Result<H2o, Failure> {
+pub fn client(global: &Global, url: &str, embedded: bool) -> Result<H2o, CliError> {
     let mut builder = H2o::builder().url(url);
     if let Some(proxy) = &global.proxy {
         builder = builder.proxy(proxy);
@@ -93,12 +93,12 @@ pub fn client(global: &Global, url: &str, embedded: bool) -> Result<H2o, Failure
     Ok(builder.build()?)
 }
 
-fn seconds(flag: &str, secs: f64) -> Result<Duration, Failure> {
+fn seconds(flag: &str, secs: f64) -> Result<Duration, CliError> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
-            Failure::Usage(format!(
+            CliError::Usage(format!(
                 "{flag} takes a positive number of seconds, not {secs}"
             ))
         })

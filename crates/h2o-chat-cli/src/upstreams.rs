@@ -8,10 +8,10 @@ use h2o_chat_gateway::{GatewayTimeouts, Pool, UpstreamKind, UpstreamSpec};
 use h2o_chat_server::{ModelRegistry, ServedModel};
 
 use crate::cli::{self, UpstreamArgs};
-use crate::failure::Failure;
+use crate::cli_error::CliError;
 
 /// The upstreams named on the command line and in the file, in that order.
-pub fn specs(args: &UpstreamArgs) -> Result<Vec<UpstreamSpec>, Failure> {
+pub fn specs(args: &UpstreamArgs) -> Result<Vec<UpstreamSpec>, CliError> {
     let default = match args.upstream_kind {
         cli::UpstreamKind::H2o => UpstreamKind::H2o,
         cli::UpstreamKind::Tgi => UpstreamKind::Tgi,
@@ -22,29 +22,29 @@ pub fn specs(args: &UpstreamArgs) -> Result<Vec<UpstreamSpec>, Failure> {
         .iter()
         .map(|text| {
             UpstreamSpec::parse(text, default)
-                .map_err(|e| Failure::Usage(format!("--upstream {text}: {e}")))
+                .map_err(|e| CliError::Usage(format!("--upstream {text}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(path) = &args.upstreams {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
         specs.extend(
             UpstreamSpec::parse_file(&text)
-                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?,
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
         );
     }
     Ok(specs)
 }
 
-fn seconds(flag: &str, secs: f64) -> Result<Duration, Failure> {
+fn seconds(flag: &str, secs: f64) -> Result<Duration, CliError> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| Failure::Usage(format!("{flag} takes a positive number of seconds")))
+        .ok_or_else(|| CliError::Usage(format!("{flag} takes a positive number of seconds")))
 }
 
 /// The pool for the named upstreams.
-pub fn pool(args: &UpstreamArgs) -> Result<Option<Arc<Pool>>, Failure> {
+pub fn pool(args: &UpstreamArgs) -> Result<Option<Arc<Pool>>, CliError> {
     let specs = specs(args)?;
     if specs.is_empty() {
         return Ok(None);
@@ -56,7 +56,7 @@ pub fn pool(args: &UpstreamArgs) -> Result<Option<Arc<Pool>>, Failure> {
     };
     Pool::with_timeouts(specs, timeouts)
         .map(Some)
-        .map_err(|e| Failure::Usage(format!("upstreams: {e}")))
+        .map_err(|e| CliError::Usage(format!("upstreams: {e}")))
 }
 
 /// The served ids of a gateway in front of `pool`: the H2o ids and the local model's, each
@@ -101,16 +101,16 @@ async fn models_of(http: &reqwest::Client, spec: &UpstreamSpec) -> String {
 }
 
 /// `h2o-chat upstreams`.
-pub async fn run(args: &UpstreamArgs) -> Result<(), Failure> {
+pub async fn run(args: &UpstreamArgs) -> Result<(), CliError> {
     let Some(pool) = pool(args)? else {
-        return Err(Failure::Usage(
+        return Err(CliError::Usage(
             "no upstream: give --upstream [KIND=]URL or --upstreams FILE".into(),
         ));
     };
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()
-        .map_err(|e| Failure::Other(e.to_string()))?;
+        .map_err(|e| CliError::Other(e.to_string()))?;
     pool.check_all(&http).await;
     println!("{:<7} {:<8} {:<40} models", "kind", "health", "url");
     let mut healthy = 0;
@@ -130,7 +130,7 @@ pub async fn run(args: &UpstreamArgs) -> Result<(), Failure> {
         );
     }
     if healthy == 0 {
-        return Err(Failure::Other("no upstream is healthy".into()));
+        return Err(CliError::Other("no upstream is healthy".into()));
     }
     Ok(())
 }

@@ -398,13 +398,18 @@ mod tests {
 
     #[test]
     fn temperature_alone_switches_sampling_on() {
-        let sampler = Sampler::new(
+        // Greedy decoding would always take the arg-max (token 1); sampling at a temperature
+        // also draws the runner-up, and reports the seed it drew with.
+        let mut sampler = Sampler::new(
             &SamplingParams {
                 temperature: Some(0.5),
+                seed: Some(3),
                 ..params()
             },
             2,
         );
-        assert!(sampler.seed().is_some());
+        let drawn: Vec<u32> = (0..200).map(|_| sampler.choose(&[0.9, 1.0]).0).collect();
+        assert!(drawn.contains(&0) && drawn.contains(&1), "{drawn:?}");
+        assert_eq!(sampler.seed(), Some(3));
     }
 }

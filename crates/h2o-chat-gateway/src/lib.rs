@@ -18,7 +18,7 @@
 //!   own retry rule. After that a failure is the client's error event or error chunk, never a
 //!   spliced answer. A chat-ui upstream's conversation is deleted however the attempt ends.
 //!
-//! The gateway is an [`Engine`](h2o_chat_engine::Engine) per served model id: the server in
+//! The gateway is an [`h2o_chat_engine::Engine`] per served model id: the server in
 //! front of it speaks HTTP to clients and knows nothing of upstreams; this crate speaks HTTP
 //! to upstreams and knows nothing of clients.
 //!

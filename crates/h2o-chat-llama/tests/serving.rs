@@ -4,9 +4,8 @@
 //! cache, disconnects, `/health` and `/metrics` — read from the server's own answers, never
 //! from a timer.
 
-use h2o_chat_test_support::chat_ui;
+use h2o_chat_test_support::{chat_ui, metrics};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -61,29 +60,6 @@ fn greedy_client(url: &str) -> H2o {
 
 fn chatml(question: &str) -> String {
     format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
-}
-
-/// The server's own counters, from `/metrics` (label `model` dropped).
-async fn metrics(url: &str) -> HashMap<String, f64> {
-    let text = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            let name = name.split('{').next()?.to_string();
-            Some((name, value.parse::<f64>().ok()?))
-        })
-        .fold(HashMap::new(), |mut map, (name, value)| {
-            *map.entry(name).or_default() += value;
-            map
-        })
 }
 
 /// A `/generate_stream` request read event by event.
@@ -314,7 +290,8 @@ async fn openai_temperature_zero_is_greedy_whatever_top_p_says() {
     assert_eq!(answers[1], answers[2]);
 }
 
-async fn python(script: &str, args: &[&str]) {
+/// Runs a Python client script; what it saw (its last line, JSON).
+async fn python(script: &str, args: &[&str]) -> Value {
     let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = tokio::process::Command::new("python3")
         .arg(&script)
@@ -323,18 +300,31 @@ async fn python(script: &str, args: &[&str]) {
         .output()
         .await
         .expect("python3 runs (installed by .ci/run)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "{script} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
+        "{script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed {last:?}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tgi_python_client_streams_and_generates() {
     let server = start().await;
-    python("tgi_client.py", &[&server.url()]).await;
+    let seen = python("tgi_client.py", &[&server.url()]).await;
+    assert!(
+        seen["generated"].as_str().unwrap().contains("Paris"),
+        "{seen}"
+    );
+    assert_eq!(seen["streamed"], seen["stream_final"], "{seen}");
+    assert_eq!(seen["seeded"][0], seen["seeded"][1], "{seen}");
+    assert_eq!(seen["stopped"][0], "stop_sequence", "{seen}");
+    assert!(
+        seen["refusal"].as_str().unwrap().contains("top_p"),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +334,20 @@ async fn official_openai_python_client_against_the_gateway() {
         ..ServerConfig::default()
     };
     let server = start_with(config, llama(4)).await;
-    python("openai_client.py", &[&server.url(), "test-key"]).await;
+    let seen = python("openai_client.py", &[&server.url(), "test-key"]).await;
+    assert!(seen["answer"].as_str().unwrap().contains("Paris"), "{seen}");
+    assert_eq!(seen["answer"], seen["streamed"], "{seen}");
+    let usage = &seen["usage"];
+    assert_eq!(
+        usage[2].as_u64(),
+        Some(usage[0].as_u64().unwrap() + usage[1].as_u64().unwrap()),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["errors"],
+        json!(["BadRequestError", "NotFoundError", "AuthenticationError"]),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +357,17 @@ async fn metrics_parse_with_the_prometheus_text_parser() {
     // Some traffic first, so every family has samples.
     let mut stream = Stream::open(&url, &chatml("Hi"), json!({"max_new_tokens": 4})).await;
     stream.text().await;
-    python("metrics_parse.py", &[&url]).await;
+    let seen = python("metrics_parse.py", &[&url]).await;
+    assert_eq!(seen["families"]["h2o_chat_slots"], "gauge", "{seen}");
+    assert_eq!(seen["slots"], 4.0, "the test server's slots: {seen}");
+    assert!(seen["generated"].as_f64().unwrap() >= 4.0, "{seen}");
+    assert!(
+        seen["routes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("POST /generate_stream")),
+        "{seen}"
+    );
 }
 
 /// A raw continuation the model carries on for as long as it is let.
@@ -402,14 +415,14 @@ async fn eight_concurrent_streams_answer_exactly_as_each_does_alone() {
         json!({"max_new_tokens": 24, "do_sample": true, "temperature": 0.8, "top_k": 40, "seed": 99}),
     ] {
         let alone = answers(&url, parameters.clone(), false).await;
-        let before = metrics(&url).await;
+        let before = metrics::fetch(&url).await;
         let together = answers(&url, parameters.clone(), true).await;
-        let after = metrics(&url).await;
+        let after = metrics::fetch(&url).await;
         assert_eq!(together, alone, "{parameters}");
         // They really were batched: fewer decode steps than tokens generated.
-        let steps = after["h2o_chat_batches_total"] - before["h2o_chat_batches_total"];
-        let tokens =
-            after["h2o_chat_generated_tokens_total"] - before["h2o_chat_generated_tokens_total"];
+        let steps = after.sum("h2o_chat_batches_total") - before.sum("h2o_chat_batches_total");
+        let tokens = after.sum("h2o_chat_generated_tokens_total")
+            - before.sum("h2o_chat_generated_tokens_total");
         assert!(steps < tokens / 2.0, "{steps} steps for {tokens} tokens");
     }
 }
@@ -430,20 +443,23 @@ async fn a_request_joining_a_running_batch_gets_its_first_token_before_the_batch
     // The last one's second token means the step after its own prompt's has run: the next
     // prompt to arrive may have a step of its own again.
     assert!(matches!(running[6].next().await, Some(Event::Token(_))));
-    let before = metrics(&url).await["h2o_chat_prefill_first_steps_total"];
+    let before = metrics::fetch(&url)
+        .await
+        .sum("h2o_chat_prefill_first_steps_total");
     let mut newcomer = Stream::open(&url, &chatml("Hi"), json!({"max_new_tokens": 4})).await;
     let first = newcomer.next().await;
     assert!(matches!(first, Some(Event::Token(_))), "{first:?}");
     // The seven are all still running (and the newcomer with them).
-    let after = metrics(&url).await;
+    let after = metrics::fetch(&url).await;
     assert_eq!(
-        after["h2o_chat_slots_busy"], 8.0,
+        after.sum("h2o_chat_slots_busy"),
+        8.0,
         "slots busy when the newcomer's first token came"
     );
     // Its short prompt had a step of its own: its first token did not also wait for the
     // seven running slots' next tokens.
     assert_eq!(
-        after["h2o_chat_prefill_first_steps_total"] - before,
+        after.sum("h2o_chat_prefill_first_steps_total") - before,
         1.0,
         "prefill-first steps for the newcomer"
     );
@@ -458,7 +474,7 @@ async fn each_turn_of_a_six_turn_chat_evaluates_only_its_new_tokens() {
     let (client, id) = chat_ui::conversation(&url, LOCAL_MODEL_ID).await;
     let mut previous_input = 0.0;
     for i in 0..6 {
-        let before = metrics(&url).await;
+        let before = metrics::fetch(&url).await;
         let question = format!(
             "Question {i}: in two or three sentences, describe a fruit whose name starts with the letter {}, and say what colour it usually is and where it grows.",
             (b'a' + i as u8) as char
@@ -473,11 +489,11 @@ async fn each_turn_of_a_six_turn_chat_evaluates_only_its_new_tokens() {
             .await
             .unwrap();
         assert!(body.contains("\"generated_text\""), "{body}");
-        let after = metrics(&url).await;
-        let evaluated = after["h2o_chat_prompt_tokens_evaluated_total"]
-            - before["h2o_chat_prompt_tokens_evaluated_total"];
-        let cached = after["h2o_chat_prompt_tokens_cached_total"]
-            - before["h2o_chat_prompt_tokens_cached_total"];
+        let after = metrics::fetch(&url).await;
+        let evaluated = after.sum("h2o_chat_prompt_tokens_evaluated_total")
+            - before.sum("h2o_chat_prompt_tokens_evaluated_total");
+        let cached = after.sum("h2o_chat_prompt_tokens_cached_total")
+            - before.sum("h2o_chat_prompt_tokens_cached_total");
         let input = evaluated + cached;
         if i > 0 {
             // The whole previous prompt came from the slot's cache; only the previous answer
@@ -508,7 +524,7 @@ async fn a_disconnect_frees_its_slot() {
         .text()
         .await;
     assert!(!text.is_empty());
-    assert_eq!(metrics(&url).await["h2o_chat_slots_busy"], 0.0);
+    assert_eq!(metrics::fetch(&url).await.sum("h2o_chat_slots_busy"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,6 +557,10 @@ async fn a_stalled_reader_does_not_delay_another_client() {
     .text()
     .await;
     assert!(!text.is_empty());
+    // The stalled request still holds its slot (paused, not given up): nobody waited out its
+    // 30 s stall for this answer.
+    let busy = metrics::fetch(&url).await.sum("h2o_chat_slots_busy");
+    assert_eq!(busy, 1.0, "the stalled request's slot");
     drop(stalled);
 }
 
@@ -577,5 +597,5 @@ async fn health_is_503_while_loading_and_200_once_loaded() {
     deferred.resolve(Ok(Arc::new(loaded)));
     let ready = http().get(format!("{url}/health")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    assert_eq!(metrics(&url).await["h2o_chat_engine_ready"], 1.0);
+    assert_eq!(metrics::fetch(&url).await.sum("h2o_chat_engine_ready"), 1.0);
 }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub use crate::store::StoreBounds;
+
 /// TGI's deployment limits (§c).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -36,17 +38,8 @@ pub struct Bounds {
     /// Longest `hf-chat` cookie value taken as a session; a longer one is ignored and a
     /// fresh session issued.
     pub max_cookie_len: usize,
-    /// Sessions remembered (ethics acceptance, rate-limit events); the least recently seen
-    /// is forgotten first.
-    pub max_sessions: usize,
-    /// Conversations one session may hold; creating more is refused with 429.
-    pub max_conversations_per_session: usize,
-    /// Conversations on the whole server; creating more is refused with 429 (and a
-    /// `Retry-After`) until some are deleted or expire.
-    pub max_conversations: usize,
-    /// Bytes of messages kept per conversation (besides the model's window); the oldest
-    /// messages go first.
-    pub max_history_bytes: usize,
+    /// What the conversation store holds.
+    pub store: StoreBounds,
     /// Open connections. At the cap the longest-idle connection is closed to make room; when
     /// none is idle, a new connection gets 503 and is closed.
     pub max_connections: usize,
@@ -59,10 +52,7 @@ impl Default for Bounds {
         Bounds {
             body_limit: 2 * 1024 * 1024,
             max_cookie_len: 128,
-            max_sessions: 100_000,
-            max_conversations_per_session: 256,
-            max_conversations: 100_000,
-            max_history_bytes: 256 * 1024,
+            store: StoreBounds::default(),
             max_connections: 1024,
             validation_workers: 2,
         }

@@ -135,7 +135,7 @@ pub struct Server {
 impl Server {
     /// A server with the in-memory store.
     pub fn new(config: ServerConfig, models: ModelRegistry) -> Self {
-        let store = Arc::new(MemoryStore::new(StoreBounds::from(&config.bounds)));
+        let store = Arc::new(MemoryStore::new(config.bounds.store));
         Server::with_store(config, models, store)
     }
 

@@ -319,3 +319,201 @@ impl Collected {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use h2o_chat_engine::{ChatTurn, SamplingParams, Script, ScriptGate, ScriptedEngine};
+
+    use super::*;
+    use crate::plan::{Input, MaxNewTokens};
+    use crate::validation::ValidationError;
+    use crate::{ModelRegistry, Server, ServerConfig};
+
+    fn state(script: Script, config: ServerConfig) -> (AppState, Arc<dyn Engine>) {
+        let engine: Arc<dyn Engine> = Arc::new(ScriptedEngine::new(script));
+        let server = Server::new(config, ModelRegistry::with_h2o_stand_ins(engine.clone()));
+        (server.state().clone(), engine)
+    }
+
+    fn plan(input: Input) -> Plan {
+        Plan {
+            input,
+            sampling: SamplingParams::default(),
+            max_new_tokens: MaxNewTokens::given(20),
+            stop: Vec::new(),
+            truncate: None,
+            cache_hint: None,
+        }
+    }
+
+    async fn reach_ended(gate: &ScriptGate, n: usize) {
+        let mut ended = gate.ended();
+        ended.wait_for(|&value| value >= n).await.unwrap();
+    }
+
+    fn chat(text: &str) -> Plan {
+        plan(Input::Chat(vec![ChatTurn::new("user", text)]))
+    }
+
+    /// What an observer heard: tokens, then ends.
+    #[derive(Clone, Default)]
+    struct Heard(Arc<Mutex<Vec<String>>>);
+
+    impl Observer for Heard {
+        fn token(&mut self, token: &Token) {
+            self.0.lock().unwrap().push(token.text.clone());
+        }
+        fn end(&mut self, end: End<'_>) {
+            let what = match end {
+                End::Finished(_) => "finished",
+                End::Failed(_) => "failed",
+                End::Aborted => "aborted",
+                End::Abandoned => "abandoned",
+            };
+            self.0.lock().unwrap().push(format!("<{what}>"));
+        }
+    }
+
+    impl Heard {
+        fn all(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_yields_its_tokens_then_one_end_to_its_observer() {
+        let (state, engine) = state(Script::default(), ServerConfig::default());
+        let mut run = start(&state, &engine, chat("Hi"), Instant::now())
+            .await
+            .unwrap();
+        let heard = Heard::default();
+        run.observe(Box::new(heard.clone()));
+        let collected = run.collect().await.unwrap();
+        assert_eq!(collected.text(), "Hello!");
+        assert_eq!(heard.all(), ["Hello", "!", "<finished>"]);
+    }
+
+    #[tokio::test]
+    async fn an_aborted_run_ends_where_it_is_and_a_dropped_one_is_abandoned() {
+        let gate = ScriptGate::new();
+        let script = Script {
+            tokens: vec!["tok".into()],
+            endless: true,
+            gate: Some(gate.clone()),
+            ..Script::default()
+        };
+        let (state, engine) = state(script, ServerConfig::default());
+        let abort = CancellationToken::new();
+        let mut run = start(&state, &engine, chat("Count."), Instant::now())
+            .await
+            .unwrap();
+        let heard = Heard::default();
+        run.observe(Box::new(heard.clone()));
+        run.abort_on(abort.clone());
+        gate.release(1);
+        assert!(matches!(run.next().await, Some(Step::Token(_))));
+        abort.cancel();
+        assert_eq!(run.next().await, Some(Step::Aborted));
+        assert_eq!(run.next().await, None);
+        assert_eq!(heard.all(), ["tok", "<aborted>"]);
+        // Its engine sequence ends with it (else it would take the next permit).
+        drop(run);
+        reach_ended(&gate, 1).await;
+
+        let mut run = start(&state, &engine, chat("Count."), Instant::now())
+            .await
+            .unwrap();
+        let heard = Heard::default();
+        run.observe(Box::new(heard.clone()));
+        gate.release(1);
+        assert!(matches!(run.next().await, Some(Step::Token(_))));
+        drop(run);
+        assert_eq!(heard.all(), ["tok", "<abandoned>"]);
+    }
+
+    #[tokio::test]
+    async fn a_failure_mid_answer_is_the_last_step() {
+        let script = Script {
+            fail_after: Some((1, "boom".into())),
+            ..Script::default()
+        };
+        let (state, engine) = state(script, ServerConfig::default());
+        let mut run = start(&state, &engine, chat("Hi"), Instant::now())
+            .await
+            .unwrap();
+        let heard = Heard::default();
+        run.observe(Box::new(heard.clone()));
+        assert!(matches!(run.next().await, Some(Step::Token(_))));
+        assert_eq!(
+            run.next().await,
+            Some(Step::Failed(Failure::Generation("boom".into())))
+        );
+        assert_eq!(heard.all(), ["Hello", "<failed>"]);
+    }
+
+    #[tokio::test]
+    async fn the_permit_bounds_runs_and_the_rules_come_first() {
+        let config = ServerConfig {
+            limits: crate::Limits {
+                max_concurrent_requests: 1,
+                ..crate::Limits::default()
+            },
+            ..ServerConfig::default()
+        };
+        let (state, engine) = state(Script::default(), config);
+        let first = start(&state, &engine, chat("Hi"), Instant::now())
+            .await
+            .unwrap();
+        let refused = start(&state, &engine, chat("Hi"), Instant::now()).await;
+        assert_eq!(refused.err(), Some(Failure::Overloaded));
+        // A request the rules refuse is refused for that, even when the server is full.
+        let empty = start(
+            &state,
+            &engine,
+            plan(Input::Raw(String::new())),
+            Instant::now(),
+        );
+        assert_eq!(
+            empty.await.err(),
+            Some(Failure::Invalid(ValidationError::EmptyInputs))
+        );
+        drop(first);
+        assert!(
+            start(&state, &engine, chat("Hi"), Instant::now())
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_echo_is_the_prompt_unless_truncation_dropped_part_of_it() {
+        let (state, engine) = state(Script::default(), ServerConfig::default());
+        let run = start(
+            &state,
+            &engine,
+            plan(Input::Raw("0123456789".into())),
+            Instant::now(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(run.echo(), "0123456789");
+        let mut truncated = plan(Input::Raw("0123456789".into()));
+        truncated.truncate = Some(4);
+        let run = start(&state, &engine, truncated, Instant::now())
+            .await
+            .unwrap();
+        // The scripted engine has no tokenizer: it cannot say which text it kept.
+        assert_eq!(run.echo(), "");
+        assert_eq!(run.prepared().tokens.count, 4);
+    }
+
+    #[tokio::test]
+    async fn a_draining_server_starts_nothing() {
+        let (state, engine) = state(Script::default(), ServerConfig::default());
+        state.shutdown().begin(Duration::from_secs(10));
+        let refused = start(&state, &engine, chat("Hi"), Instant::now()).await;
+        assert_eq!(refused.err(), Some(Failure::ShuttingDown));
+    }
+}

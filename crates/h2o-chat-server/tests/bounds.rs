@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use h2o_chat_engine::{Script, ScriptGate};
-use h2o_chat_server::{Bounds, Limits, ServerConfig, Timeouts};
+use h2o_chat_server::{Bounds, Limits, ServerConfig, StoreBounds, Timeouts};
 use h2o_chat_test_support::chat_ui::*;
 use h2o_chat_test_support::http::session;
 use h2o_chat_test_support::metrics;
@@ -41,7 +41,10 @@ async fn a_cookie_longer_than_the_cap_is_no_session_and_is_never_echoed() {
 async fn sessions_are_capped_and_the_least_recently_seen_is_forgotten() {
     let config = ServerConfig {
         bounds: Bounds {
-            max_sessions: 3,
+            store: StoreBounds {
+                max_sessions: 3,
+                ..StoreBounds::default()
+            },
             ..Bounds::default()
         },
         ..ServerConfig::default()
@@ -68,7 +71,10 @@ async fn sessions_are_capped_and_the_least_recently_seen_is_forgotten() {
 async fn conversations_are_capped_server_wide_with_429() {
     let config = ServerConfig {
         bounds: Bounds {
-            max_conversations: 2,
+            store: StoreBounds {
+                max_conversations: 2,
+                ..StoreBounds::default()
+            },
             ..Bounds::default()
         },
         ..ServerConfig::default()

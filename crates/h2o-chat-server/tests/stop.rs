@@ -202,5 +202,14 @@ async fn a_new_answer_in_the_same_conversation_stops_the_running_one() {
     let rest = rest_of(&mut first).await;
     assert!(!rest.contains("generated_text\":\""), "{rest}");
     reach(gate.ended(), 1).await;
-    second.abort();
+    // The second answers in full.
+    gate.release(2_000);
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    let mut body = second.bytes_stream();
+    let answer = rest_of(&mut body).await;
+    assert!(
+        answer.contains("\"generated_text\":\"toktok"),
+        "the final event: {answer}"
+    );
 }

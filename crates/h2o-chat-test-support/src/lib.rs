@@ -6,10 +6,10 @@
 //! - [`chat_ui_double`]: a chat-ui server that records every request byte for byte and can
 //!   be told to misbehave in every way the protocol lists (the client's tests).
 //! - [`http`]: loopback clients and JSON requests.
-//! - [`chat_ui`]: a chat-ui client's first steps against a real server (settings, create,
+//! - `chat_ui` (feature `server`): a chat-ui client's first steps against a real server (settings, create,
 //!   g4f's generate body).
 //! - [`metrics`]: one parser of Prometheus' text format, for reading a server's own figures.
-//! - [`server`] (feature `server`): `h2o-chat-server` on an ephemeral loopback port with a
+//! - `server` (feature `server`): `h2o-chat-server` on an ephemeral loopback port with a
 //!   scripted engine, and raw sockets for the tests that misbehave below HTTP.
 //! - `gateway` (feature `gateway`): a gateway server in front of upstreams.
 //! - `model` (feature `model`): the local model, where the tool keeps it.

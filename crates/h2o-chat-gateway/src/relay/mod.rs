@@ -1,7 +1,7 @@
 //! Relays: one request answered by another server, one module per protocol the other server
 //! speaks — chat-ui through the provider library ([`h2o`]), text-generation-inference
 //! ([`tgi`]), an OpenAI-compatible server such as vLLM or llama.cpp's `llama-server`
-//! ([`openai`]). The gateway (`crate::gateway`) chooses the server; a relay only talks to it.
+//! ([`openai`]). The pool (`crate::Pool`) chooses the server; a relay only talks to it.
 //!
 //! What every relay promises:
 //!

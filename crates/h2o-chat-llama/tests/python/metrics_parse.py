@@ -1,7 +1,9 @@
 """Parses h2o-chat's /metrics with Prometheus' own text parser (`pip install prometheus_client`).
 
-Usage: python3 metrics_parse.py BASE_URL. Exits non-zero with a message on any mismatch.
+Usage: python3 metrics_parse.py BASE_URL. Exits non-zero with a message on any mismatch; prints
+what it parsed as one JSON line last, for the Rust test to check too.
 """
+import json
 import sys
 import urllib.request
 
@@ -37,4 +39,9 @@ assert slots.labels["model"] and slots.value >= 1, slots
 generated = families["h2o_chat_generated_tokens"].samples[0]
 assert generated.value >= 4, generated
 
-print("metrics: parsed", len(families), "families")
+print(json.dumps({
+    "families": {name: family.type for name, family in families.items()},
+    "routes": sorted(routes),
+    "slots": slots.value,
+    "generated": generated.value,
+}))

@@ -1,7 +1,9 @@
 """The official `openai` Python package against h2o-chat-server's OpenAI routes.
 
-Usage: python3 openai_client.py BASE_URL API_KEY. Exits non-zero on any mismatch.
+Usage: python3 openai_client.py BASE_URL API_KEY. Exits non-zero on any mismatch; prints what
+it saw as one JSON line last, for the Rust test to check too.
 """
+import json
 import sys
 
 import openai
@@ -39,23 +41,33 @@ legacy = client.completions.create(model="smollm2", prompt="The capital of Franc
 assert legacy.choices[0].text, legacy
 
 # Invalid requests raise the right exception classes.
+errors = []
 try:
     client.chat.completions.create(model="smollm2", messages=question, n=2)
 except openai.BadRequestError as err:
     assert err.status_code == 400 and "n" in str(err), err
+    errors.append(type(err).__name__)
 else:
     raise AssertionError("n=2 was accepted")
 try:
     client.chat.completions.create(model="no-such-model", messages=question)
-except openai.NotFoundError:
-    pass
+except openai.NotFoundError as err:
+    errors.append(type(err).__name__)
 else:
     raise AssertionError("an unknown model was accepted")
 try:
     openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
-except openai.AuthenticationError:
-    pass
+except openai.AuthenticationError as err:
+    errors.append(type(err).__name__)
 else:
     raise AssertionError("a wrong API key was accepted")
 
-print("openai client: all checks passed")
+print(json.dumps({
+    "models": models,
+    "answer": done.choices[0].message.content,
+    "streamed": text,
+    "finish_reasons": reasons,
+    "usage": [done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.total_tokens],
+    "legacy": legacy.choices[0].text,
+    "errors": errors,
+}))

@@ -1,7 +1,9 @@
 """TGI's own Python client (`pip install text-generation`) against h2o-chat-server.
 
-Usage: python3 tgi_client.py BASE_URL. Exits non-zero with a message on any mismatch.
+Usage: python3 tgi_client.py BASE_URL. Exits non-zero with a message on any mismatch; prints
+what it saw as one JSON line last, for the Rust test to check too.
 """
+import json
 import sys
 
 from text_generation import Client
@@ -40,7 +42,15 @@ try:
     client.generate(prompt, max_new_tokens=4, top_p=1.0)
 except ValidationError as err:
     assert "`top_p` must be > 0.0 and < 1.0" in str(err), err
+    refusal = str(err)
 else:
     raise AssertionError("top_p=1.0 was accepted")
 
-print("text-generation client: all checks passed")
+print(json.dumps({
+    "generated": response.generated_text,
+    "streamed": text,
+    "stream_final": tokens[-1].generated_text,
+    "seeded": [a.generated_text, b.generated_text],
+    "stopped": [stopped.details.finish_reason, stopped.generated_text],
+    "refusal": refusal,
+}))

@@ -1,6 +1,7 @@
 //! Server state: sessions (the ethics flag, rate-limit events) and conversations, bounded.
 //!
-//! Kept behind the [`Store`] trait so a durable store can replace the in-memory one. Every
+//! Two stores keep the same contract (`contract.rs` checks it against both): [`MemoryStore`],
+//! lost on restart, and [`SqliteStore`], durable (`serve --db`, the default for `serve`). Every
 //! conversation belongs to one session; asking for it from another session is "not found",
 //! exactly like a missing one (§a.4 step 3).
 //!
@@ -19,6 +20,8 @@
 //! assert!(store.get("session-b", &id).is_none()); // another session's: not found
 //! ```
 
+#[cfg(test)]
+mod contract;
 mod memory;
 mod sqlite;
 
@@ -90,26 +93,26 @@ pub enum CreateError {
 /// The caps a store applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreBounds {
+    /// Sessions remembered (ethics acceptance, rate-limit events); the least recently seen
+    /// is forgotten first.
     pub max_sessions: usize,
+    /// Conversations one session may hold; creating more is refused with 429.
     pub max_conversations_per_session: usize,
+    /// Conversations on the whole server; creating more is refused with 429 (and a
+    /// `Retry-After`) until some are deleted or expire.
     pub max_conversations: usize,
+    /// Bytes of messages kept per conversation (besides the model's window); the oldest
+    /// messages go first.
     pub max_history_bytes: usize,
 }
 
 impl Default for StoreBounds {
     fn default() -> Self {
-        let bounds = crate::config::Bounds::default();
-        StoreBounds::from(&bounds)
-    }
-}
-
-impl From<&crate::config::Bounds> for StoreBounds {
-    fn from(bounds: &crate::config::Bounds) -> Self {
         StoreBounds {
-            max_sessions: bounds.max_sessions,
-            max_conversations_per_session: bounds.max_conversations_per_session,
-            max_conversations: bounds.max_conversations,
-            max_history_bytes: bounds.max_history_bytes,
+            max_sessions: 100_000,
+            max_conversations_per_session: 256,
+            max_conversations: 100_000,
+            max_history_bytes: 256 * 1024,
         }
     }
 }

@@ -25,9 +25,10 @@ use super::{
     StoredMessage, cap_history, object_id, rand_u32,
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: "
         CREATE TABLE sessions (
             id TEXT PRIMARY KEY,
             ethics_at INTEGER,
@@ -59,7 +60,17 @@ const MIGRATIONS: &[Migration] = &[Migration {
         );
         CREATE INDEX generations_session ON generations (session, at);
     ",
-}];
+    },
+    // Sessions are forgotten least recently seen first: an order, not a millisecond clock,
+    // which ties when sessions are seen within the same millisecond.
+    Migration {
+        version: 2,
+        sql: "
+        ALTER TABLE sessions ADD COLUMN seen_order INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX sessions_seen_order ON sessions (seen_order);
+    ",
+    },
+];
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -132,12 +143,14 @@ impl SqliteStore {
         let connection = db.connection();
         let now = now_ms();
         let updated = connection.execute(
-            "UPDATE sessions SET seen_at = ?2 WHERE id = ?1",
+            "UPDATE sessions SET seen_at = ?2,
+             seen_order = (SELECT COALESCE(MAX(seen_order), 0) + 1 FROM sessions) WHERE id = ?1",
             params![session, now],
         )?;
         if updated == 0 {
             connection.execute(
-                "INSERT INTO sessions (id, ethics_at, seen_at) VALUES (?1, NULL, ?2)",
+                "INSERT INTO sessions (id, ethics_at, seen_at, seen_order)
+                 VALUES (?1, NULL, ?2, (SELECT COALESCE(MAX(seen_order), 0) + 1 FROM sessions))",
                 params![session, now],
             )?;
             let count: i64 =
@@ -145,9 +158,7 @@ impl SqliteStore {
             let excess = count - max_sessions.max(1) as i64;
             if excess > 0 {
                 let oldest: Vec<String> = connection
-                    .prepare(
-                        "SELECT id FROM sessions WHERE id != ?1 ORDER BY seen_at, rowid LIMIT ?2",
-                    )?
+                    .prepare("SELECT id FROM sessions WHERE id != ?1 ORDER BY seen_order LIMIT ?2")?
                     .query_map(params![session, excess], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 for old in oldest {
@@ -212,7 +223,9 @@ impl Store for SqliteStore {
             let accepted = accepted.flatten().is_some();
             if accepted {
                 db.connection().execute(
-                    "UPDATE sessions SET seen_at = ?2 WHERE id = ?1",
+                    "UPDATE sessions SET seen_at = ?2,
+                     seen_order = (SELECT COALESCE(MAX(seen_order), 0) + 1 FROM sessions)
+                     WHERE id = ?1",
                     params![session, now_ms()],
                 )?;
             }
@@ -396,10 +409,10 @@ impl Store for SqliteStore {
             let now = now_ms();
             let cutoff = now - ttl.as_millis() as i64;
             let removed =
-                connection.execute("DELETE FROM conversations WHERE touched_at < ?1", [cutoff])?;
+                connection.execute("DELETE FROM conversations WHERE touched_at <= ?1", [cutoff])?;
             connection.execute("DELETE FROM generations WHERE at < ?1", [now - 60_000])?;
             connection.execute(
-                "DELETE FROM sessions WHERE seen_at < ?1
+                "DELETE FROM sessions WHERE seen_at <= ?1
                  AND id NOT IN (SELECT session FROM conversations)
                  AND id NOT IN (SELECT session FROM generations)",
                 [cutoff],
@@ -443,15 +456,6 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bounds() -> StoreBounds {
-        StoreBounds {
-            max_sessions: 3,
-            max_conversations_per_session: 2,
-            max_conversations: 4,
-            max_history_bytes: 10,
-        }
-    }
 
     fn message(content: &str) -> StoredMessage {
         StoredMessage {
@@ -500,49 +504,9 @@ mod tests {
     }
 
     #[test]
-    fn the_caps_are_those_of_the_memory_store() {
-        let store = SqliteStore::in_memory(bounds()).unwrap();
-        store.create("s", "m").unwrap();
-        store.create("s", "m").unwrap();
-        assert_eq!(
-            store.create("s", "m"),
-            Err(CreateError::SessionFull { limit: 2 })
-        );
-        store.create("t", "m").unwrap();
-        store.create("t", "m").unwrap();
-        assert_eq!(
-            store.create("u", "m"),
-            Err(CreateError::ServerFull { limit: 4 })
-        );
-        // The oldest session is forgotten beyond three.
-        for session in ["a", "b", "c"] {
-            store.accept_ethics(session);
-        }
-        assert_eq!(store.session_count(), 3);
-        assert!(!store.ethics_accepted("s"));
-        // History keeps the newest within the byte cap.
-        let id = store.create("a", "m").unwrap();
-        store.set_messages(
-            "a",
-            &id,
-            vec![message("aaaa"), message("bbbb"), message("cccc")],
-        );
-        assert_eq!(store.get("a", &id).unwrap().messages.len(), 2);
-        assert_eq!(
-            store.sweep(Duration::from_secs(3600)),
-            0,
-            "nothing is that old"
-        );
-    }
-
-    #[test]
-    fn rate_limit_events_count_within_the_window() {
-        let store = SqliteStore::in_memory(bounds()).unwrap();
-        store.record_generation("s");
-        store.record_generation("s");
-        let (count, expires) = store.recent_generations("s", Duration::from_secs(60));
-        assert_eq!(count, 2);
-        assert!(expires.unwrap() <= Duration::from_secs(60));
-        assert_eq!(store.recent_generations("t", Duration::from_secs(60)).0, 0);
+    fn the_sqlite_store_keeps_the_store_contract() {
+        crate::store::contract::check(|bounds| {
+            Box::new(SqliteStore::in_memory(bounds).expect("an in-memory database"))
+        });
     }
 }

@@ -93,7 +93,7 @@ pub(crate) struct Inner {
     pub(crate) cleanup: TaskTracker,
 }
 
-/// The H2o chat provider. See the [module docs](self).
+/// The H2o chat provider. See the [crate docs](crate).
 #[derive(Clone)]
 pub struct H2o {
     inner: Arc<Inner>,

@@ -2,9 +2,9 @@
 
 use h2o_chat::{Error, ErrorKind};
 
-/// A failure the tool reports on stderr before exiting with [`Failure::code`].
+/// A failure the tool reports on stderr before exiting with [`CliError::code`].
 #[derive(Debug)]
-pub enum Failure {
+pub enum CliError {
     /// From the provider library.
     Provider(Error),
     /// The local model could not be fetched or loaded.
@@ -19,10 +19,10 @@ pub enum Failure {
     Interrupted,
 }
 
-impl Failure {
+impl CliError {
     pub fn code(&self) -> i32 {
         match self {
-            Failure::Provider(err) => match err.kind() {
+            CliError::Provider(err) => match err.kind() {
                 ErrorKind::Transport => 3,
                 ErrorKind::Http => 4,
                 ErrorKind::RateLimited => 5,
@@ -34,38 +34,38 @@ impl Failure {
                 ErrorKind::TooLarge => 11,
                 ErrorKind::Usage => 2,
             },
-            Failure::Model(_) => 12,
-            Failure::Usage(_) => 2,
-            Failure::Other(_) => 1,
-            Failure::Batch { .. } => 20,
-            Failure::Interrupted => 130,
+            CliError::Model(_) => 12,
+            CliError::Usage(_) => 2,
+            CliError::Other(_) => 1,
+            CliError::Batch { .. } => 20,
+            CliError::Interrupted => 130,
         }
     }
 }
 
-impl std::fmt::Display for Failure {
+impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Provider(err) => write!(f, "{err}"),
-            Failure::Model(message) => write!(f, "local model unavailable: {message}"),
-            Failure::Usage(message) | Failure::Other(message) => f.write_str(message),
-            Failure::Batch { failed, total } => write!(
+            CliError::Provider(err) => write!(f, "{err}"),
+            CliError::Model(message) => write!(f, "local model unavailable: {message}"),
+            CliError::Usage(message) | CliError::Other(message) => f.write_str(message),
+            CliError::Batch { failed, total } => write!(
                 f,
                 "{failed} of {total} prompts failed (see their `error` fields)"
             ),
-            Failure::Interrupted => f.write_str("interrupted"),
+            CliError::Interrupted => f.write_str("interrupted"),
         }
     }
 }
 
-impl From<Error> for Failure {
+impl From<Error> for CliError {
     fn from(err: Error) -> Self {
-        Failure::Provider(err)
+        CliError::Provider(err)
     }
 }
 
-impl From<std::io::Error> for Failure {
+impl From<std::io::Error> for CliError {
     fn from(err: std::io::Error) -> Self {
-        Failure::Other(format!("I/O error: {err}"))
+        CliError::Other(format!("I/O error: {err}"))
     }
 }
