@@ -1,5 +1,6 @@
-//! chat-ui's hook checks, run before every chat-ui route in this order (§a.6): the form
-//! CSRF check on `Referer`, the ethics gate, then the session cookie is refreshed.
+//! What runs before every chat-ui route: the API-key guard ([`guard`]), then chat-ui's hook
+//! checks in this order (§a.6): the form CSRF check on `Referer`, the ethics gate, then the
+//! session cookie is refreshed.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -7,6 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::AppState;
+use crate::auth::{self, KEY_MESSAGE};
 use crate::front::chat_ui::reply::{hook_error, media_type};
 use crate::session::{SessionId, session_of, set_cookie};
 
@@ -123,6 +125,18 @@ pub async fn chat_ui_hooks(
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// The API-key guard, refusing in the hook format (§a.6).
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if auth::is_authorized(state.config(), request.headers()) {
+        return next.run(request).await;
+    }
+    auth::challenge(hook_error(
+        request.headers(),
+        StatusCode::UNAUTHORIZED,
+        KEY_MESSAGE,
+    ))
 }
 
 /// The session the hooks resolved (always present on chat-ui routes).

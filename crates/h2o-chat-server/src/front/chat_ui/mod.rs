@@ -16,14 +16,10 @@ pub mod settings_form;
 pub mod turn;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::{Next, from_fn_with_state};
-use axum::response::Response;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 
 use crate::AppState;
-use crate::auth::{self, KEY_MESSAGE};
 
 /// The paths this front answers, for people (the `serve` banner).
 pub const PATHS: &[&str] = &[
@@ -55,17 +51,5 @@ pub fn router(state: &AppState) -> Router<AppState> {
             post(routes::stop_generating),
         )
         .route_layer(from_fn_with_state(state.clone(), hooks::chat_ui_hooks))
-        .route_layer(from_fn_with_state(state.clone(), guard))
-}
-
-/// The API-key guard, refusing in the hook format (§a.6).
-async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if auth::is_authorized(state.config(), request.headers()) {
-        return next.run(request).await;
-    }
-    auth::challenge(reply::hook_error(
-        request.headers(),
-        StatusCode::UNAUTHORIZED,
-        KEY_MESSAGE,
-    ))
+        .route_layer(from_fn_with_state(state.clone(), hooks::guard))
 }
