@@ -116,6 +116,15 @@ pub struct ServeArgs {
     /// directory ($H2O_CHAT_HOME).
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// How long a conversation is kept after its last activity, e.g. `30d`, `12h`; `keep`
+    /// (the default) keeps it until its owner deletes it. Counted from the conversation's own
+    /// last message or rename, never from the server's start.
+    #[arg(long, default_value = "keep", value_parser = retention, value_name = "DURATION")]
+    pub retention: Retention,
+    /// Sessions remembered (the ethics modal, the rate limit); the least recently seen is
+    /// forgotten first. Forgetting a session deletes none of its conversations.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_sessions: u64,
     /// Seconds a graceful shutdown lets running answers finish before ending them.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub shutdown_timeout: f64,
@@ -128,6 +137,19 @@ pub struct ServeArgs {
     /// conversations (TGI, chat-ui and OpenAI routes; /, /info, /health and /metrics stay open).
     #[arg(long, env = "H2O_CHAT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+}
+
+/// `--retention`: a duration, or keep forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<std::time::Duration>);
+
+fn retention(text: &str) -> Result<Retention, String> {
+    if text == "keep" {
+        return Ok(Retention(None));
+    }
+    humantime::parse_duration(text)
+        .map(|d| Retention(Some(d)))
+        .map_err(|e| format!("`{text}`: {e} (say e.g. `30d`, `12h`, or `keep`)"))
 }
 
 /// How the local model runs; what is not given keeps the engine's default

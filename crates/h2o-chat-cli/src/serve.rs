@@ -45,8 +45,13 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
         rate_limit: args.rate_limit,
         public_origin: args.public_origin.clone(),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        retention: args.retention.0,
         bounds: Bounds {
             max_connections: args.max_connections as usize,
+            store: StoreBounds {
+                max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
+                ..StoreBounds::default()
+            },
             ..Bounds::default()
         },
         timeouts: Timeouts {

@@ -4,7 +4,8 @@
 //! (`serve --db`) and the command line's log of exchanges — while each keeps its own schema
 //! and file: opening with write-ahead logging (readers never wait for a writer) and a busy
 //! timeout (every wait for a lock is bounded), and versioned migrations run in order, each in
-//! its own transaction, recorded in `PRAGMA user_version`.
+//! its own transaction, recorded in `PRAGMA user_version`. A file it creates is readable by
+//! its owner only (`0600`; SQLite gives its `-wal` and `-shm` files the same mode).
 //!
 //! ```
 //! use h2o_chat_db::{Database, Migration};
@@ -38,6 +39,11 @@ pub struct Migration {
 /// What can go wrong with a database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    #[error("cannot create the database {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open the database {path}: {source}")]
     Open {
         path: String,
@@ -62,14 +68,39 @@ pub struct Database {
 }
 
 impl Database {
-    /// Opens (or creates) the file, in WAL mode, and runs the migrations it lacks.
+    /// Opens (or creates, owner-only) the file, in WAL mode, and runs the migrations it
+    /// lacks.
     pub fn open(path: &Path, migrations: &[Migration]) -> Result<Database, DbError> {
         let name = path.display().to_string();
+        create_private(path).map_err(|source| DbError::Create {
+            path: name.clone(),
+            source,
+        })?;
         let connection = Connection::open(path).map_err(|source| DbError::Open {
             path: name.clone(),
             source,
         })?;
         Database::prepare(connection, name, migrations, true)
+    }
+
+    /// Another connection to a file `open` has prepared, for reading only: in WAL mode its
+    /// reads see the last commit and never wait for the writer.
+    pub fn open_reader(path: &Path) -> Result<Database, DbError> {
+        let name = path.display().to_string();
+        let open = |source| DbError::Open {
+            path: name.clone(),
+            source,
+        };
+        let connection = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(open)?;
+        Ok(Database {
+            connection,
+            path: name,
+        })
     }
 
     /// A private in-memory database.
@@ -139,6 +170,20 @@ impl Database {
     }
 }
 
+/// Creates `path` empty and owner-only if it does not exist (SQLite would create it with the
+/// process's umask, often readable by every local user).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +222,47 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.sqlite3");
+        let db = Database::open(&path, ONE).unwrap();
+        db.connection()
+            .execute("INSERT INTO a (x) VALUES (1)", [])
+            .unwrap();
+        for file in [path.clone(), dir.path().join("private.sqlite3-wal")] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
+    }
+
+    #[test]
+    fn a_reader_sees_the_last_commit_while_the_writer_holds_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.sqlite3");
+        let mut writer = Database::open(&path, ONE).unwrap();
+        writer
+            .connection()
+            .execute("INSERT INTO a (x) VALUES (1)", [])
+            .unwrap();
+        let transaction = writer.connection_mut().transaction().unwrap();
+        transaction
+            .execute("INSERT INTO a (x) VALUES (2)", [])
+            .unwrap();
+        let reader = Database::open_reader(&path).unwrap();
+        let count: i64 = reader
+            .connection()
+            .query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            count, 1,
+            "the uncommitted row is not seen, and nothing waited"
+        );
+        transaction.commit().unwrap();
     }
 
     #[test]

@@ -262,7 +262,6 @@ async fn relays_a_chat_to_an_openai_upstream_as_messages() {
             .unwrap();
         assert!(body.contains("\"generated_text\":\"Hello!\""), "{body}");
     }
-    let owner = gateway.state().store().owner_of(id).unwrap();
-    let messages = gateway.state().store().get(&owner, id).unwrap().messages;
+    let messages = h2o_chat_test_support::server::stored_messages(&gateway, id);
     assert_eq!(messages.len(), 4);
 }

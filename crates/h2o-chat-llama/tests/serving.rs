@@ -215,8 +215,7 @@ async fn a_second_turn_sees_the_first_answer() {
         .parse()
         .unwrap();
     second.text().await.unwrap();
-    let owner = server.state().store().owner_of(&id).unwrap();
-    let messages = server.state().store().get(&owner, &id).unwrap().messages;
+    let messages = h2o_chat_test_support::server::stored_messages(&server, &id);
     assert_eq!(messages.len(), 4);
     assert!(messages[1].content.contains("Paris"));
     let expected_prompt = format!(

@@ -74,6 +74,8 @@ pub struct Timeouts {
     pub sse_keep_alive: Duration,
     /// How long shutdown lets running generations finish before ending them.
     pub shutdown: Duration,
+    /// One conversation-store operation (its failure is the client's 503 or error event).
+    pub store: Duration,
 }
 
 impl Default for Timeouts {
@@ -85,6 +87,7 @@ impl Default for Timeouts {
             write_stall: Duration::from_secs(60),
             sse_keep_alive: Duration::from_secs(15),
             shutdown: Duration::from_secs(10),
+            store: Duration::from_secs(5),
         }
     }
 }
@@ -101,8 +104,9 @@ pub struct ServerConfig {
     pub rate_limit: Option<u32>,
     /// chat-ui's `PUBLIC_ORIGIN`, for the Referer check; by default the request's own origin.
     pub public_origin: Option<String>,
-    /// Conversations untouched for this long are removed.
-    pub conversation_ttl: Duration,
+    /// Conversations whose last activity is older than this are removed (`serve
+    /// --retention`); `None` (the default) keeps them until their owner deletes them.
+    pub retention: Option<Duration>,
     /// Send `Secure` on the session cookie (only when served over HTTPS).
     pub secure_cookie: bool,
     /// When set, every route that generates or reads conversations requires
@@ -119,7 +123,7 @@ impl Default for ServerConfig {
             ethics_gate: true,
             rate_limit: None,
             public_origin: None,
-            conversation_ttl: Duration::from_secs(3600),
+            retention: None,
             secure_cookie: false,
             api_key: None,
         }

@@ -43,6 +43,9 @@ pub enum Failure {
     Incomplete,
     /// The server's shutdown deadline passed.
     ShuttingDown,
+    /// What the client sent or was answered could not be stored (the conversation store
+    /// failed): never a silent success.
+    Store(String),
 }
 
 impl Failure {
@@ -64,6 +67,7 @@ impl Failure {
             Failure::ShuttingDown => {
                 "Request failed during generation: the server is shutting down".into()
             }
+            Failure::Store(detail) => format!("The conversation could not be stored: {detail}"),
         }
     }
 
@@ -82,7 +86,10 @@ impl Failure {
     pub fn is_status_on_streams(&self) -> bool {
         matches!(
             self,
-            Failure::Upstream { .. } | Failure::Unavailable(_) | Failure::ShuttingDown
+            Failure::Upstream { .. }
+                | Failure::Unavailable(_)
+                | Failure::ShuttingDown
+                | Failure::Store(_)
         )
     }
 }
@@ -90,6 +97,12 @@ impl Failure {
 impl From<ValidationError> for Failure {
     fn from(err: ValidationError) -> Self {
         Failure::Invalid(err)
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(err: crate::store::StoreError) -> Self {
+        Failure::Store(err.to_string())
     }
 }
 

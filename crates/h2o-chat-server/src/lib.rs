@@ -67,9 +67,10 @@ pub use config::{Bounds, Limits, ServerConfig, Timeouts};
 pub use metrics::Metrics;
 pub use models::{LOCAL_ALIAS, LOCAL_MODEL_ID, ModelRegistry, ServedModel};
 pub use shutdown::Shutdown;
-pub use store::{MemoryStore, SqliteStore, Store, StoreBounds};
+pub use store::{Conversations, MemoryStore, SqliteStore, Store, StoreBounds};
 
 use front::chat_ui::aborts::Aborts;
+use store::Sweep;
 
 /// The route families and their paths, for people (the `serve` banner).
 pub const ROUTES: &[(&str, &[&str])] = &[
@@ -82,7 +83,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 struct Shared {
     config: ServerConfig,
     models: ModelRegistry,
-    store: Arc<dyn Store>,
+    conversations: Conversations,
     permits: Arc<Semaphore>,
     validation_workers: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -101,11 +102,14 @@ impl AppState {
     pub fn models(&self) -> &ModelRegistry {
         &self.0.models
     }
+    /// The store itself: its counts, and tests' direct reads. Handlers go through
+    /// [`AppState::conversations`], off the runtime.
     pub fn store(&self) -> &dyn Store {
-        self.0.store.as_ref()
+        self.0.conversations.store().as_ref()
     }
-    pub fn store_arc(&self) -> Arc<dyn Store> {
-        self.0.store.clone()
+    /// The store as handlers use it: off the runtime, with a deadline, failures counted.
+    pub fn conversations(&self) -> &Conversations {
+        &self.0.conversations
     }
     /// Generations in flight (`max_concurrent_requests`).
     pub fn permits(&self) -> &Arc<Semaphore> {
@@ -148,12 +152,14 @@ impl Server {
             .iter()
             .map(|m| (m.engine.info().model_id, m.engine.clone()))
             .collect();
-        let metrics = Metrics::new(engines);
+        let metrics = Metrics::new(engines, config.bounds.store.max_conversations);
+        let conversations =
+            Conversations::new(store, config.timeouts.store, metrics.store_failures.clone());
         Server {
             state: AppState(Arc::new(Shared {
                 config,
                 models,
-                store,
+                conversations,
                 permits,
                 validation_workers,
                 metrics: Arc::new(metrics),
@@ -207,21 +213,30 @@ impl Server {
         let local = listener.local_addr()?;
         let app = self.router();
         let state = self.state.clone();
+        let sweep = Sweep {
+            retention: state.config().retention,
+            untouched: store::UNTOUCHED_TTL,
+        };
+        // Once before the first request (a store reopened after downtime is swept by its
+        // rows' own ages), then every minute. A failure is counted and logged by the
+        // store's handle, and every request will say so too.
+        let _ = state.conversations().sweep(sweep).await;
         let sweeper = {
             let state = state.clone();
             tokio::spawn(async move {
-                let ttl = state.config().conversation_ttl;
-                let mut tick = tokio::time::interval(
-                    ttl.min(Duration::from_secs(60)).max(Duration::from_secs(1)),
-                );
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                tick.tick().await;
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         () = state.shutdown().draining() => return,
                     }
-                    let removed = state.store().sweep(ttl);
-                    if removed > 0 {
-                        tracing::info!(removed, "abandoned conversations removed");
+                    // A failure is counted and logged by the store's handle; the next tick
+                    // tries again.
+                    if let Ok(removed) = state.conversations().sweep(sweep).await
+                        && removed > 0
+                    {
+                        tracing::info!(removed, "conversations removed by the sweep");
                     }
                 }
             })

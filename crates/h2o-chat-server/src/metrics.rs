@@ -3,7 +3,10 @@
 //! - `h2o_chat_requests_total{route,status}`: every answered request, by matched route.
 //! - `h2o_chat_time_to_first_token_seconds`, `h2o_chat_inter_token_latency_seconds`:
 //!   histograms, measured where every route's tokens pass (the pipeline).
-//! - `h2o_chat_conversations`, `h2o_chat_sessions`: what the store holds.
+//! - `h2o_chat_conversations`, `h2o_chat_conversations_limit`, `h2o_chat_sessions`: what the
+//!   store holds and may hold; `h2o_chat_conversations_refused_total{reason}` (a session's
+//!   cap, the server's, the store); `h2o_chat_store_failures_total{operation}`: store
+//!   operations that failed (each answered to its client as an error).
 //! - `h2o_chat_connections` (open), `h2o_chat_connections_refused_total`,
 //!   `h2o_chat_connections_evicted_total`.
 //! - Per model engine, read at scrape time: `h2o_chat_slots`, `h2o_chat_slots_busy`,
@@ -49,6 +52,8 @@ pub struct Metrics {
     pub(crate) connections_evicted: IntCounter,
     pub(crate) conversations: IntGauge,
     pub(crate) sessions: IntGauge,
+    pub(crate) store_failures: IntCounterVec,
+    pub(crate) conversations_refused: IntCounterVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -57,8 +62,9 @@ fn must<T>(result: prometheus::Result<T>) -> T {
 }
 
 impl Metrics {
-    /// Metrics for a server whose models are served by `engines` (named by model id).
-    pub fn new(engines: Vec<(String, Arc<dyn Engine>)>) -> Self {
+    /// Metrics for a server whose models are served by `engines` (named by model id), and
+    /// which stores at most `max_conversations` conversations.
+    pub fn new(engines: Vec<(String, Arc<dyn Engine>)>, max_conversations: usize) -> Self {
         let registry = Registry::new();
         let requests = must(IntCounterVec::new(
             Opts::new(
@@ -98,8 +104,30 @@ impl Metrics {
             "h2o_chat_sessions",
             "Sessions the server remembers.",
         ));
+        let conversations_limit = must(IntGauge::new(
+            "h2o_chat_conversations_limit",
+            "Conversations the server stores at most (creating more is refused with 429).",
+        ));
+        conversations_limit.set(i64::try_from(max_conversations).unwrap_or(i64::MAX));
+        let conversations_refused = must(IntCounterVec::new(
+            Opts::new(
+                "h2o_chat_conversations_refused_total",
+                "Conversations not created, by why: the session's cap, the server's, the store.",
+            ),
+            &["reason"],
+        ));
+        let store_failures = must(IntCounterVec::new(
+            Opts::new(
+                "h2o_chat_store_failures_total",
+                "Conversation-store operations that failed (each one answered as an error).",
+            ),
+            &["operation"],
+        ));
         let mut collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(conversations.clone()),
+            Box::new(conversations_limit),
+            Box::new(conversations_refused.clone()),
+            Box::new(store_failures.clone()),
             Box::new(sessions.clone()),
             Box::new(requests.clone()),
             Box::new(first_token.clone()),
@@ -122,12 +150,21 @@ impl Metrics {
             connections_evicted,
             conversations,
             sessions,
+            store_failures,
+            conversations_refused,
         }
     }
 
     /// Adds figures kept elsewhere (a gateway's per-upstream metrics) to `/metrics`.
     pub fn register(&self, collector: Box<dyn Collector>) -> prometheus::Result<()> {
         self.registry.register(collector)
+    }
+
+    /// A conversation not created, and why (`session`, `server`, `store`).
+    pub fn refused_conversation(&self, reason: &str) {
+        self.conversations_refused
+            .with_label_values(&[reason])
+            .inc();
     }
 
     pub fn observe_first_token(&self, elapsed: Duration) {

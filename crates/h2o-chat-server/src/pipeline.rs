@@ -63,10 +63,17 @@ pub enum End<'a> {
     Abandoned,
 }
 
+/// What an observer must finish at a run's end (chat-ui storing the answer).
+pub type Settle = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>> + Send>>;
+
 /// Watches a run: each token as it is produced, then exactly one [`End`].
 pub trait Observer: Send {
     fn token(&mut self, _token: &Token) {}
-    fn end(&mut self, end: End<'_>);
+    /// The run's end. What it returns is awaited before the last step reaches the client,
+    /// and when it fails the client gets that failure instead of the last step: a write
+    /// that fails is never a silent success. For a run its client left, it is finished in
+    /// the background.
+    fn end(&mut self, end: End<'_>) -> Option<Settle>;
 }
 
 /// A running generation. See the module docs.
@@ -182,8 +189,7 @@ impl Run {
             return None;
         }
         let step = self.receive().await;
-        self.tell(&step);
-        Some(step)
+        Some(self.tell(step).await)
     }
 
     async fn receive(&mut self) -> Step {
@@ -228,22 +234,30 @@ impl Run {
         }
     }
 
-    /// Tells the observer about a step as it is produced.
-    fn tell(&mut self, step: &Step) {
+    /// Tells the observer about a step as it is produced; at the end, waits for what the
+    /// observer must finish, whose failure replaces the step (a failed run keeps its own).
+    async fn tell(&mut self, step: Step) -> Step {
         let Some(observer) = self.observer.as_mut() else {
-            return;
+            return step;
         };
-        match step {
-            Step::KeepAlive => return,
+        let settle = match &step {
+            Step::KeepAlive => return step,
             Step::Token(token) => {
                 observer.token(token);
-                return;
+                return step;
             }
             Step::Finished(finished) => observer.end(End::Finished(finished)),
             Step::Failed(failure) => observer.end(End::Failed(failure)),
             Step::Aborted => observer.end(End::Aborted),
-        }
+        };
         self.observer = None;
+        match settle {
+            Some(settle) => match (settle.await, step) {
+                (Err(failure), Step::Finished(_) | Step::Aborted) => Step::Failed(failure),
+                (_, step) => step,
+            },
+            None => step,
+        }
     }
 
     /// Waits for the first step (at most a keep-alive interval) and keeps it for
@@ -291,10 +305,19 @@ impl Run {
 }
 
 impl Drop for Run {
-    /// A run dropped before its end was left by its client.
+    /// A run dropped before its end was left by its client: what its observer must finish
+    /// goes on in the background (a failure is counted where it happens: nobody is left to
+    /// tell).
     fn drop(&mut self) {
-        if let Some(mut observer) = self.observer.take() {
-            observer.end(End::Abandoned);
+        if let Some(mut observer) = self.observer.take()
+            && let Some(settle) = observer.end(End::Abandoned)
+        {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(settle);
+                }
+                Err(_) => tracing::error!("a run ended outside a runtime; its end is lost"),
+            }
         }
     }
 }
@@ -365,7 +388,7 @@ mod tests {
         fn token(&mut self, token: &Token) {
             self.0.lock().unwrap().push(token.text.clone());
         }
-        fn end(&mut self, end: End<'_>) {
+        fn end(&mut self, end: End<'_>) -> Option<Settle> {
             let what = match end {
                 End::Finished(_) => "finished",
                 End::Failed(_) => "failed",
@@ -373,6 +396,7 @@ mod tests {
                 End::Abandoned => "abandoned",
             };
             self.0.lock().unwrap().push(format!("<{what}>"));
+            None
         }
     }
 

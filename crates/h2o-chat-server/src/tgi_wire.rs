@@ -22,6 +22,7 @@ pub fn error_type(failure: &Failure) -> &'static str {
         Failure::Generation(_) | Failure::Stalled(_) => "generation",
         Failure::Incomplete => "incomplete_generation",
         Failure::ShuttingDown => "shutdown",
+        Failure::Store(_) => "store",
     }
 }
 
@@ -47,7 +48,9 @@ pub fn status_of(failure: &Failure) -> StatusCode {
     match failure {
         Failure::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Failure::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        Failure::Unavailable(_) | Failure::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        Failure::Unavailable(_) | Failure::ShuttingDown | Failure::Store(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Failure::Upstream { status, .. } => {
             StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
         }

@@ -344,7 +344,10 @@ async fn conversation_of_a_removed_model_is_410() {
     accept_settings(&client, &url, FALCON).await;
     // Learn this client's session id from a real conversation, then plant one whose model is gone.
     let probe = create(&client, &url, FALCON).await;
-    let owner = store.owner_of(&probe).expect("conversation exists");
+    let owner = store
+        .owner_of(&probe)
+        .unwrap()
+        .expect("conversation exists");
     let id = store.create(&owner, "retired/model-v0").unwrap();
     let response = client
         .post(format!("{url}/conversation/{id}"))
@@ -703,22 +706,9 @@ async fn is_retry_replaces_the_message_with_that_id_and_second_turn_sees_the_fir
     let expected = "<|im_start|>user\nFirst<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nSecond, again<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(characters, expected.chars().count());
     response.text().await.unwrap();
-    let messages = server
-        .state()
-        .store()
-        .get(&store_owner_any(&server, &id), &id)
-        .unwrap()
-        .messages;
+    let messages = stored_messages(&server, &id);
     let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(contents, ["First", "Hello!", "Second, again", "Hello!"]);
-}
-
-fn store_owner_any(server: &h2o_chat_server::RunningServer, id: &str) -> String {
-    server
-        .state()
-        .store()
-        .owner_of(id)
-        .expect("conversation exists")
 }
 
 #[tokio::test]

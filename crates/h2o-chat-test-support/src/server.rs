@@ -70,3 +70,20 @@ pub async fn raw(server: &RunningServer, bytes: &[u8]) -> TcpStream {
     stream.write_all(bytes).await.expect("write");
     stream
 }
+
+/// The messages a server stores for conversation `id`, whoever owns it.
+pub fn stored_messages(
+    server: &RunningServer,
+    id: &str,
+) -> Vec<h2o_chat_server::store::StoredMessage> {
+    let store = server.state().store();
+    let owner = store
+        .owner_of(id)
+        .expect("the store answers")
+        .expect("the conversation exists");
+    store
+        .get(&owner, id)
+        .expect("the store answers")
+        .expect("the conversation exists")
+        .messages
+}

@@ -1,9 +1,9 @@
 //! What every [`Store`] promises, checked once against each implementation (the memory
-//! store and SQLite).
+//! store, SQLite in memory and SQLite in a file with its readers).
 
 use std::time::Duration;
 
-use super::{Author, CreateError, Store, StoreBounds, StoredMessage};
+use super::{Author, CreateError, Store, StoreBounds, StoredMessage, Sweep, TurnStart};
 
 fn bounds() -> StoreBounds {
     StoreBounds {
@@ -14,21 +14,35 @@ fn bounds() -> StoreBounds {
     }
 }
 
-fn message(content: &str) -> StoredMessage {
+fn message(from: Author, content: &str, id: &str) -> StoredMessage {
     StoredMessage {
-        from: Author::User,
+        from,
         content: content.into(),
-        id: "00000000-0000-0000-0000-000000000000".into(),
+        id: id.into(),
     }
 }
+
+fn question(content: &str, id: &str) -> TurnStart {
+    TurnStart {
+        retry_of: None,
+        question: message(Author::User, content, id),
+    }
+}
+
+/// Keep everything, prune nothing untouched.
+const KEEP: Sweep = Sweep {
+    retention: None,
+    untouched: Duration::from_secs(3600),
+};
 
 /// Runs every check on fresh stores from `open`.
 pub(crate) fn check(open: impl Fn(StoreBounds) -> Box<dyn Store>) {
     object_ids_are_24_lowercase_hex_and_distinct(open(bounds()).as_ref());
     another_session_sees_nothing(open(bounds()).as_ref());
-    per_session_and_server_caps_and_the_sweep_frees_them(open(bounds()).as_ref());
-    the_least_recently_seen_session_is_forgotten_at_the_cap(open(bounds()).as_ref());
-    the_sweep_prunes_idle_sessions(open(bounds()).as_ref(), open(bounds()).as_ref());
+    caps_refuse_the_session_that_hits_them_and_deleting_frees_them(open(bounds()).as_ref());
+    forgetting_a_session_keeps_its_conversations(open(bounds()).as_ref());
+    the_sweep_keeps_what_a_user_stored_unless_retention_says(open(bounds()).as_ref());
+    a_turn_is_stored_as_it_happens(open(StoreBounds::default()).as_ref());
     history_keeps_the_newest_messages_within_the_byte_cap(open(bounds()).as_ref());
     rate_limit_events_count_within_the_window(open(bounds()).as_ref());
     lists_hold_the_session_s_conversations_with_their_titles(open(StoreBounds::default()).as_ref());
@@ -47,15 +61,17 @@ fn object_ids_are_24_lowercase_hex_and_distinct(store: &dyn Store) {
 
 fn another_session_sees_nothing(store: &dyn Store) {
     let id = store.create("alice", "m").unwrap();
-    assert!(store.get("bob", &id).is_none());
-    assert!(!store.delete("bob", &id));
-    assert!(!store.set_messages("bob", &id, vec![message("x")]));
-    assert!(store.delete("alice", &id));
-    assert!(store.get("alice", &id).is_none());
+    assert!(store.get("bob", &id).unwrap().is_none());
+    assert!(!store.delete("bob", &id).unwrap());
+    assert!(!store.begin_turn("bob", &id, &question("x", "q")).unwrap());
+    assert!(!store.set_title("bob", &id, "mine").unwrap());
+    assert!(store.delete("alice", &id).unwrap());
+    assert!(store.get("alice", &id).unwrap().is_none());
+    assert_eq!(store.conversation_count(), 0);
 }
 
-fn per_session_and_server_caps_and_the_sweep_frees_them(store: &dyn Store) {
-    store.create("s", "m").unwrap();
+fn caps_refuse_the_session_that_hits_them_and_deleting_frees_them(store: &dyn Store) {
+    let s1 = store.create("s", "m").unwrap();
     store.create("s", "m").unwrap();
     assert_eq!(
         store.create("s", "m"),
@@ -67,71 +83,142 @@ fn per_session_and_server_caps_and_the_sweep_frees_them(store: &dyn Store) {
         store.create("u", "m"),
         Err(CreateError::ServerFull { limit: 4 })
     );
-    assert_eq!(
-        store.sweep(Duration::from_secs(3600)),
-        0,
-        "nothing is that old"
-    );
-    assert_eq!(store.sweep(Duration::ZERO), 4);
-    assert!(store.create("s", "m").is_ok());
+    assert_eq!(store.conversation_count(), 4, "what is stored, counted");
+    assert!(store.delete("s", &s1).unwrap());
+    assert!(store.create("u", "m").is_ok(), "the room a deletion made");
 }
 
-fn the_least_recently_seen_session_is_forgotten_at_the_cap(store: &dyn Store) {
+fn forgetting_a_session_keeps_its_conversations(store: &dyn Store) {
+    let id = store.create("a", "m").unwrap();
+    assert!(store.begin_turn("a", &id, &question("hi", "q1")).unwrap());
     for session in ["a", "b", "c"] {
-        store.accept_ethics(session);
+        store.accept_ethics(session).unwrap();
     }
-    assert!(store.ethics_accepted("a")); // "a" is now the most recently seen
-    store.accept_ethics("d");
+    // Reading the flag does not refresh a session seen within the last minute.
+    assert!(store.ethics_accepted("a").unwrap());
+    store.accept_ethics("d").unwrap();
     assert_eq!(store.session_count(), 3);
-    assert!(!store.ethics_accepted("b"), "b was the least recently seen");
-    assert!(store.ethics_accepted("a") && store.ethics_accepted("d"));
+    assert!(
+        !store.ethics_accepted("a").unwrap(),
+        "a was the least recently seen"
+    );
+    assert!(store.ethics_accepted("b").unwrap() && store.ethics_accepted("d").unwrap());
+    // Its conversation stays, still its own, still counted against its cap.
+    let kept = store.get("a", &id).unwrap().expect("still stored");
+    assert_eq!(kept.messages.len(), 1);
+    assert_eq!(store.owner_of(&id).unwrap().as_deref(), Some("a"));
+    store.create("a", "m").unwrap();
+    assert_eq!(
+        store.create("a", "m"),
+        Err(CreateError::SessionFull { limit: 2 })
+    );
 }
 
-fn the_sweep_prunes_idle_sessions(with_generation: &dyn Store, without: &dyn Store) {
-    with_generation.accept_ethics("a");
-    with_generation.record_generation("a");
-    assert_eq!(with_generation.sweep(Duration::ZERO), 0);
-    // The generation is younger than a minute, so the session stays for the rate limit.
-    assert_eq!(with_generation.session_count(), 1);
-    without.accept_ethics("b");
-    without.sweep(Duration::ZERO);
-    assert_eq!(without.session_count(), 0);
+fn the_sweep_keeps_what_a_user_stored_unless_retention_says(store: &dyn Store) {
+    let untouched = store.create("s", "m").unwrap();
+    let written = store.create("s", "m").unwrap();
+    let titled = store.create("t", "m").unwrap();
+    assert!(
+        store
+            .begin_turn("s", &written, &question("hi", "q1"))
+            .unwrap()
+    );
+    assert!(store.set_title("t", &titled, "Mine").unwrap());
+    assert_eq!(store.sweep(&KEEP).unwrap(), 0, "nothing is an hour old");
+    let now = Sweep {
+        retention: None,
+        untouched: Duration::ZERO,
+    };
+    assert_eq!(store.sweep(&now).unwrap(), 1, "only the untouched one");
+    assert!(store.get("s", &untouched).unwrap().is_none());
+    assert!(store.get("s", &written).unwrap().is_some());
+    assert!(store.get("t", &titled).unwrap().is_some());
+    let retention = Sweep {
+        retention: Some(Duration::ZERO),
+        untouched: Duration::from_secs(3600),
+    };
+    assert_eq!(store.sweep(&retention).unwrap(), 2, "an explicit retention");
+    assert_eq!(store.conversation_count(), 0);
+}
+
+fn a_turn_is_stored_as_it_happens(store: &dyn Store) {
+    let id = store.create("s", "m").unwrap();
+    let answer = |text: &str| message(Author::Assistant, text, &format!("a-{text}"));
+    assert!(store.begin_turn("s", &id, &question("one", "q1")).unwrap());
+    assert!(store.end_turn("s", &id, "q1", &answer("1")).unwrap());
+    // A second question arrives before the first answer is stored: each answer follows its
+    // own question.
+    assert!(store.begin_turn("s", &id, &question("two", "q2")).unwrap());
+    assert!(
+        store
+            .begin_turn("s", &id, &question("three", "q3"))
+            .unwrap()
+    );
+    assert!(store.end_turn("s", &id, "q2", &answer("2")).unwrap());
+    let contents = |store: &dyn Store| -> Vec<String> {
+        let conversation = store.get("s", &id).unwrap().unwrap();
+        conversation
+            .messages
+            .into_iter()
+            .map(|m| m.content)
+            .collect()
+    };
+    assert_eq!(contents(store), ["one", "1", "two", "2", "three"]);
+    // A retry replaces the retried question and what follows it.
+    let retry = TurnStart {
+        retry_of: Some("q2".into()),
+        question: message(Author::User, "two again", "q2"),
+    };
+    assert!(store.begin_turn("s", &id, &retry).unwrap());
+    assert_eq!(contents(store), ["one", "1", "two again"]);
+    // An answer whose question is gone is not stored.
+    assert!(!store.end_turn("s", &id, "q3", &answer("3")).unwrap());
+    assert!(!store.end_turn("s", "nothing", "q1", &answer("x")).unwrap());
 }
 
 fn history_keeps_the_newest_messages_within_the_byte_cap(store: &dyn Store) {
     let id = store.create("a", "m").unwrap();
-    assert!(store.set_messages(
-        "a",
-        &id,
-        vec![message("aaaa"), message("bbbb"), message("cccc")]
-    ));
-    let kept = store.get("a", &id).unwrap().messages;
-    assert_eq!(kept, vec![message("bbbb"), message("cccc")]);
-    assert!(store.set_messages("a", &id, vec![message(&"x".repeat(100))]));
+    for (i, text) in ["aaaa", "bbbb", "cccc"].iter().enumerate() {
+        let turn = question(text, &format!("q{i}"));
+        assert!(store.begin_turn("a", &id, &turn).unwrap());
+    }
+    let kept = store.get("a", &id).unwrap().unwrap().messages;
+    let kept: Vec<&str> = kept.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(kept, ["bbbb", "cccc"]);
+    let huge = question(&"x".repeat(100), "q9");
+    assert!(store.begin_turn("a", &id, &huge).unwrap());
     assert_eq!(
-        store.get("a", &id).unwrap().messages.len(),
+        store.get("a", &id).unwrap().unwrap().messages.len(),
         1,
         "the newest message is always kept"
     );
 }
 
 fn rate_limit_events_count_within_the_window(store: &dyn Store) {
-    store.record_generation("s");
-    store.record_generation("s");
-    let (count, expires) = store.recent_generations("s", Duration::from_secs(60));
+    store.record_generation("s").unwrap();
+    store.record_generation("s").unwrap();
+    let (count, expires) = store
+        .recent_generations("s", Duration::from_secs(60))
+        .unwrap();
     assert_eq!(count, 2);
     assert!(expires.unwrap() <= Duration::from_secs(60));
-    assert_eq!(store.recent_generations("t", Duration::from_secs(60)).0, 0);
+    assert_eq!(
+        store
+            .recent_generations("t", Duration::from_secs(60))
+            .unwrap()
+            .0,
+        0
+    );
 }
 
 fn lists_hold_the_session_s_conversations_with_their_titles(store: &dyn Store) {
     let first = store.create("s", "m").unwrap();
     let second = store.create("s", "m").unwrap();
-    assert!(store.set_title("s", &first, "Renamed".into()));
-    let list = store.list("s");
+    assert!(store.set_title("s", &first, "Renamed").unwrap());
+    let list = store.list("s").unwrap();
     assert_eq!(list.len(), 2);
     let renamed = list.iter().find(|c| c.id == first).unwrap();
     assert_eq!(renamed.title, "Renamed");
     assert!(list.iter().any(|c| c.id == second));
-    assert!(store.list("t").is_empty());
+    assert!(store.list("t").unwrap().is_empty());
 }

@@ -1,24 +1,28 @@
-//! The default store: everything in memory, lost on restart.
+//! The in-memory store: everything lost on restart; every call is a map operation under one
+//! lock, so it never blocks on I/O.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{
-    ConversationSummary, CreateError, Store, StoreBounds, StoredConversation, StoredMessage,
-    cap_history, object_id, rand_u32,
+    ConversationSummary, CreateError, Store, StoreBounds, StoreError, StoredConversation,
+    StoredMessage, Sweep, TurnStart, apply_answer, apply_turn, object_id, rand_u32,
 };
 
 /// What the store remembers of a session.
 struct SessionRecord {
     ethics_at: Option<SystemTime>,
-    conversations: usize,
     generations: VecDeque<Instant>,
     /// Its key in `State::recency`.
     seen: u64,
     seen_at: Instant,
 }
+
+/// A session only read (its ethics flag) is marked as seen at most this often, as the
+/// SQLite store does (a write per request would be a write per request).
+const SEEN_GRANULARITY: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct State {
@@ -27,11 +31,13 @@ struct State {
     recency: BTreeMap<u64, String>,
     clock: u64,
     conversations: HashMap<String, StoredConversation>,
+    /// Conversations per session (sessions may be forgotten; their conversations count on).
+    owned: HashMap<String, usize>,
 }
 
 impl State {
     /// The session's record, created if needed (forgetting the least recently seen session
-    /// at the cap), and marked as seen now.
+    /// at the cap — its record only, never its conversations), and marked as seen now.
     fn session(&mut self, session: &str, max_sessions: usize) -> &mut SessionRecord {
         self.clock += 1;
         let clock = self.clock;
@@ -45,13 +51,12 @@ impl State {
                 let Some((_, oldest)) = self.recency.pop_first() else {
                     break;
                 };
-                self.forget_session(&oldest);
+                self.sessions.remove(&oldest);
             }
             self.sessions.insert(
                 session.to_string(),
                 SessionRecord {
                     ethics_at: None,
-                    conversations: 0,
                     generations: VecDeque::new(),
                     seen: clock,
                     seen_at: Instant::now(),
@@ -65,12 +70,19 @@ impl State {
             .expect("the session record was just found or inserted")
     }
 
-    /// Forgets a session and its conversations.
-    fn forget_session(&mut self, session: &str) {
-        if let Some(record) = self.sessions.remove(session) {
-            self.recency.remove(&record.seen);
-            if record.conversations > 0 {
-                self.conversations.retain(|_, c| c.session != session);
+    fn conversation(&mut self, session: &str, id: &str) -> Option<&mut StoredConversation> {
+        self.conversations
+            .get_mut(id)
+            .filter(|c| c.session == session)
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(conversation) = self.conversations.remove(id)
+            && let Some(count) = self.owned.get_mut(&conversation.session)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.owned.remove(&conversation.session);
             }
         }
     }
@@ -82,6 +94,8 @@ pub struct MemoryStore {
     bounds: StoreBounds,
     counter: AtomicU32,
     titles: AtomicU32,
+    conversations: AtomicUsize,
+    sessions: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -91,226 +105,242 @@ impl MemoryStore {
             bounds,
             counter: AtomicU32::new(rand_u32()),
             titles: AtomicU32::new(0),
+            conversations: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
+    /// Runs `f` on the state, then publishes the counts.
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn object_id(&self) -> String {
-        object_id(&self.counter)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let value = f(&mut state);
+        self.conversations
+            .store(state.conversations.len(), Ordering::Relaxed);
+        self.sessions.store(state.sessions.len(), Ordering::Relaxed);
+        value
     }
 }
 
 impl Store for MemoryStore {
-    fn accept_ethics(&self, session: &str) {
-        let mut state = self.state();
-        state.session(session, self.bounds.max_sessions).ethics_at = Some(SystemTime::now());
+    fn blocks(&self) -> bool {
+        false
     }
 
-    fn ethics_accepted(&self, session: &str) -> bool {
-        let mut state = self.state();
-        if !state.sessions.contains_key(session) {
-            return false;
-        }
-        state
-            .session(session, self.bounds.max_sessions)
-            .ethics_at
-            .is_some()
+    fn accept_ethics(&self, session: &str) -> Result<(), StoreError> {
+        let max = self.bounds.max_sessions;
+        self.with(|state| state.session(session, max).ethics_at = Some(SystemTime::now()));
+        Ok(())
+    }
+
+    fn ethics_accepted(&self, session: &str) -> Result<bool, StoreError> {
+        let max = self.bounds.max_sessions;
+        Ok(self.with(|state| {
+            let Some(record) = state.sessions.get(session) else {
+                return false;
+            };
+            let accepted = record.ethics_at.is_some();
+            if accepted && record.seen_at.elapsed() > SEEN_GRANULARITY {
+                state.session(session, max);
+            }
+            accepted
+        }))
     }
 
     fn create(&self, session: &str, model: &str) -> Result<String, CreateError> {
-        let id = self.object_id();
-        let mut state = self.state();
-        if state.conversations.len() >= self.bounds.max_conversations {
-            return Err(CreateError::ServerFull {
-                limit: self.bounds.max_conversations,
-            });
-        }
-        let per_session = self.bounds.max_conversations_per_session;
-        let record = state.session(session, self.bounds.max_sessions);
-        if record.conversations >= per_session {
-            return Err(CreateError::SessionFull { limit: per_session });
-        }
-        record.conversations += 1;
+        let id = object_id(&self.counter);
+        let bounds = self.bounds;
         let n = self.titles.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = SystemTime::now();
-        state.conversations.insert(
-            id.clone(),
-            StoredConversation {
-                id: id.clone(),
-                session: session.to_string(),
-                model: model.to_string(),
-                title: format!("Untitled {n}"),
-                messages: Vec::new(),
-                created_at: now,
-                updated_at: now,
-                touched: Instant::now(),
-            },
-        );
-        Ok(id)
+        self.with(|state| {
+            if state.conversations.len() >= bounds.max_conversations {
+                return Err(CreateError::ServerFull {
+                    limit: bounds.max_conversations,
+                });
+            }
+            let owned = state.owned.get(session).copied().unwrap_or(0);
+            if owned >= bounds.max_conversations_per_session {
+                return Err(CreateError::SessionFull {
+                    limit: bounds.max_conversations_per_session,
+                });
+            }
+            state.session(session, bounds.max_sessions);
+            *state.owned.entry(session.to_string()).or_default() += 1;
+            let now = SystemTime::now();
+            state.conversations.insert(
+                id.clone(),
+                StoredConversation {
+                    id: id.clone(),
+                    session: session.to_string(),
+                    model: model.to_string(),
+                    title: format!("Untitled {n}"),
+                    messages: Vec::new(),
+                    created_at: now,
+                    updated_at: now,
+                },
+            );
+            Ok(id)
+        })
     }
 
-    fn get(&self, session: &str, id: &str) -> Option<StoredConversation> {
-        let mut state = self.state();
-        let conversation = state
-            .conversations
-            .get_mut(id)
-            .filter(|c| c.session == session)?;
-        conversation.touched = Instant::now();
-        Some(conversation.clone())
+    fn get(&self, session: &str, id: &str) -> Result<Option<StoredConversation>, StoreError> {
+        Ok(self.with(|state| state.conversation(session, id).map(|c| c.clone())))
     }
 
-    fn list(&self, session: &str) -> Vec<ConversationSummary> {
-        let state = self.state();
-        let mut list: Vec<ConversationSummary> = state
-            .conversations
-            .values()
-            .filter(|c| c.session == session)
-            .map(|c| ConversationSummary {
-                id: c.id.clone(),
-                title: c.title.clone(),
-                model: c.model.clone(),
-                updated_at: c.updated_at,
-            })
-            .collect();
+    fn list(&self, session: &str) -> Result<Vec<ConversationSummary>, StoreError> {
+        let mut list: Vec<ConversationSummary> = self.with(|state| {
+            state
+                .conversations
+                .values()
+                .filter(|c| c.session == session)
+                .map(|c| ConversationSummary {
+                    id: c.id.clone(),
+                    title: c.title.clone(),
+                    model: c.model.clone(),
+                    updated_at: c.updated_at,
+                })
+                .collect()
+        });
         list.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
-        list
+        Ok(list)
     }
 
-    fn set_messages(&self, session: &str, id: &str, mut messages: Vec<StoredMessage>) -> bool {
-        cap_history(&mut messages, self.bounds.max_history_bytes);
-        let mut state = self.state();
-        match state
-            .conversations
-            .get_mut(id)
-            .filter(|c| c.session == session)
-        {
+    fn begin_turn(&self, session: &str, id: &str, turn: &TurnStart) -> Result<bool, StoreError> {
+        let max_bytes = self.bounds.max_history_bytes;
+        Ok(self.with(|state| match state.conversation(session, id) {
             Some(conversation) => {
-                conversation.messages = messages;
-                conversation.touched = Instant::now();
+                apply_turn(&mut conversation.messages, turn, max_bytes);
                 conversation.updated_at = SystemTime::now();
                 true
             }
             None => false,
-        }
+        }))
     }
 
-    fn set_title(&self, session: &str, id: &str, title: String) -> bool {
-        let mut state = self.state();
-        match state
-            .conversations
-            .get_mut(id)
-            .filter(|c| c.session == session)
-        {
+    fn end_turn(
+        &self,
+        session: &str,
+        id: &str,
+        question_id: &str,
+        answer: &StoredMessage,
+    ) -> Result<bool, StoreError> {
+        let max_bytes = self.bounds.max_history_bytes;
+        Ok(self.with(|state| match state.conversation(session, id) {
             Some(conversation) => {
-                conversation.title = title;
+                let placed =
+                    apply_answer(&mut conversation.messages, question_id, answer, max_bytes);
+                if placed {
+                    conversation.updated_at = SystemTime::now();
+                }
+                placed
+            }
+            None => false,
+        }))
+    }
+
+    fn set_title(&self, session: &str, id: &str, title: &str) -> Result<bool, StoreError> {
+        Ok(self.with(|state| match state.conversation(session, id) {
+            Some(conversation) => {
+                conversation.title = title.to_string();
                 conversation.updated_at = SystemTime::now();
                 true
             }
             None => false,
-        }
+        }))
     }
 
-    fn delete(&self, session: &str, id: &str) -> bool {
-        let mut state = self.state();
-        if state
-            .conversations
-            .get(id)
-            .is_none_or(|c| c.session != session)
-        {
-            return false;
-        }
-        state.conversations.remove(id);
-        if let Some(record) = state.sessions.get_mut(session) {
-            record.conversations = record.conversations.saturating_sub(1);
-        }
-        true
-    }
-
-    fn record_generation(&self, session: &str) {
-        let mut state = self.state();
-        let record = state.session(session, self.bounds.max_sessions);
-        record.generations.push_back(Instant::now());
-        // Only the last minute counts; keep no more than a generous bound.
-        while record.generations.len() > 10_000 {
-            record.generations.pop_front();
-        }
-    }
-
-    fn recent_generations(&self, session: &str, window: Duration) -> (usize, Option<Duration>) {
-        let mut state = self.state();
-        let Some(record) = state.sessions.get_mut(session) else {
-            return (0, None);
-        };
-        let now = Instant::now();
-        let events = &mut record.generations;
-        while events
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
-            events.pop_front();
-        }
-        let oldest_expires = events
-            .front()
-            .map(|t| window.saturating_sub(now.duration_since(*t)));
-        (events.len(), oldest_expires)
-    }
-
-    fn sweep(&self, ttl: Duration) -> usize {
-        let mut state = self.state();
-        let now = Instant::now();
-        let expired: Vec<(String, String)> = state
-            .conversations
-            .values()
-            .filter(|c| now.duration_since(c.touched) > ttl)
-            .map(|c| (c.id.clone(), c.session.clone()))
-            .collect();
-        for (id, session) in &expired {
-            state.conversations.remove(id);
-            if let Some(record) = state.sessions.get_mut(session) {
-                record.conversations = record.conversations.saturating_sub(1);
+    fn delete(&self, session: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self.with(|state| {
+            if state.conversation(session, id).is_none() {
+                return false;
             }
-        }
-        let minute = Duration::from_secs(60);
-        let stale: Vec<String> = state
-            .sessions
-            .iter_mut()
-            .filter_map(|(session, record)| {
+            state.remove(id);
+            true
+        }))
+    }
+
+    fn record_generation(&self, session: &str) -> Result<(), StoreError> {
+        let max = self.bounds.max_sessions;
+        self.with(|state| {
+            let record = state.session(session, max);
+            record.generations.push_back(Instant::now());
+            // Only the last minute counts; keep no more than a generous bound.
+            while record.generations.len() > 10_000 {
+                record.generations.pop_front();
+            }
+        });
+        Ok(())
+    }
+
+    fn recent_generations(
+        &self,
+        session: &str,
+        window: Duration,
+    ) -> Result<(usize, Option<Duration>), StoreError> {
+        Ok(self.with(|state| {
+            let Some(record) = state.sessions.get_mut(session) else {
+                return (0, None);
+            };
+            let now = Instant::now();
+            let events = &mut record.generations;
+            while events
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
+                events.pop_front();
+            }
+            let oldest_expires = events
+                .front()
+                .map(|t| window.saturating_sub(now.duration_since(*t)));
+            (events.len(), oldest_expires)
+        }))
+    }
+
+    fn sweep(&self, sweep: &Sweep) -> Result<usize, StoreError> {
+        let now = SystemTime::now();
+        let older = |at: SystemTime, age: Duration| now.duration_since(at).is_ok_and(|d| d >= age);
+        Ok(self.with(|state| {
+            let expired: Vec<String> = state
+                .conversations
+                .values()
+                .filter(|c| {
+                    let retired = sweep.retention.is_some_and(|r| older(c.updated_at, r));
+                    let untouched = c.messages.is_empty()
+                        && c.updated_at == c.created_at
+                        && older(c.updated_at, sweep.untouched);
+                    retired || untouched
+                })
+                .map(|c| c.id.clone())
+                .collect();
+            for id in &expired {
+                state.remove(id);
+            }
+            let minute = Duration::from_secs(60);
+            let instant = Instant::now();
+            for record in state.sessions.values_mut() {
                 while record
                     .generations
                     .front()
-                    .is_some_and(|t| now.duration_since(*t) > minute)
+                    .is_some_and(|t| instant.duration_since(*t) > minute)
                 {
                     record.generations.pop_front();
                 }
-                let idle = now.duration_since(record.seen_at) > ttl;
-                (idle && record.conversations == 0 && record.generations.is_empty())
-                    .then(|| session.clone())
-            })
-            .collect();
-        for session in stale {
-            state.forget_session(&session);
-        }
-        expired.len()
+            }
+            expired.len()
+        }))
     }
 
     fn conversation_count(&self) -> usize {
-        self.state().conversations.len()
+        self.conversations.load(Ordering::Relaxed)
     }
 
     fn session_count(&self) -> usize {
-        self.state().sessions.len()
+        self.sessions.load(Ordering::Relaxed)
     }
 
-    fn owner_of(&self, id: &str) -> Option<String> {
-        self.state()
-            .conversations
-            .get(id)
-            .map(|c| c.session.clone())
+    fn owner_of(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.with(|state| state.conversations.get(id).map(|c| c.session.clone())))
     }
 }
 

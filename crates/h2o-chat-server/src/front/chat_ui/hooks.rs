@@ -112,12 +112,29 @@ pub async fn chat_ui_hooks(
         && !["/login", "/admin", "/settings"]
             .iter()
             .any(|p| path == *p || path.starts_with(&format!("{p}/")));
-    if gated && !state.store().ethics_accepted(&session.0) {
-        return refuse(
-            headers,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "You need to accept the welcome modal first",
-        );
+    if gated {
+        let accepted = state
+            .conversations()
+            .ethics_accepted(session.0.clone())
+            .await;
+        let headers = request.headers();
+        match accepted {
+            Ok(true) => {}
+            Ok(false) => {
+                return refuse(
+                    headers,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "You need to accept the welcome modal first",
+                );
+            }
+            Err(_) => {
+                return refuse(
+                    headers,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The conversation store is unavailable. Try again later.",
+                );
+            }
+        }
     }
     request.extensions_mut().insert(session.clone());
     let mut response = next.run(request).await;

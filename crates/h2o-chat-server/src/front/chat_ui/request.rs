@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Limits;
 use crate::plan::{Input, Plan};
-use crate::store::{Author, StoredMessage};
+use crate::store::{Author, StoredMessage, TurnStart};
 use crate::tgi_wire::Echo;
 use crate::validation::{ValidationError, check_rules};
 
@@ -56,6 +56,8 @@ pub struct GenerateBody {
     pub inputs: String,
     /// `options.id`: the question's message id.
     pub message_id: Option<String>,
+    /// The id the question is stored under: `options.id`, or a fresh one.
+    question_id: String,
     pub is_retry: bool,
     /// `stream` as chat-ui passes it on to TGI.
     pub stream: bool,
@@ -76,6 +78,9 @@ impl GenerateBody {
         let parameters = parameters(map.get("parameters").cloned())?;
         Ok(GenerateBody {
             inputs,
+            question_id: message_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             message_id,
             is_retry,
             stream,
@@ -83,23 +88,22 @@ impl GenerateBody {
         })
     }
 
-    /// The conversation after this question: a retry replaces the question with its id and
-    /// everything after it.
-    pub fn history(&self, mut messages: Vec<StoredMessage>) -> Vec<StoredMessage> {
-        if self.is_retry
-            && let Some(message_id) = &self.message_id
-            && let Some(at) = messages.iter().position(|m| &m.id == message_id)
-        {
-            messages.truncate(at);
+    /// The question as it is stored, and what a retry replaces.
+    pub fn turn(&self) -> TurnStart {
+        TurnStart {
+            retry_of: self.message_id.clone().filter(|_| self.is_retry),
+            question: StoredMessage {
+                from: Author::User,
+                content: self.inputs.clone(),
+                id: self.question_id.clone(),
+            },
         }
-        messages.push(StoredMessage {
-            from: Author::User,
-            content: self.inputs.clone(),
-            id: self
-                .message_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        });
+    }
+
+    /// The conversation after this question, as the model reads it (the store applies the
+    /// same [`GenerateBody::turn`]).
+    pub fn history(&self, mut messages: Vec<StoredMessage>) -> Vec<StoredMessage> {
+        crate::store::apply_turn(&mut messages, &self.turn(), usize::MAX);
         messages
     }
 

@@ -71,8 +71,14 @@ pub async fn settings(
     {
         return settings_failure(&headers);
     }
-    if field("ethicsModalAccepted").is_some_and(|v| !v.is_empty()) {
-        state.store().accept_ethics(&session.0);
+    if field("ethicsModalAccepted").is_some_and(|v| !v.is_empty())
+        && state
+            .conversations()
+            .accept_ethics(session.0.clone())
+            .await
+            .is_err()
+    {
+        return settings_failure(&headers);
     }
     let location = headers
         .get(header::REFERER)
@@ -97,11 +103,16 @@ pub async fn conversation_index() -> Response {
 
 /// `GET /conversations`: the session's conversations, newest first (what chat-ui's page
 /// loads for its sidebar).
-pub async fn list(State(state): State<AppState>, extensions: Extensions) -> Response {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
     let session = session(&extensions);
-    let items: Vec<Value> = state
-        .store()
-        .list(&session.0)
+    let Ok(conversations) = state.conversations().list(session.0).await else {
+        return unavailable(&headers);
+    };
+    let items: Vec<Value> = conversations
         .into_iter()
         .map(|c| {
             let updated = c
@@ -135,32 +146,41 @@ pub async fn create(
     if state.models().by_id(model).is_none() {
         return internal_error(&headers);
     }
-    match state.store().create(&session.0, model) {
-        Ok(id) => Json(json!({ "conversationId": id })).into_response(),
-        Err(CreateError::SessionFull { limit }) => route_error(
-            &headers,
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!(
-                "Too many conversations: this session already has {limit}. Delete some first."
-            ),
-        ),
-        Err(CreateError::ServerFull { limit }) => {
-            let mut response = route_error(
-                &headers,
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!("The server holds {limit} conversations, its limit. Try again later."),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(60));
-            response
+    let created = state
+        .conversations()
+        .create(session.0, model.to_string())
+        .await;
+    let (reason, message) = match created {
+        Ok(id) => return Json(json!({ "conversationId": id })).into_response(),
+        Err(CreateError::Unavailable(_)) => {
+            state.metrics().refused_conversation("store");
+            return unavailable(&headers);
         }
-        Err(CreateError::Unavailable) => route_error(
-            &headers,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The conversation store is unavailable. Try again later.",
+        Err(CreateError::SessionFull { limit }) => (
+            "session",
+            format!("Too many conversations: this session already has {limit}. Delete some first."),
         ),
-    }
+        Err(CreateError::ServerFull { limit }) => (
+            "server",
+            format!("The server holds {limit} conversations, its limit. Try again later."),
+        ),
+    };
+    // The session that hits a cap is refused; nobody's conversations make room.
+    state.metrics().refused_conversation(reason);
+    let mut response = route_error(&headers, StatusCode::TOO_MANY_REQUESTS, &message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(60));
+    response
+}
+
+/// 503: the conversation store failed (counted and logged by its handle).
+fn unavailable(headers: &HeaderMap) -> Response {
+    route_error(
+        headers,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The conversation store is unavailable. Try again later.",
+    )
 }
 
 /// Why a `/conversation/{id}` route cannot go on (§a.4 steps 2–3).
@@ -169,6 +189,8 @@ enum Lookup {
     BadId,
     /// Missing, or another session's: 404.
     NotFound,
+    /// The store failed: 503.
+    Unavailable,
 }
 
 impl Lookup {
@@ -178,25 +200,46 @@ impl Lookup {
             Lookup::NotFound => {
                 route_error(headers, StatusCode::NOT_FOUND, "Conversation not found")
             }
+            Lookup::Unavailable => unavailable(headers),
         }
     }
 }
 
 /// The session's conversation `id`, checked in chat-ui's order.
-fn lookup(state: &AppState, session: &SessionId, id: &str) -> Result<StoredConversation, Lookup> {
+async fn lookup(
+    state: &AppState,
+    session: &SessionId,
+    id: &str,
+) -> Result<StoredConversation, Lookup> {
     if !is_object_id(id) {
         return Err(Lookup::BadId);
     }
-    state.store().get(&session.0, id).ok_or(Lookup::NotFound)
+    match state
+        .conversations()
+        .get(session.0.clone(), id.to_string())
+        .await
+    {
+        Ok(Some(conversation)) => Ok(conversation),
+        Ok(None) => Err(Lookup::NotFound),
+        Err(_) => Err(Lookup::Unavailable),
+    }
 }
 
 /// The rate limit (§a.4 step 4): more than `RATE_LIMIT` finished generations in the last
 /// minute is 429, with how long until the oldest one leaves the window.
-fn rate_limited(state: &AppState, session: &SessionId, headers: &HeaderMap) -> Option<Response> {
+async fn rate_limited(
+    state: &AppState,
+    session: &SessionId,
+    headers: &HeaderMap,
+) -> Option<Response> {
     let limit = state.config().rate_limit?;
-    let (recent, oldest_expires) = state
-        .store()
-        .recent_generations(&session.0, Duration::from_secs(60));
+    let recent = state
+        .conversations()
+        .recent_generations(session.0.clone(), Duration::from_secs(60))
+        .await;
+    let Ok((recent, oldest_expires)) = recent else {
+        return Some(unavailable(headers));
+    };
     if recent <= limit as usize {
         return None;
     }
@@ -223,11 +266,11 @@ pub async fn generate(
 ) -> Response {
     let started = Instant::now();
     let session = session(&extensions);
-    let conversation = match lookup(&state, &session, &id) {
+    let conversation = match lookup(&state, &session, &id).await {
         Ok(conversation) => conversation,
         Err(lookup) => return lookup.reply(&headers),
     };
-    if let Some(response) = rate_limited(&state, &session, &headers) {
+    if let Some(response) = rate_limited(&state, &session, &headers).await {
         return response;
     }
     let Some(model) = state.models().by_id(&conversation.model).cloned() else {
@@ -238,7 +281,7 @@ pub async fn generate(
         Err(BodyError::Schema) => return internal_error(&headers),
         Err(BodyError::Type(message)) => return tgi_wire::type_error(message),
     };
-    let mut messages = request.history(conversation.messages);
+    let messages = request.history(conversation.messages);
     let mut stream_headers = StreamHeaders {
         compute_type: model.engine.info().compute_type,
         characters: 0,
@@ -251,14 +294,19 @@ pub async fn generate(
         Ok(run) => run,
         Err(failure) => return tgi_wire::refusal(&failure, request.stream, &stream_headers),
     };
-    // Only the window the model saw is stored back: history stays bounded by the model.
-    messages.drain(..run.prepared().first_message);
+    // The question is stored before the answer streams.
+    let begun = Turn::begin(state.conversations(), &session.0, &id, request.turn()).await;
+    let question = match begun {
+        Ok(Some(question)) => question,
+        Ok(None) => return Lookup::NotFound.reply(&headers),
+        Err(failure) => return tgi_wire::error_response(&failure),
+    };
     let abort = request.stream.then(|| state.aborts().register(&id));
     if let Some(guard) = &abort {
         run.abort_on(guard.token());
     }
-    let stop = request.parameters.stop.clone();
-    let turn = Turn::new(state.store_arc(), session.0, id, messages, stop, abort);
+    let (conversations, stop) = (state.conversations().clone(), request.parameters.stop);
+    let turn = Turn::new(conversations, session.0, id, question, stop, abort);
     run.observe(Box::new(turn));
     if request.stream {
         stream_headers.characters = run.prepared().prompt.char_count();
@@ -279,10 +327,10 @@ pub async fn delete(
     if !is_object_id(&id) {
         return Lookup::BadId.reply(&headers);
     }
-    if state.store().delete(&session.0, &id) {
-        StatusCode::OK.into_response()
-    } else {
-        Lookup::NotFound.reply(&headers)
+    match state.conversations().delete(session.0, id).await {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => Lookup::NotFound.reply(&headers),
+        Err(_) => Lookup::Unavailable.reply(&headers),
     }
 }
 
@@ -295,7 +343,7 @@ pub async fn show(
     extensions: Extensions,
 ) -> Response {
     let session = session(&extensions);
-    let conversation = match lookup(&state, &session, &id) {
+    let conversation = match lookup(&state, &session, &id).await {
         Ok(conversation) => conversation,
         Err(lookup) => return lookup.reply(&headers),
     };
@@ -328,18 +376,19 @@ pub async fn rename(
     body: Bytes,
 ) -> Response {
     let session = session(&extensions);
-    if let Err(lookup) = lookup(&state, &session, &id) {
+    if let Err(lookup) = lookup(&state, &session, &id).await {
         return lookup.reply(&headers);
     }
     let title = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("title").and_then(Value::as_str).map(str::to_string));
-    match title {
-        Some(title) if (1..=100).contains(&title.chars().count()) => {
-            state.store().set_title(&session.0, &id, title);
-            StatusCode::OK.into_response()
-        }
-        _ => internal_error(&headers),
+    let Some(title) = title.filter(|t| (1..=100).contains(&t.chars().count())) else {
+        return internal_error(&headers);
+    };
+    match state.conversations().set_title(session.0, id, title).await {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => Lookup::NotFound.reply(&headers),
+        Err(_) => Lookup::Unavailable.reply(&headers),
     }
 }
 
@@ -352,7 +401,7 @@ pub async fn stop_generating(
     extensions: Extensions,
 ) -> Response {
     let session = session(&extensions);
-    if let Err(lookup) = lookup(&state, &session, &id) {
+    if let Err(lookup) = lookup(&state, &session, &id).await {
         return lookup.reply(&headers);
     }
     state.aborts().abort(&id);

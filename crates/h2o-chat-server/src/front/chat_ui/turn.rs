@@ -1,24 +1,25 @@
-//! A chat-ui turn as it is stored: an [`Observer`] of the run that writes the question and
-//! the answer into the conversation when the run ends — the whole answer, cleaned as
-//! chat-ui cleaned it (§a.4 step 10), or as far as it went when it was stopped or its client
-//! left (chat-ui's `abortedGenerations`). Each finished or cut turn counts for the rate
-//! limit.
-
-use std::sync::Arc;
+//! A chat-ui turn as it is stored: the question before the answer streams (the route calls
+//! [`Turn::begin`]), then the answer when the run ends, by an [`Observer`] of the run — the
+//! whole answer, cleaned as chat-ui cleaned it (§a.4 step 10), or as far as it went at every
+//! other end: stop-generating (chat-ui's `abortedGenerations`), a client that left, a reader
+//! given up, an engine or upstream failure, shutdown. A write that fails is the client's
+//! error (an error event instead of the final one), never a silent success. Each finished or
+//! cut turn counts for the rate limit.
 
 use h2o_chat_engine::Token;
 
+use crate::failure::Failure;
 use crate::front::chat_ui::aborts::AbortGuard;
-use crate::pipeline::{End, Observer};
-use crate::store::{Author, Store, StoredMessage};
+use crate::pipeline::{End, Observer, Settle};
+use crate::store::{Author, Conversations, StoredMessage, TurnStart};
 
 /// See the module docs.
 pub struct Turn {
-    store: Arc<dyn Store>,
+    conversations: Conversations,
     session: String,
     conversation: String,
-    /// The messages the model saw, the question last.
-    messages: Vec<StoredMessage>,
+    /// The question's message id: the answer is stored right after it.
+    question: String,
     /// The request's stop sequences (stripped from the stored answer).
     stop: Vec<String>,
     /// The answer so far.
@@ -28,37 +29,62 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// Stores the question (a retry replaces the retried message and what follows it);
+    /// `None` when the conversation is gone.
+    pub async fn begin(
+        conversations: &Conversations,
+        session: &str,
+        conversation: &str,
+        start: TurnStart,
+    ) -> Result<Option<String>, Failure> {
+        let question = start.question.id.clone();
+        let stored = conversations
+            .begin_turn(session.to_string(), conversation.to_string(), start)
+            .await?;
+        Ok(stored.then_some(question))
+    }
+
+    /// The observer of the run answering `question`.
     pub fn new(
-        store: Arc<dyn Store>,
+        conversations: Conversations,
         session: String,
         conversation: String,
-        messages: Vec<StoredMessage>,
+        question: String,
         stop: Vec<String>,
         abort: Option<AbortGuard>,
     ) -> Self {
         Turn {
-            store,
+            conversations,
             session,
             conversation,
-            messages,
+            question,
             stop,
             partial: String::new(),
             _abort: abort,
         }
     }
 
-    fn save(&mut self, answer: Option<String>) {
-        let mut messages = std::mem::take(&mut self.messages);
-        if let Some(answer) = answer {
-            messages.push(StoredMessage {
-                from: Author::Assistant,
-                content: answer,
-                id: uuid::Uuid::new_v4().to_string(),
-            });
-        }
-        self.store
-            .set_messages(&self.session, &self.conversation, messages);
-        self.store.record_generation(&self.session);
+    /// Stores `answer` after the question and counts the turn for the rate limit.
+    fn save(&mut self, answer: Option<String>) -> Settle {
+        let conversations = self.conversations.clone();
+        let session = std::mem::take(&mut self.session);
+        let conversation = std::mem::take(&mut self.conversation);
+        let question = std::mem::take(&mut self.question);
+        Box::pin(async move {
+            if let Some(answer) = answer {
+                let answer = StoredMessage {
+                    from: Author::Assistant,
+                    content: answer,
+                    id: uuid::Uuid::new_v4().to_string(),
+                };
+                // `false`: the question is no longer there (deleted, retried): nothing to keep.
+                conversations
+                    .end_turn(session.clone(), conversation, question, answer)
+                    .await?;
+            }
+            conversations.record_generation(session).await?;
+            Ok(())
+        })
     }
 }
 
@@ -69,19 +95,12 @@ impl Observer for Turn {
         }
     }
 
-    fn end(&mut self, end: End<'_>) {
-        match end {
-            End::Finished(finished) => {
-                let answer = clean_answer(&finished.finish.generated_text, &self.stop);
-                self.save(Some(answer));
-            }
-            End::Aborted | End::Abandoned => {
-                let partial = self.partial.trim_end();
-                let answer = (!partial.is_empty()).then(|| partial.to_string());
-                self.save(answer);
-            }
-            End::Failed(_) => {}
-        }
+    fn end(&mut self, end: End<'_>) -> Option<Settle> {
+        let answer = match end {
+            End::Finished(finished) => clean_answer(&finished.finish.generated_text, &self.stop),
+            End::Aborted | End::Abandoned | End::Failed(_) => self.partial.trim_end().to_string(),
+        };
+        Some(self.save((!answer.is_empty()).then_some(answer)))
     }
 }
 

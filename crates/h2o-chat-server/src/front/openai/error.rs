@@ -107,6 +107,13 @@ impl ApiError {
                 None,
                 Some("upstream_error"),
             ),
+            Failure::Store(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                failure.message(),
+                "server_error",
+                None,
+                Some("store_unavailable"),
+            ),
             Failure::Unavailable(_) | Failure::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 failure.message(),
