@@ -234,7 +234,8 @@ pub async fn interactive(
         }
         let _ = editor.add_history_entry(line);
         if let Some(dir) = history_file.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = h2o_chat_cli::home::create_private_dir(dir);
+            let _ = h2o_chat_cli::home::create_private_file(&history_file);
         }
         if let Err(err) = editor.save_history(&history_file) {
             tracing::debug!(%err, "the line history is not kept");

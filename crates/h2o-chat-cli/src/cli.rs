@@ -128,9 +128,17 @@ pub struct ServeArgs {
     /// Seconds a graceful shutdown lets running answers finish before ending them.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub shutdown_timeout: f64,
-    /// Connections open at once; beyond it the longest-idle one is closed (or 503).
+    /// Connections open at once; beyond it one that is idle or past a deadline is closed (or
+    /// the newcomer gets 503). Lowered, with a warning, to fit the process's open-file limit.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// Connections open at once from one client address.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_client: u32,
+    /// Also speak HTTP/2 (prior knowledge, for clients that ask for it), at most 8 streams
+    /// per connection. Off by default: HTTP/1.1 only.
+    #[arg(long)]
+    pub http2: bool,
     #[command(flatten)]
     pub upstreams: UpstreamArgs,
     /// Require `Authorization: Bearer KEY` on every route that generates or reads

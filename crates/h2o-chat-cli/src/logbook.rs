@@ -98,7 +98,7 @@ impl Logbook {
     /// Opens (or creates) the log at `path`.
     pub fn open(path: &Path) -> Result<Logbook, DbError> {
         if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = h2o_chat_cli::home::create_private_dir(dir);
         }
         Ok(Logbook {
             db: Database::open(path, MIGRATIONS)?,

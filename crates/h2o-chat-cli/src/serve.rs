@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use h2o_chat_engine::{DeferredEngine, Engine};
@@ -46,8 +47,10 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
         public_origin: args.public_origin.clone(),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         retention: args.retention.0,
+        http2: args.http2,
         bounds: Bounds {
-            max_connections: args.max_connections as usize,
+            max_connections: connection_cap(args.max_connections as usize),
+            max_connections_per_client: args.max_connections_per_client as usize,
             store: StoreBounds {
                 max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
                 ..StoreBounds::default()
@@ -89,43 +92,90 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
     if pool.is_some() {
         eprintln!("gateway ready");
     }
-    if let Some(deferred) = loading {
+    // Set by the first signal: a model still being fetched stops (pip is ended), so the
+    // process exits within seconds instead of waiting for the download.
+    let cancel_load = Arc::new(AtomicBool::new(false));
+    let loader = loading.map(|deferred| {
         let knobs = args.engine.clone();
         let gguf = global.gguf.clone();
         let quiet = global.quiet;
-        tokio::task::spawn_blocking(move || match local::load_engine(gguf, quiet, &knobs) {
-            Ok(engine) => {
-                let config = engine.config();
-                eprintln!(
-                    "model loaded: {} slots × {} positions, prompt cache {}, KV cache {}",
-                    config.slots,
-                    config.context_per_slot,
-                    if config.prompt_cache { "on" } else { "off" },
-                    config.kv_cache
-                );
-                deferred.resolve(Ok(Arc::new(engine)));
+        let cancel = cancel_load.clone();
+        tokio::task::spawn_blocking(move || {
+            match local::load_engine(gguf, quiet, &knobs, &cancel) {
+                Ok(engine) => {
+                    let config = engine.config();
+                    eprintln!(
+                        "model loaded: {} slots × {} positions, prompt cache {}, KV cache {}",
+                        config.slots,
+                        config.context_per_slot,
+                        if config.prompt_cache { "on" } else { "off" },
+                        config.kv_cache
+                    );
+                    deferred.resolve(Ok(Arc::new(engine)));
+                }
+                Err(failure) => {
+                    if !cancel.load(Ordering::Acquire) {
+                        eprintln!("h2o-chat serve: {failure}");
+                    }
+                    deferred.resolve(Err(failure.to_string()));
+                }
             }
-            Err(failure) => {
-                eprintln!("h2o-chat serve: {failure}");
-                deferred.resolve(Err(failure.to_string()));
-            }
-        });
-    }
+        })
+    });
     signals.next().await;
     eprintln!(
         "h2o-chat serve: shutting down (running answers have {} s; a second signal exits now)",
         shutdown_timeout.as_secs_f64()
     );
+    cancel_load.store(true, Ordering::Release);
     server.shutdown();
     tokio::spawn(async move {
         signals.next().await;
         eprintln!("h2o-chat serve: second signal, exiting now");
         std::process::exit(FORCED_EXIT);
     });
-    server
+    let served = server
         .wait()
         .await
-        .map_err(|e| CliError::Other(format!("server error: {e}")))
+        .map_err(|e| CliError::Other(format!("server error: {e}")));
+    // A fetch or load still running ends now that it is cancelled; the runtime would wait for
+    // it when the process exits.
+    if let Some(loader) = loader {
+        let _ = loader.await;
+    }
+    served
+}
+
+/// Files the process keeps open besides its connections: the model, the database and its
+/// journal, logs, pipes, the runtime's own.
+#[cfg(unix)]
+const RESERVED_FILES: u64 = 64;
+
+/// The connection cap within the process's open-file limit: the soft limit is raised to the
+/// hard one first; a cap that still does not fit is lowered, with a warning, so that accepting
+/// never fails for want of a file descriptor.
+fn connection_cap(asked: usize) -> usize {
+    #[cfg(unix)]
+    {
+        let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => limit,
+            Err(err) => {
+                eprintln!("h2o-chat serve: cannot read the open-file limit ({err})");
+                return asked;
+            }
+        };
+        let fits = usize::try_from(limit.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+        if asked > fits {
+            eprintln!(
+                "h2o-chat serve: the open-file limit is {limit}: --max-connections lowered from {asked} to {}",
+                fits.max(1)
+            );
+            return fits.max(1);
+        }
+        asked
+    }
+    #[cfg(not(unix))]
+    asked
 }
 
 /// The conversation store `--db` names: a SQLite file (default `serve.sqlite3` in the cache
@@ -135,9 +185,12 @@ fn open_store(db: Option<&Path>, bounds: StoreBounds) -> Result<Arc<dyn Store>, 
         Some(path) if path.as_os_str() == ":memory:" => SqliteStore::in_memory(bounds),
         Some(path) => SqliteStore::open(path, bounds),
         None => {
-            let dir = h2o_chat_cli::home::dir();
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+            let dir = h2o_chat_cli::home::create().map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot create {}: {e}",
+                    h2o_chat_cli::home::dir().display()
+                ))
+            })?;
             SqliteStore::open(&dir.join("serve.sqlite3"), bounds)
         }
     };

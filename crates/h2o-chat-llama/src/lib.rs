@@ -16,7 +16,8 @@
 //! use h2o_chat_llama::{LlamaConfig, LlamaEngine, fetch};
 //!
 //! let home = std::path::Path::new("/var/cache/h2o-chat");
-//! let gguf = fetch::ensure_model(home, &fetch::SMOLLM2, &mut |_, _, _| {})?;
+//! let never = std::sync::atomic::AtomicBool::new(false);
+//! let gguf = fetch::ensure_model(home, &fetch::SMOLLM2, &mut |_, _, _| {}, &never)?;
 //! let engine = LlamaEngine::load(LlamaConfig::new(gguf, "HuggingFaceTB/SmolLM2-135M-Instruct"))?;
 //! let prompt = engine.render_chat(&[ChatTurn::new("user", "What is the capital of France?")])?;
 //! let mut generation = engine.start(GenerationRequest::new(prompt, 32))?;

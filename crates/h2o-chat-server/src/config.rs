@@ -40,9 +40,15 @@ pub struct Bounds {
     pub max_cookie_len: usize,
     /// What the conversation store holds.
     pub store: StoreBounds,
-    /// Open connections. At the cap the longest-idle connection is closed to make room; when
-    /// none is idle, a new connection gets 503 and is closed.
+    /// Open connections. At the cap a connection that is idle or past a deadline is closed to
+    /// make room (the longest-idle first); when none is, a new connection gets 503 and is
+    /// closed.
     pub max_connections: usize,
+    /// Open connections from one client address; beyond, its new connections get 503 (and
+    /// nobody else's is closed for them).
+    pub max_connections_per_client: usize,
+    /// Concurrent streams of one HTTP/2 connection (when HTTP/2 is on).
+    pub max_streams_per_connection: u32,
     /// Tokenisations and template renderings running at once (TGI's `validation_workers`).
     pub validation_workers: usize,
 }
@@ -54,6 +60,8 @@ impl Default for Bounds {
             max_cookie_len: 128,
             store: StoreBounds::default(),
             max_connections: 1024,
+            max_connections_per_client: 256,
+            max_streams_per_connection: 8,
             validation_workers: 2,
         }
     }
@@ -66,7 +74,7 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// From the end of a response to the next request on a kept-alive connection.
     pub keep_alive_idle: Duration,
-    /// Reading a request body.
+    /// From the end of a request's head to its body's last byte.
     pub body_read: Duration,
     /// A response write that makes no progress (the client stopped reading).
     pub write_stall: Duration,
@@ -112,6 +120,8 @@ pub struct ServerConfig {
     /// When set, every route that generates or reads conversations requires
     /// `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Serve HTTP/2 (with prior knowledge) beside HTTP/1.1; off by default.
+    pub http2: bool,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +136,7 @@ impl Default for ServerConfig {
             retention: None,
             secure_cookie: false,
             api_key: None,
+            http2: false,
         }
     }
 }

@@ -44,6 +44,7 @@ pub mod session;
 pub mod shutdown;
 mod sse;
 pub mod store;
+pub mod streaming;
 pub mod tgi_wire;
 pub mod validation;
 
@@ -61,7 +62,6 @@ use axum::routing::get;
 use tokio::sync::Semaphore;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use config::{Bounds, Limits, ServerConfig, Timeouts};
 pub use metrics::Metrics;
@@ -71,6 +71,7 @@ pub use store::{Conversations, MemoryStore, SqliteStore, Store, StoreBounds};
 
 use front::chat_ui::aborts::Aborts;
 use store::Sweep;
+use streaming::Streams;
 
 /// The route families and their paths, for people (the `serve` banner).
 pub const ROUTES: &[(&str, &[&str])] = &[
@@ -89,6 +90,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     aborts: Aborts,
+    streams: Streams,
 }
 
 /// What every handler can reach. Cheap to clone.
@@ -129,6 +131,10 @@ impl AppState {
     pub fn aborts(&self) -> &Aborts {
         &self.0.aborts
     }
+    /// The streamed answers' tasks.
+    pub fn streams(&self) -> &Streams {
+        &self.0.streams
+    }
 }
 
 /// A configured server, not yet listening.
@@ -153,6 +159,7 @@ impl Server {
             .map(|m| (m.engine.info().model_id, m.engine.clone()))
             .collect();
         let metrics = Metrics::new(engines, config.bounds.store.max_conversations);
+        let config_stall = config.timeouts.write_stall;
         let conversations =
             Conversations::new(store, config.timeouts.store, metrics.store_failures.clone());
         Server {
@@ -165,6 +172,7 @@ impl Server {
                 metrics: Arc::new(metrics),
                 shutdown: Shutdown::new(),
                 aborts: Aborts::default(),
+                streams: Streams::new(config_stall),
             })),
         }
     }
@@ -199,9 +207,6 @@ impl Server {
             .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(body_limit))
-            .layer(RequestBodyTimeoutLayer::new(
-                state.config().timeouts.body_read,
-            ))
             .layer(RequestBodyLimitLayer::new(body_limit))
             .layer(map_response(close_when_body_refused))
             .with_state(state)
@@ -244,11 +249,19 @@ impl Server {
         let task = {
             let state = state.clone();
             tokio::spawn(async move {
+                let config = state.config();
+                let listening = listener::Listening {
+                    max_connections: config.bounds.max_connections,
+                    max_connections_per_client: config.bounds.max_connections_per_client,
+                    http2_streams: config
+                        .http2
+                        .then_some(config.bounds.max_streams_per_connection),
+                    timeouts: config.timeouts,
+                };
                 listener::serve(
                     listener,
                     app,
-                    state.config().bounds.max_connections,
-                    state.config().timeouts,
+                    listening,
                     state.shutdown().clone(),
                     state.metrics().clone(),
                 )
@@ -317,9 +330,19 @@ impl RunningServer {
     }
 
     /// Waits until the server has stopped (after [`RunningServer::shutdown`]), then for the
-    /// relays' upstream cleanup, within the shutdown timeout.
+    /// streamed answers to end (their turns stored) and the relays' upstream cleanup, within
+    /// the shutdown timeout.
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.task.await.map_err(std::io::Error::other);
+        // Every answer ends by the shutdown deadline, its turn stored on the way out; the
+        // bound only turns a bug into a warning instead of a hang.
+        let deadline = self.state.config().timeouts.shutdown + Duration::from_secs(5);
+        if tokio::time::timeout(deadline, self.state.streams().ended())
+            .await
+            .is_err()
+        {
+            tracing::warn!("streamed answers were still ending after the shutdown deadline");
+        }
         let cleanups: Vec<_> = self
             .state
             .models()

@@ -1,25 +1,29 @@
 //! The accept loop: every connection is bounded in number and in time.
 //!
 //! axum's own `serve` keeps a connection as long as the client likes. Here each connection
-//! is watched:
+//! is watched, every deadline absolute (counted from when the wait began, not from the last
+//! byte, so a byte every few seconds buys nothing):
 //!
-//! - **Header read**: a new connection, or a kept-alive one that started sending a request,
+//! - **Request head**: a new connection, or a kept-alive one that started sending a request,
 //!   has `header_read` to deliver the whole head; a half-sent request is dropped.
+//! - **Request body**: `body_read` from the end of the head to the body's last byte.
 //! - **Keep-alive idle**: a connection with no request in flight is closed after
 //!   `keep_alive_idle`.
 //! - **Write stall**: a response write that makes no progress for `write_stall` (the client
 //!   stopped reading) drops the connection.
-//! - **Cap**: at `max_connections`, a new connection makes the longest-idle one close; when
-//!   none is idle, the newcomer gets `503` with `Connection: close` at once.
+//! - **Caps**: `max_connections` in all and `max_connections_per_client` from one address.
+//!   At the overall cap a newcomer makes room by closing a connection that is idle or past a
+//!   deadline (the longest-idle first); when none is, it gets `503` with `Connection: close`
+//!   at once. A client at its own cap gets the `503` without closing anyone's connection.
+//! - **HTTP/1.1** unless HTTP/2 is asked for; with it, a few streams per connection, each
+//!   request counted like an HTTP/1.1 one.
 //! - **Shutdown**: draining closes idle connections and lets running requests finish; past
 //!   the deadline (plus a second for the error events to go out) the rest are dropped.
-//!
-//! Request bodies have their own deadline (tower-http's `RequestBodyTimeoutLayer`, set up in
-//! `lib.rs`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -49,6 +53,8 @@ fn now_ms() -> u64 {
 
 /// What the watchdog knows of one connection.
 struct Watch {
+    /// The client's address (for the per-client cap).
+    peer: IpAddr,
     in_flight: AtomicUsize,
     /// When the connection last became idle (no request in flight).
     idle_since: AtomicU64,
@@ -56,25 +62,102 @@ struct Watch {
     head_since: AtomicU64,
     /// When a write started waiting for the client to read (0: not waiting).
     write_blocked_since: AtomicU64,
+    /// The request bodies being read (HTTP/2 reads several at once), by when each began.
+    bodies: Mutex<HashMap<u64, u64>>,
+    next_body: AtomicU64,
     /// Asked to close (evicted at the cap).
     close: CancellationToken,
 }
 
 impl Watch {
-    fn new() -> Self {
+    fn new(peer: IpAddr) -> Self {
         let now = now_ms();
         Watch {
+            peer,
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(now),
             // A new connection owes its first request head.
             head_since: AtomicU64::new(now),
             write_blocked_since: AtomicU64::new(0),
+            bodies: Mutex::new(HashMap::new()),
+            next_body: AtomicU64::new(0),
             close: CancellationToken::new(),
         }
     }
 
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    fn bodies(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.bodies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the oldest body still being read began (0: none is).
+    fn oldest_body(&self) -> u64 {
+        self.bodies().values().copied().min().unwrap_or(0)
+    }
+}
+
+/// A request body, its deadline counted from the end of the head to its last byte.
+struct TimedBody {
+    inner: Incoming,
+    watch: Arc<Watch>,
+    /// Its key in `Watch::bodies` while it is being read.
+    key: Option<u64>,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, watch: &Arc<Watch>) -> Self {
+        let key = (!inner.is_end_stream()).then(|| {
+            let key = watch.next_body.fetch_add(1, Ordering::Relaxed);
+            watch.bodies().insert(key, now_ms());
+            key
+        });
+        TimedBody {
+            inner,
+            watch: watch.clone(),
+            key,
+        }
+    }
+
+    /// Read to its end (or given up): its deadline no longer counts.
+    fn done(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.watch.bodies().remove(&key);
+        }
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            self.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -218,6 +301,10 @@ fn verdict(watch: &Watch, timeouts: &Timeouts, now: u64) -> Verdict {
     if blocked != 0 && elapsed(blocked) > timeouts.write_stall {
         return Verdict::Drop;
     }
+    let body = watch.oldest_body();
+    if body != 0 && elapsed(body) > timeouts.body_read {
+        return Verdict::Drop;
+    }
     if !watch.is_idle() {
         return Verdict::Keep;
     }
@@ -240,22 +327,67 @@ fn verdict(watch: &Watch, timeouts: &Timeouts, now: u64) -> Verdict {
 struct Registry {
     next: u64,
     open: HashMap<u64, Arc<Watch>>,
+    /// Open connections per client address.
+    per_client: HashMap<IpAddr, usize>,
+}
+
+impl Registry {
+    /// A connection to close to make room: one idle or past a deadline, the longest-idle
+    /// first.
+    fn victim(&self, timeouts: &Timeouts, now: u64) -> Option<Arc<Watch>> {
+        self.open
+            .values()
+            .filter(|w| !w.close.is_cancelled())
+            .filter(|w| w.is_idle() || verdict(w, timeouts, now) == Verdict::Drop)
+            .min_by_key(|w| (!w.is_idle(), w.idle_since.load(Ordering::Acquire)))
+            .cloned()
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(watch) = self.open.remove(&id)
+            && let Some(count) = self.per_client.get_mut(&watch.peer)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_client.remove(&watch.peer);
+            }
+        }
+    }
+}
+
+/// How the listener serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listening {
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// HTTP/2 streams per connection; `None`: HTTP/1.1 only.
+    pub http2_streams: Option<u32>,
+    pub timeouts: Timeouts,
 }
 
 /// Serves `app` on `listener` until shutdown; returns when every connection has closed.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
-    max_connections: usize,
-    timeouts: Timeouts,
+    listening: Listening,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
 ) {
-    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    let timeouts = listening.timeouts;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder = match listening.http2_streams {
+        Some(streams) => {
+            builder.http2().max_concurrent_streams(streams);
+            builder
+        }
+        None => builder.http1_only(),
+    };
+    let builder = Arc::new(builder);
     let registry = Arc::new(Mutex::new(Registry::default()));
     let tasks = tokio_util::task::TaskTracker::new();
     let tick = [
         timeouts.header_read,
+        timeouts.body_read,
         timeouts.keep_alive_idle,
         timeouts.write_stall,
     ]
@@ -270,28 +402,30 @@ pub(crate) async fn serve(
             () = shutdown.draining() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
-                // Out of file descriptors, mostly: let connections close before trying again.
+                // Out of file descriptors, mostly (the connection cap is kept below the
+                // process's limit, so this is another process's doing): let connections close
+                // before trying again.
                 tracing::warn!(%err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let watch = Arc::new(Watch::new());
+        let watch = Arc::new(Watch::new(peer.ip()));
         let id = {
             let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
-            if registry.open.len() >= max_connections.max(1) {
-                // Make room: the connection idle the longest goes.
-                let victim = registry
-                    .open
-                    .values()
-                    .filter(|w| w.is_idle() && !w.close.is_cancelled())
-                    .min_by_key(|w| w.idle_since.load(Ordering::Acquire))
-                    .cloned();
-                match victim {
+            let from_client = registry.per_client.get(&peer.ip()).copied().unwrap_or(0);
+            if from_client >= listening.max_connections_per_client.max(1) {
+                // This client holds its share: it is refused, nobody else is closed for it.
+                metrics.connections_refused.inc();
+                tasks.spawn(refuse(stream));
+                continue;
+            }
+            if registry.open.len() >= listening.max_connections.max(1) {
+                match registry.victim(&timeouts, now_ms()) {
                     Some(victim) => {
                         victim.close.cancel();
                         metrics.connections_evicted.inc();
@@ -306,6 +440,7 @@ pub(crate) async fn serve(
             registry.next += 1;
             let id = registry.next;
             registry.open.insert(id, watch.clone());
+            *registry.per_client.entry(peer.ip()).or_default() += 1;
             id
         };
         metrics.connections.inc();
@@ -319,8 +454,7 @@ pub(crate) async fn serve(
             registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .open
-                .remove(&id);
+                .remove(id);
             metrics.connections.dec();
         });
     }
@@ -342,9 +476,10 @@ async fn connection(
     let service_watch = watch.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let in_flight = InFlight::start(&service_watch);
+        let request = request.map(|body| Body::new(TimedBody::new(body, &service_watch)));
         let app = app.clone();
         async move {
-            let response = app.oneshot(request.map(Body::new)).await?;
+            let response = app.oneshot(request).await?;
             Ok::<_, Infallible>(response.map(|inner| TrackedBody {
                 inner,
                 _in_flight: in_flight,
@@ -424,7 +559,7 @@ mod tests {
 
     #[test]
     fn a_half_sent_head_is_dropped_after_the_header_timeout() {
-        let watch = Watch::new();
+        let watch = Watch::new(IpAddr::from([127, 0, 0, 1]));
         let start = watch.head_since.load(Ordering::Acquire);
         assert_eq!(verdict(&watch, &timeouts(), start + 50), Verdict::Keep);
         assert_eq!(verdict(&watch, &timeouts(), start + 150), Verdict::Drop);
@@ -432,7 +567,7 @@ mod tests {
 
     #[test]
     fn an_idle_connection_closes_after_the_keep_alive_timeout() {
-        let watch = Arc::new(Watch::new());
+        let watch = Arc::new(Watch::new(IpAddr::from([127, 0, 0, 1])));
         let request = InFlight::start(&watch);
         drop(request);
         let idle = watch.idle_since.load(Ordering::Acquire);
@@ -442,11 +577,56 @@ mod tests {
 
     #[test]
     fn a_request_in_flight_keeps_its_connection_until_writes_stall() {
-        let watch = Arc::new(Watch::new());
+        let watch = Arc::new(Watch::new(IpAddr::from([127, 0, 0, 1])));
         let _request = InFlight::start(&watch);
         let now = now_ms();
         assert_eq!(verdict(&watch, &timeouts(), now + 10_000), Verdict::Keep);
         watch.write_blocked_since.store(now, Ordering::Release);
         assert_eq!(verdict(&watch, &timeouts(), now + 400), Verdict::Drop);
+    }
+
+    #[test]
+    fn a_body_is_due_in_full_by_its_deadline_however_it_trickles_in() {
+        let watch = Arc::new(Watch::new(IpAddr::from([127, 0, 0, 1])));
+        let _request = InFlight::start(&watch);
+        let start = now_ms();
+        watch.bodies().insert(0, start);
+        let timeouts = Timeouts {
+            body_read: Duration::from_millis(1000),
+            ..timeouts()
+        };
+        assert_eq!(verdict(&watch, &timeouts, start + 900), Verdict::Keep);
+        // A byte now and then changes nothing: the deadline counts from the head.
+        assert_eq!(verdict(&watch, &timeouts, start + 1100), Verdict::Drop);
+        watch.bodies().remove(&0);
+        assert_eq!(verdict(&watch, &timeouts, start + 1100), Verdict::Keep);
+    }
+
+    #[test]
+    fn at_the_cap_an_idle_or_overdue_connection_makes_room_never_a_busy_one() {
+        let timeouts = Timeouts {
+            body_read: Duration::from_millis(1000),
+            ..timeouts()
+        };
+        let mut registry = Registry::default();
+        let busy = Arc::new(Watch::new(IpAddr::from([127, 0, 0, 1])));
+        let _working = InFlight::start(&busy);
+        registry.open.insert(1, busy.clone());
+        let now = now_ms();
+        assert!(registry.victim(&timeouts, now).is_none());
+        let overdue = Arc::new(Watch::new(IpAddr::from([127, 0, 0, 2])));
+        let _trickling = InFlight::start(&overdue);
+        overdue.bodies().insert(0, now);
+        registry.open.insert(2, overdue.clone());
+        assert!(
+            registry.victim(&timeouts, now + 10).is_none(),
+            "not yet due"
+        );
+        let victim = registry.victim(&timeouts, now + 1100).unwrap();
+        assert!(Arc::ptr_eq(&victim, &overdue));
+        let idle = Arc::new(Watch::new(IpAddr::from([127, 0, 0, 3])));
+        registry.open.insert(3, idle.clone());
+        let victim = registry.victim(&timeouts, now + 1100).unwrap();
+        assert!(Arc::ptr_eq(&victim, &idle), "an idle one first");
     }
 }

@@ -1,12 +1,9 @@
 //! Server-sent events as TGI writes them (§b.1): `data:` + compact JSON + `\n\n` per event,
 //! and `:\n\n` as the keep-alive comment.
 
-use std::convert::Infallible;
-
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use futures_util::Stream;
 
 /// The keep-alive comment (§b.1).
 pub const KEEP_ALIVE: &[u8] = b":\n\n";
@@ -40,8 +37,8 @@ pub fn spaced_frame<T: serde::Serialize>(event: &T) -> Bytes {
 }
 
 /// A `text/event-stream` response, uncached and unbuffered by proxies.
-pub fn response(body: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static) -> Response {
-    let mut response = Response::new(Body::from_stream(body));
+pub fn response(body: Body) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

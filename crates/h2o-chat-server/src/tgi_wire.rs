@@ -3,7 +3,7 @@
 //! generate route, which relays TGI's reply as it is (§a.4 step 9) — so both fronts write
 //! through this module, and neither imports the other.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use h2o_chat_protocol::{Details, ErrorEvent, StreamResponse, Token};
@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::failure::Failure;
 use crate::pipeline::{Collected, Finished, Run, Step};
 use crate::sse;
+use crate::streaming::{Frames, Streams};
 
 /// TGI's `error_type` (§b.4), extended with `unavailable` and `shutdown`.
 pub fn error_type(failure: &Failure) -> &'static str {
@@ -104,10 +105,7 @@ pub struct StreamHeaders {
 }
 
 /// A `text/event-stream` response with TGI's compute headers.
-fn stream_response(
-    body: impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
-    stream_headers: &StreamHeaders,
-) -> Response {
+fn stream_response(body: Body, stream_headers: &StreamHeaders) -> Response {
     let mut response = sse::response(body);
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&stream_headers.compute_type) {
@@ -122,9 +120,8 @@ fn stream_response(
 
 /// One error event as the whole stream, status 200 (§b.4).
 pub fn error_stream(failure: &Failure, stream_headers: &StreamHeaders) -> Response {
-    let frame = sse::frame(&error_event(failure));
     stream_response(
-        futures_util::stream::once(async move { Ok(frame) }),
+        Body::from(sse::frame(&error_event(failure))),
         stream_headers,
     )
 }
@@ -161,39 +158,38 @@ impl Echo {
 /// The event stream of a run (§b.1–§b.4): a frame per token, the final event, or an error
 /// event; keep-alives while nothing arrives. A run stopped on request ends without a final
 /// event (chat-ui's stop-generating).
-pub async fn stream(mut run: Run, echo: Echo, stream_headers: &StreamHeaders) -> Response {
+pub async fn stream(
+    mut run: Run,
+    echo: Echo,
+    stream_headers: &StreamHeaders,
+    streams: &Streams,
+) -> Response {
     if let Some(Step::Failed(failure)) = run.peek().await
         && failure.is_status_on_streams()
     {
         return error_response(failure);
     }
-    let body = futures_util::stream::unfold((run, false), move |(mut run, ended)| async move {
-        if ended {
-            return None;
+    let body = streams.body(run, move |step, run| match step {
+        Step::KeepAlive => Frames::one(Bytes::from_static(sse::KEEP_ALIVE), false),
+        Step::Token(token) => Frames::one(
+            sse::frame(&StreamResponse {
+                token,
+                generated_text: None,
+                details: None,
+            }),
+            false,
+        ),
+        Step::Finished(finished) => {
+            let generated_text = generated_text(&run.echo(), &finished, echo.full_text);
+            let frame = sse::frame(&StreamResponse {
+                details: echo.details.then(|| details_of(&finished)),
+                token: finished.token,
+                generated_text: Some(generated_text),
+            });
+            Frames::one(frame, true)
         }
-        let (bytes, ended) = match run.next().await? {
-            Step::KeepAlive => (Bytes::from_static(sse::KEEP_ALIVE), false),
-            Step::Token(token) => (
-                sse::frame(&StreamResponse {
-                    token,
-                    generated_text: None,
-                    details: None,
-                }),
-                false,
-            ),
-            Step::Finished(finished) => {
-                let generated_text = generated_text(&run.echo(), &finished, echo.full_text);
-                let frame = sse::frame(&StreamResponse {
-                    details: echo.details.then(|| details_of(&finished)),
-                    token: finished.token,
-                    generated_text: Some(generated_text),
-                });
-                (frame, true)
-            }
-            Step::Failed(failure) => (sse::frame(&error_event(&failure)), true),
-            Step::Aborted => return None,
-        };
-        Some((Ok(bytes), (run, ended)))
+        Step::Failed(failure) => Frames::one(sse::frame(&error_event(&failure)), true),
+        Step::Aborted => Frames::end(),
     });
     stream_response(body, stream_headers)
 }

@@ -13,7 +13,7 @@ use h2o_chat_test_support::metrics;
 use h2o_chat_test_support::server::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Long enough that a closed socket means the server closed it.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -322,4 +322,219 @@ async fn an_early_403_or_405_says_connection_close_when_the_body_is_unread() {
         .unwrap();
     assert_eq!(not_allowed.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(not_allowed.headers()["connection"], "close");
+}
+
+/// Sends a `POST /generate` head announcing a 100,000-byte body, then a byte every 50 ms:
+/// never idle long, never done.
+async fn trickle(server: &h2o_chat_server::RunningServer) -> tokio::net::TcpStream {
+    let mut socket = raw(
+        server,
+        b"POST /generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{",
+    )
+    .await;
+    socket.write_all(b" ").await.unwrap();
+    socket
+}
+
+#[tokio::test]
+async fn a_body_trickling_in_is_cut_at_its_absolute_deadline() {
+    let config = ServerConfig {
+        timeouts: Timeouts {
+            body_read: Duration::from_millis(300),
+            ..Timeouts::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let mut socket = trickle(&server).await;
+    // Keep sending while waiting for the server to give up on the body.
+    let mut buffer = [0u8; 1024];
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            tokio::select! {
+                read = socket.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if socket.write_all(b" ").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the trickling connection was dropped");
+}
+
+#[tokio::test]
+async fn at_the_cap_trickling_bodies_past_their_deadline_make_room() {
+    let config = ServerConfig {
+        bounds: Bounds {
+            max_connections: 4,
+            ..Bounds::default()
+        },
+        timeouts: Timeouts {
+            body_read: Duration::from_millis(300),
+            ..Timeouts::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let url = server.url();
+    let mut trickling = Vec::new();
+    for _ in 0..4 {
+        trickling.push(trickle(&server).await);
+    }
+    // Four busy connections fill the cap; once their bodies are overdue a newcomer gets in
+    // (they are evicted to make room, or dropped by the watchdog, whichever comes first).
+    let answered = tokio::time::timeout(PATIENCE, async {
+        loop {
+            for socket in &mut trickling {
+                let _ = socket.write_all(b" ").await;
+            }
+            let info = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("{url}/info"))
+                .send()
+                .await;
+            if info.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "a newcomer was served within the bound");
+}
+
+#[tokio::test]
+async fn one_client_at_its_cap_is_refused_without_closing_anyone_else() {
+    let config = ServerConfig {
+        bounds: Bounds {
+            max_connections: 10,
+            max_connections_per_client: 3,
+            ..Bounds::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(raw(&server, b"").await);
+    }
+    let mut fourth = raw(&server, b"GET /info HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
+    let answer = read_until_closed(&mut fourth, PATIENCE).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The three it holds were not closed for it: each still answers.
+    for socket in &mut held {
+        socket
+            .write_all(b"GET /info HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until_closed(socket, PATIENCE).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    }
+}
+
+/// A client that speaks HTTP/2 with prior knowledge, and sets each stream's window to
+/// `window` bytes.
+fn h2_client(window: u32) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(window)
+        .http2_adaptive_window(false)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http2_is_off_unless_asked_for() {
+    let server = start().await;
+    let refused = h2_client(65_535)
+        .get(format!("{}/info", server.url()))
+        .send()
+        .await;
+    assert!(refused.is_err(), "an HTTP/2 preface was answered");
+    let config = ServerConfig {
+        http2: true,
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, Script::default()).await;
+    let info = h2_client(65_535)
+        .get(format!("{}/info", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.version(), reqwest::Version::HTTP_2);
+    assert_eq!(info.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_http2_client_that_never_opens_its_window_gives_its_permits_back() {
+    let config = ServerConfig {
+        http2: true,
+        limits: Limits {
+            max_concurrent_requests: 2,
+            ..Limits::default()
+        },
+        timeouts: Timeouts {
+            write_stall: Duration::from_millis(300),
+            ..Timeouts::default()
+        },
+        ..ServerConfig::default()
+    };
+    let script = Script {
+        tokens: vec!["tok".into()],
+        endless: true,
+        ..Script::default()
+    };
+    let server = start_with(config, script).await;
+    let url = server.url();
+    let stuck = h2_client(0);
+    let body = json!({"inputs": "Hi", "parameters": {"max_new_tokens": 4000}});
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        // Headers arrive; no byte of the bodies can.
+        let response = stuck
+            .post(format!("{url}/generate_stream"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    let generate = || async {
+        session()
+            .post(format!("{url}/generate"))
+            .json(&json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(
+        generate().await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "both permits held"
+    );
+    // The two answers are given up once they cannot be written: their permits come back
+    // although the connection and its streams stay open.
+    let served = tokio::time::timeout(PATIENCE, async {
+        while generate().await != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the permits came back");
+    drop(held);
 }

@@ -10,8 +10,14 @@ use h2o_chat_llama::fetch::{SMOLLM2, ensure_model};
 pub fn local_gguf() -> PathBuf {
     static GGUF: OnceLock<PathBuf> = OnceLock::new();
     GGUF.get_or_init(|| {
-        ensure_model(&h2o_chat_cli::home::dir(), &SMOLLM2, &mut |_, _, _| {})
-            .expect("the local model is fetched")
+        let never = std::sync::atomic::AtomicBool::new(false);
+        ensure_model(
+            &h2o_chat_cli::home::dir(),
+            &SMOLLM2,
+            &mut |_, _, _| {},
+            &never,
+        )
+        .expect("the local model is fetched")
     })
     .clone()
 }

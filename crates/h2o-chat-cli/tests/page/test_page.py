@@ -425,7 +425,12 @@ class ErrorsAndRecovery(unittest.TestCase):
             field = page.find("#p-max_new_tokens")
             field.clear()
             field.send_keys("1500", Keys.TAB)
-            page.type_and_send("List the numbers from 1 to 1000, one per line.")
+            # Greedy with no repetition penalty: an answer long enough to be cut anywhere.
+            penalty = page.find("#p-repetition_penalty")
+            penalty.clear()
+            penalty.send_keys("1", Keys.TAB)
+            cut = "Write the numbers 1 2 3 4 5 6 7 8 9 10 11 12 and continue to 1000."
+            page.type_and_send(cut)
             page.wait(lambda d: page.all(".message.streaming")
                       and len(page.find(".message.streaming .body").text) > 10)
             serve.stop(signal.SIGKILL)
@@ -436,9 +441,12 @@ class ErrorsAndRecovery(unittest.TestCase):
             page.open()
             page.wait(lambda d: page.all(f'#conversations li[data-id="{cid}"]'))
             page.find(f'#conversations li[data-id="{cid}"] .open').click()
-            page.wait(lambda d: len(page.all(".message")) == 2)
+            # Turn 1 whole, and turn 2's question, stored before its answer streamed (a
+            # killed process keeps nothing of the answer itself).
+            page.wait(lambda d: len(page.all(".message")) == 3)
             self.assertEqual(page.all(".message.assistant .body")[0].text, first,
                              "turn 1 survived the restart")
+            self.assertEqual(page.all(".message.user .body")[-1].text, cut)
             page.find("#settings-toggle").click()
             page.find("#settings-reset").click()
             page.find("#settings-toggle").click()
@@ -446,7 +454,7 @@ class ErrorsAndRecovery(unittest.TestCase):
             self.assertTrue(second)
             stored = page.server_conversation(cid)
             self.assertEqual([m["from"] for m in stored["messages"]],
-                             ["user", "assistant", "user", "assistant"], stored)
+                             ["user", "assistant", "user", "user", "assistant"], stored)
             page.shot("after-restart")
             self.assertEqual(page.console_errors(allowed=["ERR_", "network error", "Failed to fetch", "status of 405"]), [])
         finally:

@@ -310,7 +310,7 @@ pub async fn generate(
     run.observe(Box::new(turn));
     if request.stream {
         stream_headers.characters = run.prepared().prompt.char_count();
-        tgi_wire::stream(run, echo, &stream_headers).await
+        tgi_wire::stream(run, echo, &stream_headers, state.streams()).await
     } else {
         tgi_wire::collect(run, Shape::List, echo).await
     }

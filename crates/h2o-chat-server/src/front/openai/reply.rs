@@ -3,7 +3,6 @@
 //! `usage` with the engine's real counts; `data: [DONE]` at the end). A failure before the
 //! stream is an error status; after it, an error chunk then `[DONE]`.
 
-use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -19,6 +18,7 @@ use crate::front::openai::wire::{
 };
 use crate::pipeline::{Finished, Run, Step};
 use crate::sse;
+use crate::streaming::{Frames, Streams};
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
@@ -194,7 +194,13 @@ impl Chunks {
 
 /// The streamed reply: a role chunk (chat), content chunks, the finish chunk, `usage` if
 /// asked for, then `[DONE]`. A failure mid-stream becomes an error chunk then `[DONE]`.
-pub async fn stream(mut run: Run, kind: Kind, model: String, include_usage: bool) -> Response {
+pub async fn stream(
+    mut run: Run,
+    kind: Kind,
+    model: String,
+    include_usage: bool,
+    streams: &Streams,
+) -> Response {
     if let Some(Step::Failed(failure)) = run.peek().await
         && failure.is_status_on_streams()
     {
@@ -206,46 +212,33 @@ pub async fn stream(mut run: Run, kind: Kind, model: String, include_usage: bool
         model,
         kind,
     };
-    let mut first = VecDeque::new();
-    if kind == Kind::Chat {
-        first.push_back(chunks.role());
-    }
-    let body = futures_util::stream::unfold(
-        (run, chunks, first, false),
-        move |(mut run, chunks, mut pending, ended)| async move {
-            loop {
-                if let Some(bytes) = pending.pop_front() {
-                    return Some((Ok(bytes), (run, chunks, pending, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                match run.next().await? {
-                    // A comment line: clients skip it, proxies see the connection is alive.
-                    Step::KeepAlive => pending.push_back(Bytes::from_static(b": keep-alive\n\n")),
-                    Step::Token(token) => {
-                        if !token.special && !token.text.is_empty() {
-                            pending.push_back(chunks.content(&token.text));
-                        }
-                    }
-                    Step::Finished(finished) => {
-                        pending.extend(chunks.end(&finished, include_usage));
-                        return pending
-                            .pop_front()
-                            .map(|bytes| (Ok(bytes), (run, chunks, pending, true)));
-                    }
-                    Step::Failed(failure) => {
-                        pending
-                            .push_back(sse::spaced_frame(ApiError::from_failure(&failure).body()));
-                        pending.push_back(Bytes::from_static(DONE));
-                        return pending
-                            .pop_front()
-                            .map(|bytes| (Ok(bytes), (run, chunks, pending, true)));
-                    }
-                    Step::Aborted => return None,
-                }
+    let mut role = (kind == Kind::Chat).then(|| chunks.role());
+    let body = streams.body(run, move |step, _| {
+        let mut frames = match step {
+            // A comment line: clients skip it, proxies see the connection is alive.
+            Step::KeepAlive => Frames::one(Bytes::from_static(b": keep-alive\n\n"), false),
+            Step::Token(token) if !token.special && !token.text.is_empty() => {
+                Frames::one(chunks.content(&token.text), false)
             }
-        },
-    );
+            Step::Token(_) => Frames::none(),
+            Step::Finished(finished) => Frames {
+                bytes: chunks.end(&finished, include_usage),
+                last: true,
+            },
+            Step::Failed(failure) => Frames {
+                bytes: vec![
+                    sse::spaced_frame(ApiError::from_failure(&failure).body()),
+                    Bytes::from_static(DONE),
+                ],
+                last: true,
+            },
+            Step::Aborted => Frames::end(),
+        };
+        // The role chunk goes first, with whatever the first step brings.
+        if let Some(role) = role.take() {
+            frames.bytes.insert(0, role);
+        }
+        frames
+    });
     sse::response(body)
 }

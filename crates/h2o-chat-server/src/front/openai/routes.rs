@@ -78,7 +78,7 @@ async fn respond(state: AppState, body: &[u8], kind: Kind) -> Response {
     };
     match pipeline::start(&state, &model.engine, request.plan, started).await {
         Ok(run) if request.stream => {
-            reply::stream(run, kind, model.id, request.include_usage).await
+            reply::stream(run, kind, model.id, request.include_usage, state.streams()).await
         }
         Ok(run) => reply::complete(run, kind, model.id).await,
         Err(failure) => ApiError::from_failure(&failure).into_response(),

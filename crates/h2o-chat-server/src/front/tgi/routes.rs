@@ -67,7 +67,7 @@ async fn handle(state: AppState, route: Route, bytes: &[u8]) -> Response {
     };
     let shape = if compat { Shape::List } else { Shape::Object };
     if streaming {
-        tgi_wire::stream(run, echo, &headers).await
+        tgi_wire::stream(run, echo, &headers, state.streams()).await
     } else {
         tgi_wire::collect(run, shape, echo).await
     }
