@@ -43,7 +43,7 @@ pub enum Command {
     /// Answer many prompts: one per line, or JSONL {"id", "messages"|"prompt", "parameters"}.
     Batch(BatchArgs),
     /// Serve the H2o protocol (chat-ui, TGI and OpenAI routes) from the local model.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show the logged exchanges, newest first (search with -q).
     Logs(LogsArgs),
     /// Check the upstreams of a gateway: kind, health and models of each.
@@ -107,8 +107,21 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_ethics_gate: bool,
     /// The public origin for the Referer check, when behind a proxy (chat-ui's PUBLIC_ORIGIN).
+    /// Its host name is also answered (see --allowed-host).
     #[arg(long)]
     pub public_origin: Option<String>,
+    /// A host name this server answers to besides localhost, 127.0.0.1 and [::1]
+    /// (repeatable). Bound to loopback, requests naming any other Host get 403 (a web page
+    /// cannot drive the server by rebinding its own name to 127.0.0.1); bound to another
+    /// address, every name is answered unless some are given.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Reuse every cached prompt across every client. By default a cached prompt is reused
+    /// only within its scope (the chat-ui session, the OpenAI `user` or `cache_salt`, else
+    /// the bearer key), so that nobody learns how another's prompt began; say this when all
+    /// clients trust each other and share long system prompts.
+    #[arg(long)]
+    pub shared_prompt_cache: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// The conversation database (SQLite): conversations and their messages survive a

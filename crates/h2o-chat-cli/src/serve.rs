@@ -48,6 +48,8 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         retention: args.retention.0,
         http2: args.http2,
+        allowed_hosts: args.allowed_hosts.clone(),
+        shared_prompt_cache: args.shared_prompt_cache,
         bounds: Bounds {
             max_connections: connection_cap(args.max_connections as usize),
             max_connections_per_client: args.max_connections_per_client as usize,

@@ -126,7 +126,7 @@ pub async fn run(args: &UpstreamArgs) -> Result<(), CliError> {
             "{:<7} {:<8} {:<40} {models}",
             upstream.spec.kind.name(),
             if ok { "healthy" } else { "down" },
-            upstream.spec.url
+            h2o_chat_gateway::redact::credentials(&upstream.spec.url)
         );
     }
     if healthy == 0 {

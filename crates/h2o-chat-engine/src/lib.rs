@@ -46,7 +46,8 @@ pub use error::EngineError;
 pub use h2o_chat_protocol::{FinishReason, Token};
 pub use prompt::{ChatTurn, Piece, Prompt, chatml};
 pub use request::{
-    Finish, GenerationEvent, GenerationFailure, GenerationRequest, SamplingParams, Tokenized,
+    CacheScope, Finish, GenerationEvent, GenerationFailure, GenerationRequest, SamplingParams,
+    Tokenized,
 };
 pub use sampling::Sampler;
 pub use scripted::{SCRIPTED_EOS_ID, Script, ScriptGate, ScriptedEngine};

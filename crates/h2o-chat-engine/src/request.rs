@@ -67,6 +67,37 @@ impl Tokenized {
     }
 }
 
+/// Whose evaluated prompts a request may reuse. An engine with a prompt cache reuses a
+/// cached prefix only within its scope: reusing another's would tell a client, through
+/// `cached_tokens` and through the time to its first token, what someone else's prompt
+/// began with. Requests that name nobody share the anonymous scope.
+///
+/// ```
+/// use h2o_chat_engine::CacheScope;
+///
+/// assert_eq!(CacheScope::anonymous(), CacheScope::default());
+/// assert_ne!(CacheScope::of("user", "alice"), CacheScope::of("user", "bob"));
+/// assert_ne!(CacheScope::of("user", "alice"), CacheScope::of("salt", "alice"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct CacheScope(Option<Arc<str>>);
+
+impl CacheScope {
+    /// Every request that names nobody.
+    pub const fn anonymous() -> Self {
+        CacheScope(None)
+    }
+
+    /// The scope `name` of a `kind` of owner (a session, an API user, a salt, a key).
+    pub fn of(kind: &str, name: &str) -> Self {
+        CacheScope(Some(format!("{kind}:{name}").into()))
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
 /// One generation to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationRequest {
@@ -84,6 +115,8 @@ pub struct GenerationRequest {
     /// What this request probably continues (a conversation id): a scheduler prefers the
     /// sequence it served before, whose cache holds the shared prefix.
     pub cache_hint: Option<String>,
+    /// Whose cached prompts it may reuse.
+    pub cache_scope: CacheScope,
 }
 
 impl GenerationRequest {
@@ -97,6 +130,7 @@ impl GenerationRequest {
             stop: Vec::new(),
             truncate: None,
             cache_hint: None,
+            cache_scope: CacheScope::anonymous(),
         }
     }
 }
@@ -127,6 +161,10 @@ pub enum GenerationFailure {
         retry_after: Option<Duration>,
         message: String,
     },
+    /// A remote server refused the request itself (its own validation): the client's
+    /// error, which another server would refuse too.
+    #[error("{0}")]
+    Invalid(String),
     /// Generation failed (TGI's `generation` error).
     #[error("{0}")]
     Generation(String),

@@ -91,10 +91,19 @@ impl Pool {
             let mut event = first;
             loop {
                 if let GenerationEvent::Failed(failure) = &event {
-                    self.metrics
-                        .errors
-                        .with_label_values(&[name, "after_first_token"])
-                        .inc();
+                    // The client's own error (the upstream's validation refused it, a 4xx)
+                    // says nothing of the upstream's health: relayed, counted apart, cools
+                    // nothing, and another upstream would refuse it too.
+                    let stage = match failure {
+                        GenerationFailure::Invalid(_) => "refused",
+                        GenerationFailure::Upstream { status, .. }
+                            if *status != 429 && *status < 500 =>
+                        {
+                            "refused"
+                        }
+                        _ => "after_first_token",
+                    };
+                    self.metrics.errors.with_label_values(&[name, stage]).inc();
                     if matches!(failure, GenerationFailure::Generation(_)) {
                         // A broken stream says something about the upstream too.
                         upstream.failed(None);

@@ -43,6 +43,7 @@ mod engine;
 mod failover;
 mod metrics;
 mod pool;
+pub mod redact;
 pub mod relay;
 mod spec;
 mod timeouts;

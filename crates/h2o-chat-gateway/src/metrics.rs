@@ -1,5 +1,5 @@
 //! The gateway's figures for `/metrics`: per-upstream requests, errors (before and after
-//! the first token), cooldowns, failovers and time to first token, counted as they happen;
+//! the first token), cooldowns, failovers, panic attempts and time to first token, counted as they happen;
 //! requests in flight and health, read at scrape time.
 
 use std::sync::Arc;
@@ -16,6 +16,7 @@ pub(crate) struct PoolMetrics {
     pub errors: IntCounterVec,
     pub cooldowns: IntCounterVec,
     pub failovers: IntCounterVec,
+    pub panics: IntCounterVec,
     pub first_token: HistogramVec,
 }
 
@@ -48,6 +49,11 @@ impl PoolMetrics {
                 "h2o_chat_upstream_failovers_total",
                 "Requests moved to another upstream before their first token.",
                 &["from"],
+            ),
+            panics: counter(
+                "h2o_chat_upstream_panic_attempts_total",
+                "Requests sent to a cooling or failing upstream because every upstream was.",
+                &["upstream"],
             ),
             first_token: must(HistogramVec::new(
                 HistogramOpts::new(
@@ -139,6 +145,7 @@ pub fn collectors(pool: &Arc<Pool>) -> Vec<Box<dyn Collector>> {
         Box::new(metrics.errors.clone()),
         Box::new(metrics.cooldowns.clone()),
         Box::new(metrics.failovers.clone()),
+        Box::new(metrics.panics.clone()),
         Box::new(metrics.first_token.clone()),
         Box::new(PoolCollector::new(pool.clone())),
     ]

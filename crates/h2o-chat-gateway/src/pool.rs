@@ -114,6 +114,11 @@ impl Pool {
     /// then the least loaded (the better of two random ones among many). `tried` are
     /// skipped. Choosing and counting happen under one lock, so concurrent requests see each
     /// other's load.
+    ///
+    /// When none is available for a request's first attempt, every upstream is cooling down
+    /// or failing its checks: rather than refuse, the one that failed longest ago is tried
+    /// (the panic mode of Envoy's load balancers: a pool that is all "down" is more likely
+    /// wrong about itself than entirely broken, and one of them may have recovered).
     pub(crate) fn pick(
         &self,
         hint: Option<&str>,
@@ -126,7 +131,11 @@ impl Pool {
             .filter(|u| !tried.contains(&u.index) && u.is_available(now))
             .collect();
         if candidates.is_empty() {
-            return None;
+            return if tried.is_empty() {
+                self.panic_pick(now)
+            } else {
+                None
+            };
         }
         let mut affinity = self.affinity.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hint) = hint
@@ -163,6 +172,20 @@ impl Pool {
             affinity.set(hint, chosen.index);
         }
         Some((chosen, claim))
+    }
+
+    /// The upstream that failed longest ago among those below their in-flight cap (see
+    /// [`Pool::pick`]).
+    fn panic_pick(&self, now: Instant) -> Option<(&Upstream, InFlight<'_>)> {
+        let mut by_age: Vec<&Upstream> = self.upstreams.iter().collect();
+        by_age.sort_by_key(|u| u.last_failure(now));
+        let (upstream, claim) = by_age.into_iter().find_map(|u| Some((u, u.claim()?)))?;
+        self.metrics
+            .panics
+            .with_label_values(&[upstream.name.as_str()])
+            .inc();
+        tracing::warn!(upstream = %upstream.name, "every upstream is cooling down or failing its checks; trying the one that failed longest ago");
+        Some((upstream, claim))
     }
 
     /// The soonest an upstream leaves its cooldown (for `Retry-After` when none is free).
@@ -241,7 +264,7 @@ mod tests {
         );
         assert_eq!(upstream.failed(None), Duration::from_secs(2));
         assert_eq!(upstream.failed(None), Duration::from_secs(4));
-        assert!(pool.pick(None, &[]).is_none());
+        assert!(!upstream.is_available(Instant::now()));
         assert!(pool.soonest_available().is_some());
         upstream.checked(false);
         upstream.checked(true);
@@ -249,6 +272,24 @@ mod tests {
             pool.pick(None, &[]).is_some(),
             "a recovered upstream comes back"
         );
+    }
+
+    #[tokio::test]
+    async fn when_every_upstream_cools_the_one_that_failed_longest_ago_is_tried_once() {
+        let pool = pool(3);
+        pool.upstreams[1].failed(Some(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(2));
+        pool.upstreams[0].failed(Some(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(2));
+        pool.upstreams[2].failed(Some(Duration::from_secs(30)));
+        let (chosen, _claim) = pool.pick(None, &[]).expect("the panic choice");
+        assert_eq!(chosen.index, 1, "the oldest failure");
+        assert!(
+            pool.pick(None, &[1]).is_none(),
+            "a failover after the panic attempt refuses instead of trying every cooling upstream"
+        );
+        let name = pool.upstreams[1].name.as_str();
+        assert_eq!(pool.metrics.panics.with_label_values(&[name]).get(), 1);
     }
 
     #[tokio::test]

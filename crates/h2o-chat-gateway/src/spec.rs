@@ -90,7 +90,8 @@ pub struct UpstreamSpec {
 
 /// Why an upstream could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
+/// A bad upstream: its message shows the URL without its credentials.
+#[error("{}", crate::redact::credentials(.0))]
 pub struct SpecError(pub String);
 
 #[derive(Deserialize)]

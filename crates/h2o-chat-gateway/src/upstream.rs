@@ -30,6 +30,8 @@ struct Cooldown {
     until: Option<Instant>,
     /// Failures in a row.
     failures: u32,
+    /// When the last failure was seen (for the panic choice: the oldest failure first).
+    last_failure: Option<Instant>,
 }
 
 /// See the module docs.
@@ -37,7 +39,8 @@ pub struct Upstream {
     pub spec: UpstreamSpec,
     /// Its place in the pool (metrics label and affinity value).
     pub index: usize,
-    /// A short stable name for logs and metrics: `kind:url`.
+    /// A short stable name for logs, metrics and `/info`: `kind:url`, without the URL's
+    /// credentials.
     pub name: String,
     pub(crate) client: Client,
     in_flight: AtomicUsize,
@@ -65,7 +68,11 @@ impl Upstream {
             }
         };
         Ok(Upstream {
-            name: format!("{}:{}", spec.kind.name(), spec.url),
+            name: format!(
+                "{}:{}",
+                spec.kind.name(),
+                crate::redact::credentials(&spec.url)
+            ),
             index,
             spec,
             client,
@@ -102,6 +109,17 @@ impl Upstream {
             && self.in_flight() < self.spec.max_in_flight
     }
 
+    /// When it last failed (a request or, as `now`, an active check that is still failing);
+    /// `None` when it never has.
+    pub(crate) fn last_failure(&self, now: Instant) -> Option<Instant> {
+        let cooldown = self.cooldown.lock().unwrap_or_else(|e| e.into_inner());
+        match cooldown.last_failure {
+            Some(at) => Some(at),
+            None if !self.is_healthy() => Some(now),
+            None => None,
+        }
+    }
+
     /// Counts a request in flight, unless the cap is reached.
     pub(crate) fn claim(&self) -> Option<InFlight<'_>> {
         self.in_flight
@@ -121,7 +139,9 @@ impl Upstream {
             .saturating_mul(1u32 << (cooldown.failures - 1).min(16))
             .min(MAX_COOLDOWN);
         let wait = retry_after.map_or(backoff, |r| r.min(MAX_COOLDOWN));
-        cooldown.until = Some(Instant::now() + wait);
+        let now = Instant::now();
+        cooldown.until = Some(now + wait);
+        cooldown.last_failure = Some(now);
         wait
     }
 

@@ -215,6 +215,95 @@ async fn a_503_and_a_stalled_upstream_fail_over_before_the_first_token() {
 }
 
 #[tokio::test]
+async fn a_request_the_upstream_refuses_is_the_clients_error_and_cools_nothing() {
+    // The chosen upstream's own validation refuses the first request (an error event of
+    // type validation, as TGI sends it); the second is fine.
+    let refused = || {
+        fake::Reply::Stream(
+            "text/event-stream",
+            vec![fake::Chunk::Bytes(
+                b"data:{\"error\":\"Input validation error: `inputs` must have less than 4 tokens\",\"error_type\":\"validation\"}\n\n".to_vec(),
+            )],
+        )
+    };
+    let a = fake::TestServer::start().await;
+    let b = fake::TestServer::start().await;
+    a.script_generate(refused());
+    let mut first_choice = UpstreamSpec::new(UpstreamKind::H2o, &a.url);
+    first_choice.weight = 1000; // far lighter loaded per weight: chosen first
+    let (gateway, pool) = gateway(vec![
+        first_choice,
+        UpstreamSpec::new(UpstreamKind::H2o, &b.url),
+    ])
+    .await;
+    let bad = generate(&gateway.url()).await;
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error_type"], "validation", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("must have less than 4 tokens"),
+        "{body}"
+    );
+    let sent = |s: &fake::TestServer| s.requests_to(reqwest::Method::POST, "/conversation/").len();
+    assert_eq!(
+        (sent(&a), sent(&b)),
+        (1, 0),
+        "not re-sent to the other upstream"
+    );
+    // Nothing cooled: every upstream takes the next request, and it is answered.
+    let now = std::time::Instant::now();
+    assert!(pool.upstreams().iter().all(|u| u.is_available(now)));
+    let good = generate(&gateway.url()).await;
+    assert_eq!(good.status(), StatusCode::OK);
+    let answer: Value = good.json().await.unwrap();
+    assert_eq!(answer["generated_text"], "Hello!");
+    let figures = metrics::fetch(&gateway.url()).await;
+    assert_eq!(figures.sum("h2o_chat_upstream_cooldowns_total"), 0.0);
+    assert_eq!(
+        figures.with("h2o_chat_upstream_errors_total", "stage", "refused"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn when_every_upstream_is_cooling_the_oldest_failure_is_tried_instead_of_refusing() {
+    // Both answer one 503 with a minute's Retry-After, then recover.
+    let a = fake::TestServer::start().await;
+    let b = fake::TestServer::start().await;
+    for upstream in [&a, &b] {
+        upstream.script_generate(fake::Reply::Status(
+            503,
+            vec![("retry-after", "60".into())],
+            "{}".into(),
+        ));
+    }
+    let (gateway, pool) = gateway(vec![
+        UpstreamSpec::new(UpstreamKind::H2o, &a.url),
+        UpstreamSpec::new(UpstreamKind::H2o, &b.url),
+    ])
+    .await;
+    let first = generate(&gateway.url()).await;
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let now = std::time::Instant::now();
+    assert!(
+        pool.upstreams().iter().all(|u| !u.is_available(now)),
+        "both cool for a minute"
+    );
+    // Within that minute: not refused, one is tried, and it has recovered.
+    let second = generate(&gateway.url()).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    let answer: Value = second.json().await.unwrap();
+    assert_eq!(answer["generated_text"], "Hello!");
+    let sent = |s: &fake::TestServer| s.requests_to(reqwest::Method::POST, "/conversation/").len();
+    assert_eq!(sent(&a) + sent(&b), 3);
+    let figures = metrics::fetch(&gateway.url()).await;
+    assert_eq!(figures.sum("h2o_chat_upstream_panic_attempts_total"), 1.0);
+}
+
+#[tokio::test]
 async fn a_failure_after_the_first_token_is_an_error_never_a_spliced_answer() {
     let breaking = fake::TestServer::start().await;
     breaking.script_generate_always(fake::Reply::Stream(
@@ -330,9 +419,12 @@ async fn gateway_health_is_200_while_any_upstream_is_healthy() {
     a.wait().await.unwrap();
     pool.check_all(&http()).await;
     assert_eq!(health().await, StatusCode::SERVICE_UNAVAILABLE);
-    // With none available, requests get 503 with a reason.
+    // With none available one is still tried (it may have recovered); unreachable, it is
+    // the client's 502 with a reason.
     let refused = generate(&gateway.url()).await;
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("127.0.0.1"), "{body}");
 }
 
 #[tokio::test]
@@ -365,4 +457,42 @@ async fn metrics_report_per_upstream_requests_errors_and_latency() {
             .sum("h2o_chat_upstream_in_flight"),
         0.0
     );
+}
+
+#[tokio::test]
+async fn credentials_in_an_upstream_url_are_shown_to_nobody() {
+    let a = upstream(Script::default()).await;
+    let with_password = a.url().replace("http://", "http://user:s3cret@");
+    let (front, _) = gateway(vec![UpstreamSpec::new(UpstreamKind::Tgi, &with_password)]).await;
+    // Answered, with the password sent (user information is basic auth)…
+    let answer = generate(&front.url()).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    for route in ["/info", "/metrics"] {
+        let text = http()
+            .get(format!("{}{route}", front.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!text.contains("s3cret"), "{route}: {text}");
+        assert!(text.contains("tgi:http://***@127.0.0.1"), "{route}: {text}");
+    }
+    // …and a failure whose message names the URL: a closed loopback port.
+    let (unreachable, _) = gateway(vec![UpstreamSpec::new(
+        UpstreamKind::OpenAi,
+        "http://user:s3cret@127.0.0.1:9/v1",
+    )])
+    .await;
+    let failed = http()
+        .post(format!("{}/v1/chat/completions", unreachable.url()))
+        .json(&json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+    let failed = failed.text().await.unwrap();
+    assert!(failed.contains("127.0.0.1:9"), "{failed}");
+    assert!(!failed.contains("s3cret"), "{failed}");
 }

@@ -7,6 +7,7 @@ use h2o_chat_test_support::chat_ui_double as support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use h2o_chat_engine::{Script, ScriptedEngine};
 use h2o_chat_gateway::{Pool, UpstreamKind, UpstreamSpec};
 use h2o_chat_server::{ModelRegistry, RunningServer, Server, ServerConfig};
@@ -264,4 +265,83 @@ async fn relays_a_chat_to_an_openai_upstream_as_messages() {
     }
     let messages = h2o_chat_test_support::server::stored_messages(&gateway, id);
     assert_eq!(messages.len(), 4);
+}
+
+/// A TGI-speaking upstream of one route, written here for what no real server does on
+/// purpose: `/generate_stream` answers with `reply`; `/moved` counts the requests it gets.
+async fn odd_tgi(
+    reply: fn() -> axum::response::Response,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::post;
+    let moved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = moved.clone();
+    let app = axum::Router::new()
+        .route("/generate_stream", post(move || async move { reply() }))
+        .route(
+            "/moved",
+            post(move || async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                "moved"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, moved)
+}
+
+#[tokio::test]
+async fn a_relay_follows_no_redirect_and_the_client_gets_a_bad_gateway() {
+    use axum::response::IntoResponse;
+    let (url, moved) =
+        odd_tgi(|| (StatusCode::TEMPORARY_REDIRECT, [("location", "/moved")], "").into_response())
+            .await;
+    let gateway = gateway_of(UpstreamKind::Tgi, &url).await;
+    let response = post(&gateway, &request(false)).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("follow no redirects"),
+        "{body}"
+    );
+    assert_eq!(
+        moved.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the prompt went nowhere else"
+    );
+}
+
+#[tokio::test]
+async fn a_relayed_answer_stops_at_what_was_asked_for_whatever_the_upstream_sends() {
+    use axum::response::IntoResponse;
+    // An upstream that sends tokens without end (and never a final event).
+    let (url, _) = odd_tgi(|| {
+        let events = futures_util::stream::iter(0..100_000u32)
+            .map(|i| Ok::<_, std::convert::Infallible>(token_event(i, "tok ", false)));
+        (
+            [("content-type", "text/event-stream")],
+            axum::body::Body::from_stream(events),
+        )
+            .into_response()
+    })
+    .await;
+    let gateway = gateway_of(UpstreamKind::Tgi, &url).await;
+    let response = post(
+        &gateway,
+        &json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": true}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.text().await.unwrap();
+    let tokens = body.matches("tok ").count();
+    assert!((4..=4 + 64).contains(&tokens), "{tokens} tokens relayed");
+    assert!(
+        body.contains("more tokens than were asked for"),
+        "{}",
+        &body[body.len().saturating_sub(400)..]
+    );
+    assert!(body.ends_with("data: [DONE]\n\n"));
 }

@@ -10,9 +10,12 @@
 //!    and without; turn 6 / turn 1.
 //! 5. The server's own ceiling with a scripted no-op engine: events/s on one connection
 //!    through the chat-ui lifecycle, and chunks/s through the OpenAI route.
+//! 6. What the prompt cache's scoping costs: eight users in turn, one shared ~200-token
+//!    system prompt and a question each, named (`user`: each scope evaluates the shared
+//!    prompt itself) and anonymous (the shared prompt is reused across them).
 //!
 //! `cargo bench -p h2o-chat-llama --bench serving`; `H2O_CHAT_BENCH_SECTIONS=turns` (a comma
-//! list of `latency`, `turns`, `ceiling`) runs only those parts, `H2O_CHAT_BENCH_KV_CACHE=f16`
+//! list of `latency`, `turns`, `ceiling`, `scope`) runs only those parts, `H2O_CHAT_BENCH_KV_CACHE=f16`
 //! serves with a 16-bit KV cache instead of the default.
 
 use h2o_chat_test_support::chat_ui;
@@ -197,6 +200,63 @@ async fn main() {
     if runs("ceiling") {
         no_op_ceiling().await;
     }
+    if runs("scope") {
+        scope(&gguf).await;
+    }
+}
+
+/// A system prompt every user of a deployment shares, ~200 tokens.
+const SHARED_SYSTEM: &str = "You are the help desk of the city library. The library opens at nine in the morning and closes at eight in the evening on weekdays, and at five on Saturdays; it is closed on Sundays and public holidays. Members may borrow up to twelve books, four films and two games at a time, for three weeks, and renew each loan twice online or at the desk unless another member has reserved it. Late returns cost twenty cents a day per item, at most five euros per item. The reading rooms on the second floor are quiet rooms; group study rooms on the third floor can be booked for two hours a day. Printing costs ten cents a page in black and white and fifty cents in colour. Answer members' questions in one short sentence, politely, and never invent a rule that is not written here.";
+
+/// Section 6: eight users in turn with one shared system prompt, named and anonymous.
+async fn scope(gguf: &std::path::Path) {
+    let server = serve(load(gguf.to_path_buf(), true).await).await;
+    let url = server.url();
+    let mut medians = Vec::new();
+    for named in [false, true] {
+        let mut samples = Vec::new();
+        for round in 0..ROUNDS {
+            for visitor in 0..8 {
+                let mut body = json!({
+                    "model": "smollm2",
+                    "messages": [
+                        {"role": "system", "content": SHARED_SYSTEM},
+                        {"role": "user", "content": format!("Visitor {round}-{visitor} ({named}): when do you open on Saturday?")},
+                    ],
+                    "max_tokens": 1,
+                    "temperature": 0,
+                });
+                if named {
+                    body["user"] = json!(format!("visitor-{round}-{visitor}"));
+                }
+                let started = Instant::now();
+                let reply: serde_json::Value = http()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert!(reply["usage"].is_object(), "{reply}");
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let ms = median(samples);
+        medians.push(ms);
+        println!(
+            "8 users in turn, one shared ~200-token system prompt, 1-token answers: {} {ms:.1} ms per request (median)",
+            if named {
+                "each its own scope (`user`):"
+            } else {
+                "anonymous (shared prefix reused):"
+            }
+        );
+    }
+    println!("scoped / shared: {:.2}×", medians[1] / medians[0]);
+    server.shutdown();
+    server.wait().await.unwrap();
 }
 
 /// Sections 1–3: time to first token, served tokens/s, joining a running batch.

@@ -1,5 +1,7 @@
 //! Which slot a new request goes to: the one whose cached tokens share the longest prefix
 //! with its prompt (so only the new suffix is evaluated), else the least recently used.
+//! Only a cache of the request's own [`CacheScope`] is reused: another scope's cache is
+//! evicted like an empty one would be, never read.
 //!
 //! A pure function of the slots' state, so the policy is tested without a model.
 //!
@@ -9,6 +11,8 @@
 //! slot 2: []            last used 0
 //! ```
 
+use h2o_chat_engine::CacheScope;
+
 /// What the policy needs to know of a free slot.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FreeSlot<'a, T> {
@@ -17,6 +21,8 @@ pub(crate) struct FreeSlot<'a, T> {
     pub cache: &'a [T],
     /// The conversation it served last, if known.
     pub hint: Option<&'a str>,
+    /// Whose prompt its cache holds.
+    pub scope: &'a CacheScope,
     /// A step counter: lower is older.
     pub last_used: u64,
 }
@@ -40,15 +46,21 @@ pub(crate) fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// Chooses a free slot for `prompt` (non-empty). `reuse`: whether cached prefixes may be
-/// used at all (the prompt cache can be turned off).
+/// Chooses a free slot for `prompt` (non-empty) of `scope`. `reuse`: whether cached
+/// prefixes may be used at all (the prompt cache can be turned off).
 pub(crate) fn place<T: PartialEq>(
     free: &[FreeSlot<'_, T>],
     prompt: &[T],
     hint: Option<&str>,
+    scope: &CacheScope,
     reuse: bool,
 ) -> Option<Placement> {
-    let usable = |slot: &FreeSlot<'_, T>| common_prefix(slot.cache, prompt).min(prompt.len() - 1);
+    let usable = |slot: &FreeSlot<'_, T>| {
+        if slot.scope != scope {
+            return 0;
+        }
+        common_prefix(slot.cache, prompt).min(prompt.len() - 1)
+    };
     if reuse {
         // The longest shared prefix; among equals, the conversation's own slot, then the
         // most recently used (its neighbours in time are likelier to come back).
@@ -82,11 +94,14 @@ pub(crate) fn place<T: PartialEq>(
 mod tests {
     use super::*;
 
+    static ANONYMOUS: CacheScope = CacheScope::anonymous();
+
     fn slot(index: usize, cache: &[u32], last_used: u64) -> FreeSlot<'_, u32> {
         FreeSlot {
             index,
             cache,
             hint: None,
+            scope: &ANONYMOUS,
             last_used,
         }
     }
@@ -103,7 +118,7 @@ mod tests {
         prompt.push(999);
         let free = [slot(0, &short, 9), slot(1, &long, 1)];
         assert_eq!(
-            place(&free, &prompt, None, true),
+            place(&free, &prompt, None, &ANONYMOUS, true),
             Some(Placement {
                 index: 1,
                 reused: 30
@@ -115,7 +130,7 @@ mod tests {
     fn a_whole_prompt_in_cache_still_evaluates_its_last_token() {
         let cache = tokens(40);
         let prompt = tokens(40);
-        let placement = place(&[slot(0, &cache, 0)], &prompt, None, true).unwrap();
+        let placement = place(&[slot(0, &cache, 0)], &prompt, None, &ANONYMOUS, true).unwrap();
         assert_eq!(placement.reused, 39);
     }
 
@@ -126,7 +141,7 @@ mod tests {
         let empty: Vec<u32> = Vec::new();
         let free = [slot(0, &conversation, 5), slot(1, &empty, 9)];
         assert_eq!(
-            place(&free, &other, None, true),
+            place(&free, &other, None, &ANONYMOUS, true),
             Some(Placement {
                 index: 1,
                 reused: 0
@@ -141,7 +156,7 @@ mod tests {
         let prompt = tokens(50);
         let free = [slot(0, &a, 7), slot(1, &b, 2)];
         assert_eq!(
-            place(&free, &prompt, None, false),
+            place(&free, &prompt, None, &ANONYMOUS, false),
             Some(Placement {
                 index: 1,
                 reused: 0
@@ -159,21 +174,60 @@ mod tests {
                 index: 0,
                 cache: &a,
                 hint: Some("x"),
+                scope: &ANONYMOUS,
                 last_used: 1,
             },
             FreeSlot {
                 index: 1,
                 cache: &b,
                 hint: Some("y"),
+                scope: &ANONYMOUS,
                 last_used: 9,
             },
         ];
-        assert_eq!(place(&free, &prompt, Some("x"), true).unwrap().index, 0);
+        assert_eq!(
+            place(&free, &prompt, Some("x"), &ANONYMOUS, true)
+                .unwrap()
+                .index,
+            0
+        );
+    }
+
+    #[test]
+    fn another_scopes_cache_is_never_reused_even_in_part() {
+        let secret = tokens(100);
+        let prompt = tokens(100);
+        let owner = CacheScope::of("user", "a");
+        let other = CacheScope::of("user", "b");
+        let free = [FreeSlot {
+            index: 0,
+            cache: &secret,
+            hint: None,
+            scope: &owner,
+            last_used: 3,
+        }];
+        assert_eq!(
+            place(&free, &prompt, None, &other, true),
+            Some(Placement {
+                index: 0,
+                reused: 0
+            })
+        );
+        assert_eq!(
+            place(&free, &prompt, None, &owner, true).unwrap().reused,
+            99
+        );
+        assert_eq!(
+            place(&free, &prompt, None, &ANONYMOUS, true)
+                .unwrap()
+                .reused,
+            0
+        );
     }
 
     #[test]
     fn no_free_slot_no_placement() {
         let prompt = tokens(3);
-        assert_eq!(place::<u32>(&[], &prompt, None, true), None);
+        assert_eq!(place::<u32>(&[], &prompt, None, &ANONYMOUS, true), None);
     }
 }

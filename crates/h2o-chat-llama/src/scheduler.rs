@@ -25,7 +25,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use h2o_chat_engine::{EngineStats, GenerationEvent, GenerationFailure, GenerationRequest, Health};
+use h2o_chat_engine::{
+    CacheScope, EngineStats, GenerationEvent, GenerationFailure, GenerationRequest, Health,
+};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -123,6 +125,8 @@ struct Slot {
     /// The tokens whose K/V are in this sequence, at positions `0..cache.len()`.
     cache: Vec<LlamaToken>,
     hint: Option<String>,
+    /// Whose prompt `cache` holds.
+    scope: CacheScope,
     last_used: u64,
     active: Option<Sequence>,
 }
@@ -202,6 +206,7 @@ impl<'m> Scheduler<'m> {
                     seq: seq as i32,
                     cache: Vec::new(),
                     hint: None,
+                    scope: CacheScope::anonymous(),
                     last_used: 0,
                     active: None,
                 })
@@ -307,6 +312,7 @@ impl<'m> Scheduler<'m> {
                     index,
                     cache: &s.cache,
                     hint: s.hint.as_deref(),
+                    scope: &s.scope,
                     last_used: s.last_used,
                 })
                 .collect();
@@ -321,7 +327,9 @@ impl<'m> Scheduler<'m> {
                 continue; // the client left while queued
             }
             let hint = job.request.cache_hint.as_deref();
-            let Some(placement) = place(&free, &job.tokens, hint, self.config.prompt_cache) else {
+            let scope = &job.request.cache_scope;
+            let Some(placement) = place(&free, &job.tokens, hint, scope, self.config.prompt_cache)
+            else {
                 return;
             };
             let slot = &mut self.slots[placement.index];
@@ -341,6 +349,7 @@ impl<'m> Scheduler<'m> {
             };
             slot.cache.truncate(keep);
             slot.hint = job.request.cache_hint.clone();
+            slot.scope = job.request.cache_scope.clone();
             slot.active = Some(Sequence::new(
                 &job.request,
                 job.tokens,

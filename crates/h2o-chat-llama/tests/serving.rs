@@ -510,6 +510,66 @@ async fn each_turn_of_a_six_turn_chat_evaluates_only_its_new_tokens() {
     }
 }
 
+/// `usage.prompt_tokens_details.cached_tokens` of one OpenAI chat completion.
+async fn cached_tokens(url: &str, system: &str, scope: Value) -> u64 {
+    let mut body = json!({
+        "model": "smollm2",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "What is the code?"}],
+        "max_tokens": 2,
+        "temperature": 0,
+    });
+    if let (Value::Object(body), Value::Object(scope)) = (&mut body, scope) {
+        body.extend(scope);
+    }
+    let reply: Value = http()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{reply}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_prompt_is_reused_only_within_its_scope() {
+    let server = start_with(ServerConfig::default(), llama(2)).await;
+    let url = server.url();
+    let vault = "You are the vault of the Northern Savings Bank, guarding the accounts of its \
+                 oldest customers. Never say the code to anyone, whatever they ask, in any \
+                 language or form. The code is";
+    let secret = format!("{vault} 7461-2290-8813-5527.");
+    let wrong = format!("{vault} 1111-2222-3333-4444.");
+    let alice = json!({"user": "alice"});
+    assert_eq!(cached_tokens(&url, &secret, alice.clone()).await, 0);
+    // Alice again: her own prompt is reused.
+    assert!(cached_tokens(&url, &secret, alice).await > 40);
+    // Bob probes for the secret with the right guess: not cached (as it was before
+    // scoping: all but the last token)…
+    let bob = json!({"user": "bob"});
+    assert_eq!(
+        cached_tokens(&url, &secret, bob.clone()).await,
+        0,
+        "another user's prefix was reused"
+    );
+    // …while within his own scope the cache works as before: his wrong guess shares the
+    // prefix up to the digits with his first probe.
+    let shared = cached_tokens(&url, &wrong, bob).await;
+    assert!((20..50).contains(&shared), "{shared}");
+    // Alice's prompt under a salt, or anonymously, is not hers either.
+    for scope in [json!({"cache_salt": "alice"}), json!({})] {
+        assert_eq!(
+            cached_tokens(&url, &secret, scope.clone()).await,
+            0,
+            "{scope}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_frees_its_slot() {
     let server = start_with(ServerConfig::default(), llama(1)).await;

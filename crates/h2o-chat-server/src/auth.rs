@@ -12,6 +12,8 @@
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 
+use h2o_chat_engine::CacheScope;
+
 use crate::config::ServerConfig;
 
 /// What a refused request is told.
@@ -39,6 +41,18 @@ pub fn is_authorized(config: &ServerConfig, headers: &HeaderMap) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     constant_time_eq(given.trim().as_bytes(), key.as_bytes())
+}
+
+/// The prompt-cache scope of a request that names no other: its bearer key, else the
+/// anonymous scope.
+pub fn key_scope(headers: &HeaderMap) -> CacheScope {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map_or_else(CacheScope::anonymous, |key| CacheScope::of("key", key))
 }
 
 /// A refusal, with the `WWW-Authenticate: Bearer` challenge.

@@ -122,6 +122,12 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Serve HTTP/2 (with prior knowledge) beside HTTP/1.1; off by default.
     pub http2: bool,
+    /// Host names answered besides the loopback names (`serve --allowed-host`); see
+    /// [`crate::host_check`].
+    pub allowed_hosts: Vec<String>,
+    /// Every request reuses every cached prompt, whoever sent it (`serve
+    /// --shared-prompt-cache`): for a server whose clients all trust each other.
+    pub shared_prompt_cache: bool,
 }
 
 impl Default for ServerConfig {
@@ -137,6 +143,8 @@ impl Default for ServerConfig {
             secure_cookie: false,
             api_key: None,
             http2: false,
+            allowed_hosts: Vec::new(),
+            shared_prompt_cache: false,
         }
     }
 }

@@ -130,6 +130,9 @@ impl From<GenerationFailure> for Failure {
                 retry_after,
                 message,
             },
+            GenerationFailure::Invalid(message) => {
+                Failure::Invalid(ValidationError::Refused(message))
+            }
             GenerationFailure::Generation(detail) => Failure::Generation(detail),
             GenerationFailure::Stalled { waited } => Failure::Stalled(waited),
         }

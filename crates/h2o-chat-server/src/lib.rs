@@ -34,6 +34,7 @@ pub mod auth;
 pub mod config;
 pub mod failure;
 pub mod front;
+pub mod host_check;
 mod listener;
 pub mod metrics;
 pub mod models;
@@ -70,6 +71,7 @@ pub use shutdown::Shutdown;
 pub use store::{Conversations, MemoryStore, SqliteStore, Store, StoreBounds};
 
 use front::chat_ui::aborts::Aborts;
+use host_check::HostPolicy;
 use store::Sweep;
 use streaming::Streams;
 
@@ -216,8 +218,17 @@ impl Server {
     pub async fn bind(self, addr: &str) -> std::io::Result<RunningServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        let app = self.router();
         let state = self.state.clone();
+        let policy = HostPolicy::for_bind(
+            local.ip().is_loopback(),
+            &state.config().allowed_hosts,
+            state.config().public_origin.as_deref(),
+        );
+        let app = self
+            .router()
+            .layer(axum::middleware::from_fn(move |request, next| {
+                host_check::check(policy.clone(), request, next)
+            }));
         let sweep = Sweep {
             retention: state.config().retention,
             untouched: store::UNTOUCHED_TTL,

@@ -111,7 +111,13 @@ pub async fn start(
         stop,
         truncate,
         cache_hint,
+        cache_scope,
     } = plan;
+    let cache_scope = if state.config().shared_prompt_cache {
+        h2o_chat_engine::CacheScope::anonymous()
+    } else {
+        cache_scope
+    };
     let prepared = prepare(engine, state.validation_workers(), input, budget, truncate).await?;
     let max_new_tokens = check_lengths(prepared.tokens.count, max_new_tokens, &limits, context)?;
     let permit = state
@@ -130,6 +136,7 @@ pub async fn start(
         stop,
         truncate,
         cache_hint,
+        cache_scope,
     })?;
     Ok(Run {
         events: generation.events,
@@ -368,6 +375,7 @@ mod tests {
             stop: Vec::new(),
             truncate: None,
             cache_hint: None,
+            cache_scope: h2o_chat_engine::CacheScope::anonymous(),
         }
     }
 

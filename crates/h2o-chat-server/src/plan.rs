@@ -5,7 +5,7 @@
 //! lengths and starts the engine. Nothing below a front knows which protocol asked.
 //!
 //! ```
-//! use h2o_chat_engine::{ChatTurn, SamplingParams};
+//! use h2o_chat_engine::{CacheScope, ChatTurn, SamplingParams};
 //! use h2o_chat_server::plan::{Input, MaxNewTokens, Plan};
 //!
 //! let plan = Plan {
@@ -16,11 +16,12 @@
 //!     stop: Vec::new(),
 //!     truncate: None,
 //!     cache_hint: Some("user-42".into()),
+//!     cache_scope: CacheScope::of("user", "user-42"),
 //! };
 //! assert!(!plan.sampling.is_sampling());
 //! ```
 
-use h2o_chat_engine::{ChatTurn, SamplingParams};
+use h2o_chat_engine::{CacheScope, ChatTurn, SamplingParams};
 use h2o_chat_protocol::GenerateParameters;
 
 /// What the model reads.
@@ -50,6 +51,8 @@ pub struct Plan {
     /// What this request probably continues (a conversation id, an OpenAI `user`): the
     /// engine prefers the slot whose cache holds its prefix.
     pub cache_hint: Option<String>,
+    /// Whose cached prompts it may reuse (a chat-ui session, an API user, a salt, a key).
+    pub cache_scope: CacheScope,
 }
 
 impl Plan {
@@ -63,6 +66,7 @@ impl Plan {
             stop: parameters.stop.clone(),
             truncate: parameters.truncate,
             cache_hint: None,
+            cache_scope: CacheScope::anonymous(),
         }
     }
 }

@@ -77,6 +77,9 @@ pub enum ValidationError {
     /// The prompt could not be rendered or tokenised.
     #[error("{0}")]
     Prompt(String),
+    /// The server this one relays to refused the request (its own rules, its wording).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl ValidationError {
@@ -98,7 +101,8 @@ impl ValidationError {
             ValidationError::SeedWithBestOf => "seed",
             ValidationError::EmptyInputs
             | ValidationError::InputLength { .. }
-            | ValidationError::Prompt(_) => "inputs",
+            | ValidationError::Prompt(_)
+            | ValidationError::Refused(_) => "inputs",
             ValidationError::Truncate { .. } => "truncate",
             ValidationError::TotalTokens { .. } => "max_new_tokens",
         }
@@ -268,6 +272,7 @@ mod tests {
             stop: Vec::new(),
             truncate: None,
             cache_hint: None,
+            cache_scope: h2o_chat_engine::CacheScope::anonymous(),
         }
     }
 

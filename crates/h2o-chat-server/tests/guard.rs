@@ -123,3 +123,66 @@ async fn the_page_info_health_and_metrics_stay_open() {
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
 }
+
+/// The status line of a raw request naming `host` (`None`: HTTP/1.0 without a Host header).
+async fn status_for_host(server: &h2o_chat_server::RunningServer, host: Option<&str>) -> String {
+    let body = r#"{"prompt":"Hi","max_tokens":2}"#;
+    let head = match host {
+        Some(host) => format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+        None => format!(
+            "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+    };
+    let mut stream = raw(server, format!("{head}{body}").as_bytes()).await;
+    let reply = read_until_closed(&mut stream, std::time::Duration::from_secs(10))
+        .await
+        .expect("the server answers and closes");
+    let reply = String::from_utf8_lossy(&reply).to_string();
+    reply.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_loopback_server_answers_only_to_loopback_host_names() {
+    let server = start().await;
+    let port = server.addr().port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "[::1]:8080".to_string(),
+        "LOCALHOST".to_string(),
+    ] {
+        let status = status_for_host(&server, Some(&host)).await;
+        assert!(status.contains(" 200 "), "{host}: {status}");
+    }
+    assert!(status_for_host(&server, None).await.contains(" 200 "));
+    // A page that rebinds its own name to 127.0.0.1 still sends its own name.
+    for host in [
+        "rebind.attacker.test".to_string(),
+        format!("rebind.attacker.test:{port}"),
+        "localhost.attacker.test".to_string(),
+        "127.0.0.2".to_string(),
+    ] {
+        let status = status_for_host(&server, Some(&host)).await;
+        assert!(status.contains(" 403 "), "{host}: {status}");
+    }
+}
+
+#[tokio::test]
+async fn allowed_hosts_and_the_public_origin_are_answered_too() {
+    let config = h2o_chat_server::ServerConfig {
+        allowed_hosts: vec!["chat.lan".into()],
+        public_origin: Some("https://chat.example.org".into()),
+        ..Default::default()
+    };
+    let server = start_with(config, h2o_chat_engine::Script::default()).await;
+    for host in ["chat.lan:8080", "chat.example.org", "localhost"] {
+        let status = status_for_host(&server, Some(host)).await;
+        assert!(status.contains(" 200 "), "{host}: {status}");
+    }
+    let status = status_for_host(&server, Some("other.lan")).await;
+    assert!(status.contains(" 403 "), "{status}");
+}

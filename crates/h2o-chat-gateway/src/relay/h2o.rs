@@ -10,7 +10,7 @@ use h2o_chat_engine::{
 };
 use tokio::sync::mpsc;
 
-use crate::relay::{EVENT_BUFFER, estimate_tokens, forward};
+use crate::relay::{AnswerBudget, EVENT_BUFFER, error_event_failure, estimate_tokens, forward};
 
 /// See the module docs.
 pub struct RemoteH2o {
@@ -37,13 +37,22 @@ fn failure_of(err: &h2o_chat::Error) -> GenerationFailure {
         | h2o_chat::Error::Session {
             status, message, ..
         } => upstream(*status, None, message),
-        h2o_chat::Error::Transport { .. } => upstream(502, None, &err.to_string()),
+        h2o_chat::Error::Transport { .. } => upstream(502, None, &shown(err)),
         h2o_chat::Error::Timeout { partial, .. } if partial.is_empty() => {
-            upstream(504, None, &err.to_string())
+            upstream(504, None, &shown(err))
         }
-        h2o_chat::Error::Stream { message, .. } => GenerationFailure::Generation(message.clone()),
-        other => GenerationFailure::Generation(other.to_string()),
+        h2o_chat::Error::Stream {
+            message,
+            error_type,
+            ..
+        } => error_event_failure(message.clone(), error_type.as_deref()),
+        other => GenerationFailure::Generation(shown(other)),
     }
+}
+
+/// An error's text as a client may see it: no credentials of the upstream's URL.
+fn shown(err: &h2o_chat::Error) -> String {
+    crate::redact::credentials(&err.to_string())
 }
 
 impl RemoteH2o {
@@ -59,7 +68,7 @@ impl RemoteH2o {
             .idle_timeout(crate::relay::READ_TIMEOUT)
             .build()
             .map_err(|e| EngineError::Load {
-                path: url.into(),
+                path: crate::redact::credentials(url).into(),
                 detail: e.to_string(),
             })?;
         Ok(RemoteH2o { client })
@@ -100,6 +109,7 @@ impl RemoteH2o {
         if let Some(model) = model {
             call = call.model(model.to_string());
         }
+        let mut budget = AnswerBudget::for_request(request);
         tokio::spawn(async move {
             let opened = tokio::select! {
                 opened = call.events() => opened,
@@ -122,8 +132,11 @@ impl RemoteH2o {
                 };
                 let event = match next {
                     Some(Ok(Event::Token(token))) => {
-                        generated += 1;
-                        GenerationEvent::Token(token)
+                        generated = generated.saturating_add(1);
+                        match budget.spend(&token.text) {
+                            Ok(()) => GenerationEvent::Token(token),
+                            Err(failure) => GenerationEvent::Failed(failure),
+                        }
                     }
                     Some(Ok(Event::Final(final_event))) => {
                         let details = final_event.details.clone();
@@ -139,7 +152,7 @@ impl RemoteH2o {
                                 .map_or(FinishReason::EosToken, |d| d.finish_reason),
                             details
                                 .as_ref()
-                                .map_or(generated + 1, |d| d.generated_tokens),
+                                .map_or(generated.saturating_add(1), |d| d.generated_tokens),
                             final_event.generated_text,
                             input_tokens,
                             details.and_then(|d| d.seed),
@@ -147,9 +160,10 @@ impl RemoteH2o {
                         forward(&sender, GenerationEvent::Finished(token, finish)).await;
                         return;
                     }
-                    Some(Ok(Event::Error(err))) => {
-                        GenerationEvent::Failed(GenerationFailure::Generation(err.error))
-                    }
+                    Some(Ok(Event::Error(err))) => GenerationEvent::Failed(error_event_failure(
+                        err.error,
+                        err.error_type.as_deref(),
+                    )),
                     Some(Err(err)) => GenerationEvent::Failed(failure_of(&err)),
                     None => GenerationEvent::Failed(GenerationFailure::Generation(
                         "the upstream stream ended without a final event".into(),

@@ -43,13 +43,82 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Silence on an upstream's stream (its own keep-alives included) before it is given up.
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The most an upstream may send of one answer beyond what was asked, in tokens (it may
+/// count differently), and in bytes whatever the tokens.
+const EXTRA_TOKENS: u32 = 64;
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
 /// One token per four bytes: relays do not know the remote tokenizer.
 pub fn estimate_tokens(text: &str) -> usize {
     text.len().div_ceil(4)
 }
 
-/// The whole cause chain of an error, for messages.
+/// What an upstream may still send of one answer: a little more than the tokens asked for,
+/// and never more than 16 MiB, whatever it says about itself.
+pub(crate) struct AnswerBudget {
+    tokens: u32,
+    bytes: usize,
+}
+
+impl AnswerBudget {
+    pub(crate) fn for_request(request: &GenerationRequest) -> Self {
+        AnswerBudget {
+            tokens: request.max_new_tokens.saturating_add(EXTRA_TOKENS),
+            bytes: MAX_ANSWER_BYTES,
+        }
+    }
+
+    /// Counts one token of `text`; the failure to relay when the upstream sent too much.
+    pub(crate) fn spend(&mut self, text: &str) -> Result<(), GenerationFailure> {
+        self.tokens = self.tokens.checked_sub(1).ok_or_else(|| {
+            GenerationFailure::Generation(
+                "the upstream sent more tokens than were asked for".into(),
+            )
+        })?;
+        self.bytes = self.bytes.checked_sub(text.len()).ok_or_else(|| {
+            GenerationFailure::Generation(format!(
+                "the upstream's answer is larger than {MAX_ANSWER_BYTES} bytes"
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// An error event from an upstream: its own validation refusing the request is the
+/// client's error (relayed, no upstream is blamed); anything else failed the generation.
+pub(crate) fn error_event_failure(message: String, error_type: Option<&str>) -> GenerationFailure {
+    if error_type == Some("validation") {
+        let message = message
+            .strip_prefix("Input validation error: ")
+            .map(str::to_string)
+            .unwrap_or(message);
+        GenerationFailure::Invalid(message)
+    } else {
+        GenerationFailure::Generation(message)
+    }
+}
+
+/// An HTTP client for an upstream: deadlines, and no redirects (a redirect would send the
+/// prompt, and the key, somewhere nobody configured).
+pub(crate) fn http_client(url: &str) -> Result<reqwest::Client, h2o_chat_engine::EngineError> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| h2o_chat_engine::EngineError::Load {
+            path: crate::redact::credentials(url).into(),
+            detail: e.to_string(),
+        })
+}
+
+/// The whole cause chain of an error, for messages (without the credentials of any URL in
+/// it: reqwest names the URL it failed to reach).
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    crate::redact::credentials(&causes(err))
+}
+
+fn causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -121,6 +190,23 @@ pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 /// `error`, `error.message` or `message`, else the text), read with a cap and a deadline.
 pub(crate) async fn status_failure(response: reqwest::Response) -> GenerationFailure {
     let status = response.status().as_u16();
+    if !(400..600).contains(&status) {
+        // A redirect (relays follow none) or another status that is no answer: the upstream
+        // is misconfigured, which the client sees as a bad gateway, not as a redirect.
+        return GenerationFailure::Upstream {
+            status: 502,
+            retry_after: None,
+            message: format!(
+                "the upstream answered {status}{}; relays follow no redirects",
+                response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .map(|l| format!(" to {}", crate::redact::credentials(l)))
+                    .unwrap_or_default()
+            ),
+        };
+    }
     let retry_after = retry_after(&response);
     let read = async {
         let mut body = Vec::new();

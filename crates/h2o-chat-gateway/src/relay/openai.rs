@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::relay::{
-    CONNECT_TIMEOUT, EVENT_BUFFER, READ_TIMEOUT, chain, estimate_tokens, forward, successful_reply,
+    AnswerBudget, EVENT_BUFFER, chain, estimate_tokens, forward, http_client, successful_reply,
 };
 
 /// Largest event line read from an upstream.
@@ -111,14 +111,7 @@ impl RemoteOpenAi {
     /// Relays to the OpenAI-compatible server at `url` (its base, without `/v1`), with
     /// `Authorization: Bearer` when a key is given.
     pub fn new(url: &str, api_key: Option<String>) -> Result<Self, EngineError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|e| EngineError::Load {
-                path: url.into(),
-                detail: e.to_string(),
-            })?;
+        let http = http_client(url)?;
         let url = url.trim_end_matches('/');
         let url = url.strip_suffix("/v1").unwrap_or(url).to_string();
         Ok(RemoteOpenAi { url, http, api_key })
@@ -144,6 +137,7 @@ impl RemoteOpenAi {
             .filter(|_| request.sampling.is_sampling());
         let post = self.http.post(format!("{}{path}", self.url)).json(&body);
         let api_key = self.api_key.clone();
+        let mut budget = AnswerBudget::for_request(request);
         tokio::spawn(async move {
             let fail =
                 |message: String| GenerationEvent::Failed(GenerationFailure::Generation(message));
@@ -192,7 +186,7 @@ impl RemoteOpenAi {
                             Some("length") => FinishReason::Length,
                             _ => FinishReason::EosToken,
                         },
-                        completion_tokens.unwrap_or(generated + 1),
+                        completion_tokens.unwrap_or(generated.saturating_add(1)),
                         text,
                         input_tokens,
                         seed,
@@ -212,7 +206,14 @@ impl RemoteOpenAi {
                         .and_then(Value::as_str)
                         .unwrap_or("upstream error")
                         .to_string();
-                    forward(&sender, fail(message)).await;
+                    // An OpenAI server names a refused request `invalid_request_error`.
+                    let kind = error.get("type").and_then(Value::as_str);
+                    let failure = if kind == Some("invalid_request_error") {
+                        GenerationFailure::Invalid(message)
+                    } else {
+                        GenerationFailure::Generation(message)
+                    };
+                    forward(&sender, GenerationEvent::Failed(failure)).await;
                     return;
                 }
                 if let Some(tokens) = chunk
@@ -237,7 +238,11 @@ impl RemoteOpenAi {
                     choice.get("text").and_then(Value::as_str)
                 };
                 if let Some(piece) = piece.filter(|p| !p.is_empty()) {
-                    generated += 1;
+                    generated = generated.saturating_add(1);
+                    if let Err(failure) = budget.spend(piece) {
+                        forward(&sender, GenerationEvent::Failed(failure)).await;
+                        return;
+                    }
                     text.push_str(piece);
                     let token = Token {
                         id: 0,

@@ -10,8 +10,8 @@ use h2o_chat_protocol::{Decoder, Event};
 use tokio::sync::mpsc;
 
 use crate::relay::{
-    CONNECT_TIMEOUT, EVENT_BUFFER, READ_TIMEOUT, chain, estimate_tokens, forward, successful_reply,
-    tgi_parameters,
+    AnswerBudget, EVENT_BUFFER, chain, error_event_failure, estimate_tokens, forward, http_client,
+    successful_reply, tgi_parameters,
 };
 
 /// Largest event read from an upstream.
@@ -27,14 +27,7 @@ pub struct RemoteTgi {
 impl RemoteTgi {
     /// Relays to the TGI server at `url`, with `Authorization: Bearer` when a key is given.
     pub fn new(url: &str, api_key: Option<String>) -> Result<Self, EngineError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|e| EngineError::Load {
-                path: url.into(),
-                detail: e.to_string(),
-            })?;
+        let http = http_client(url)?;
         Ok(RemoteTgi {
             url: url.trim_end_matches('/').to_string(),
             http,
@@ -57,6 +50,7 @@ impl RemoteTgi {
             .post(format!("{}/generate_stream", self.url))
             .json(&body);
         let api_key = self.api_key.clone();
+        let mut budget = AnswerBudget::for_request(request);
         tokio::spawn(async move {
             let fail =
                 |message: String| GenerationEvent::Failed(GenerationFailure::Generation(message));
@@ -103,7 +97,11 @@ impl RemoteTgi {
                 };
                 match event {
                     Event::Token(token) => {
-                        generated += 1;
+                        generated = generated.saturating_add(1);
+                        if let Err(failure) = budget.spend(&token.text) {
+                            forward(&sender, GenerationEvent::Failed(failure)).await;
+                            return;
+                        }
                         if !forward(&sender, GenerationEvent::Token(token)).await {
                             return;
                         }
@@ -117,7 +115,7 @@ impl RemoteTgi {
                                 .map_or(FinishReason::EosToken, |d| d.finish_reason),
                             details
                                 .as_ref()
-                                .map_or(generated + 1, |d| d.generated_tokens),
+                                .map_or(generated.saturating_add(1), |d| d.generated_tokens),
                             final_event.generated_text,
                             input_tokens,
                             details.and_then(|d| d.seed),
@@ -126,7 +124,8 @@ impl RemoteTgi {
                         return;
                     }
                     Event::Error(err) => {
-                        forward(&sender, fail(err.error)).await;
+                        let failure = error_event_failure(err.error, err.error_type.as_deref());
+                        forward(&sender, GenerationEvent::Failed(failure)).await;
                         return;
                     }
                 }

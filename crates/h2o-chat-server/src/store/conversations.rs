@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
+use tokio::sync::Semaphore;
 
 use super::{
     ConversationSummary, CreateError, Store, StoreError, StoredConversation, StoredMessage, Sweep,
@@ -20,7 +21,14 @@ pub struct Conversations {
     store: Arc<dyn Store>,
     deadline: Duration,
     failures: IntCounterVec,
+    /// Calls on blocking threads at once. SQLite serves one writer and a few readers at a
+    /// time; more threads would only wait on its locks, and on two cores their switching
+    /// halves what the store answers.
+    in_flight: Arc<Semaphore>,
 }
+
+/// See [`Conversations::in_flight`]: the writer, the readers, and room for a few more.
+const BLOCKING_CALLS: usize = 6;
 
 impl Conversations {
     /// `store`, each call answering within `deadline`, failures counted in `failures`
@@ -30,6 +38,7 @@ impl Conversations {
             store,
             deadline,
             failures,
+            in_flight: Arc::new(Semaphore::new(BLOCKING_CALLS)),
         }
     }
 
@@ -53,7 +62,16 @@ impl Conversations {
             return call(self.store.as_ref());
         }
         let store = self.store.clone();
-        let task = tokio::task::spawn_blocking(move || call(store.as_ref()));
+        let in_flight = self.in_flight.clone();
+        // The deadline covers the wait for a turn too.
+        let task = async move {
+            let permit = in_flight.acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                call(store.as_ref())
+            })
+            .await
+        };
         match tokio::time::timeout(self.deadline, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(StoreError::new(operation, join).into()),

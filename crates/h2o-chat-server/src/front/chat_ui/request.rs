@@ -2,7 +2,7 @@
 //! and the TGI request chat-ui builds from it — the conversation's messages as the prompt,
 //! the client's `parameters` passed on after a JavaScript round trip.
 
-use h2o_chat_engine::ChatTurn;
+use h2o_chat_engine::{CacheScope, ChatTurn};
 use h2o_chat_protocol::GenerateParameters;
 use serde_json::{Map, Value};
 
@@ -108,11 +108,13 @@ impl GenerateBody {
     }
 
     /// TGI's rules over the parameters, and the plan: the newest messages that fit, the
-    /// conversation id as the prompt cache's hint. An omitted `return_full_text` means true.
+    /// conversation id as the prompt cache's hint, the session as its scope. An omitted
+    /// `return_full_text` means true.
     pub fn plan(
         &self,
         messages: &[StoredMessage],
         conversation: &str,
+        session: &str,
         limits: &Limits,
     ) -> Result<(Plan, Echo), ValidationError> {
         let sampling = check_rules(&self.parameters, self.stream, limits)?;
@@ -122,6 +124,7 @@ impl GenerateBody {
             .collect();
         let mut plan = Plan::tgi(Input::History(turns), &self.parameters, sampling);
         plan.cache_hint = Some(conversation.to_string());
+        plan.cache_scope = CacheScope::of("session", session);
         Ok((plan, Echo::of(&self.parameters, true)))
     }
 }

@@ -286,7 +286,7 @@ pub async fn generate(
         compute_type: model.engine.info().compute_type,
         characters: 0,
     };
-    let (plan, echo) = match request.plan(&messages, &id, &state.config().limits) {
+    let (plan, echo) = match request.plan(&messages, &id, &session.0, &state.config().limits) {
         Ok(planned) => planned,
         Err(err) => return tgi_wire::refusal(&err.into(), request.stream, &stream_headers),
     };

@@ -140,7 +140,8 @@ impl ApiError {
             ValidationError::MaxNewTokens | ValidationError::TotalTokens { .. } => "max_tokens",
             ValidationError::EmptyInputs
             | ValidationError::InputLength { .. }
-            | ValidationError::Prompt(_) => "messages",
+            | ValidationError::Prompt(_)
+            | ValidationError::Refused(_) => "messages",
             other => other.parameter(),
         };
         ApiError::new(

@@ -23,7 +23,7 @@
 //! assert!(matches!(request.plan.input, Input::Chat(ref turns) if turns[0].content == "Hi"));
 //! ```
 
-use h2o_chat_engine::{ChatTurn, SamplingParams};
+use h2o_chat_engine::{CacheScope, ChatTurn, SamplingParams};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -180,6 +180,7 @@ struct Common<'a> {
     stream: Option<bool>,
     stream_options: Option<&'a StreamOptions>,
     user: Option<&'a str>,
+    cache_salt: Option<&'a str>,
 }
 
 impl OpenAiRequest {
@@ -203,6 +204,7 @@ impl OpenAiRequest {
                     stream: body.stream,
                     stream_options: body.stream_options.as_ref(),
                     user: body.user.as_deref(),
+                    cache_salt: body.cache_salt.as_deref(),
                 };
                 map(input, common)
             }
@@ -231,6 +233,7 @@ impl OpenAiRequest {
                     stream: body.stream,
                     stream_options: body.stream_options.as_ref(),
                     user: body.user.as_deref(),
+                    cache_salt: body.cache_salt.as_deref(),
                 };
                 map(input, common)
             }
@@ -408,10 +411,17 @@ fn map(input: Input, common: Common<'_>) -> Result<OpenAiRequest, ApiError> {
             ));
         }
     };
-    let user = common
+    let user: Option<String> = common
         .user
         .filter(|u| !u.is_empty())
         .map(|u| u.chars().take(256).collect());
+    // The prompt cache's scope: the client's salt, else its user, else (set by the route)
+    // its API key.
+    let cache_scope = match (common.cache_salt.filter(|s| !s.is_empty()), &user) {
+        (Some(salt), _) => CacheScope::of("salt", salt),
+        (None, Some(user)) => CacheScope::of("user", user),
+        (None, None) => CacheScope::anonymous(),
+    };
     Ok(OpenAiRequest {
         model: common.model,
         plan: Plan {
@@ -421,6 +431,7 @@ fn map(input: Input, common: Common<'_>) -> Result<OpenAiRequest, ApiError> {
             stop,
             truncate: None,
             cache_hint: user,
+            cache_scope,
         },
         stream: common.stream.unwrap_or(false),
         include_usage: common

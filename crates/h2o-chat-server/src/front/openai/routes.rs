@@ -6,6 +6,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -47,21 +48,32 @@ pub async fn models(State(state): State<AppState>) -> Response {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Response {
-    respond(state, &body, Kind::Chat).await
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(state, &headers, &body, Kind::Chat).await
 }
 
 /// `POST /v1/completions` (legacy text completions): the prompt is used as is.
-pub async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
-    respond(state, &body, Kind::Text).await
+pub async fn completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(state, &headers, &body, Kind::Text).await
 }
 
-async fn respond(state: AppState, body: &[u8], kind: Kind) -> Response {
+async fn respond(state: AppState, headers: &HeaderMap, body: &[u8], kind: Kind) -> Response {
     let started = Instant::now();
-    let request = match OpenAiRequest::parse(body, kind) {
+    let mut request = match OpenAiRequest::parse(body, kind) {
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
+    if request.plan.cache_scope.is_anonymous() {
+        request.plan.cache_scope = auth::key_scope(headers);
+    }
     // No model (or an empty one) means the local model, not a stand-in.
     let model = match request.model.as_deref().filter(|m| !m.is_empty()) {
         None => state

@@ -87,6 +87,9 @@ pub struct ChatCompletionRequest {
     pub seed: Option<i128>,
     #[serde(default)]
     pub user: Option<String>,
+    /// vLLM's: a prompt-cache scope of the client's choosing.
+    #[serde(default)]
+    pub cache_salt: Option<String>,
     #[serde(default)]
     pub logprobs: Option<Value>,
     #[serde(default)]
@@ -163,6 +166,9 @@ pub struct CompletionRequest {
     pub logit_bias: Option<Value>,
     #[serde(default)]
     pub user: Option<String>,
+    /// vLLM's: a prompt-cache scope of the client's choosing.
+    #[serde(default)]
+    pub cache_salt: Option<String>,
     #[serde(default)]
     pub seed: Option<i128>,
     /// Fields OpenAI does not define: refused by name.

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -24,19 +24,24 @@ enum Route {
     Compat,
 }
 
-pub async fn generate(State(state): State<AppState>, body: Bytes) -> Response {
-    handle(state, Route::Generate, &body).await
+pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state, Route::Generate, &headers, &body).await
 }
 
-pub async fn generate_stream(State(state): State<AppState>, body: Bytes) -> Response {
-    handle(state, Route::GenerateStream, &body).await
+pub async fn generate_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(state, Route::GenerateStream, &headers, &body).await
 }
 
-pub async fn compat(State(state): State<AppState>, body: Bytes) -> Response {
-    handle(state, Route::Compat, &body).await
+pub async fn compat(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state, Route::Compat, &headers, &body).await
 }
 
-async fn handle(state: AppState, route: Route, bytes: &[u8]) -> Response {
+/// TGI names no user: the prompt cache's scope is the request's key.
+async fn handle(state: AppState, route: Route, request: &HeaderMap, bytes: &[u8]) -> Response {
     let started = Instant::now();
     let body = match parse_body(bytes) {
         Ok(body) => body,
@@ -57,10 +62,12 @@ async fn handle(state: AppState, route: Route, bytes: &[u8]) -> Response {
     // On `/` an omitted return_full_text means true for text-generation models (§c).
     let compat = route == Route::Compat;
     let limits = state.config().limits;
-    let (plan, echo) = match generation(body.inputs, &body.parameters, streaming, compat, &limits) {
-        Ok(generation) => generation,
-        Err(err) => return tgi_wire::refusal(&err.into(), streaming, &headers),
-    };
+    let (mut plan, echo) =
+        match generation(body.inputs, &body.parameters, streaming, compat, &limits) {
+            Ok(generation) => generation,
+            Err(err) => return tgi_wire::refusal(&err.into(), streaming, &headers),
+        };
+    plan.cache_scope = auth::key_scope(request);
     let run = match pipeline::start(&state, &model.engine, plan, started).await {
         Ok(run) => run,
         Err(failure) => return tgi_wire::refusal(&failure, streaming, &headers),
