@@ -14,6 +14,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::constraint::Constraint;
 use crate::engine::{Cleanup, Engine, EngineInfo, EngineStats, Generation, Health};
 use crate::error::EngineError;
 use crate::prompt::{ChatTurn, Prompt};
@@ -95,6 +96,10 @@ impl Engine for DeferredEngine {
 
     fn detokenize(&self, ids: &[u32]) -> Option<String> {
         self.ready().ok()?.detokenize(ids)
+    }
+
+    fn check_constraint(&self, constraint: &Constraint) -> Result<(), EngineError> {
+        self.ready()?.check_constraint(constraint)
     }
 
     fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {

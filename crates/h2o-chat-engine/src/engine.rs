@@ -7,6 +7,7 @@
 
 use tokio::sync::mpsc;
 
+use crate::constraint::Constraint;
 use crate::error::EngineError;
 use crate::prompt::{ChatTurn, Prompt};
 use crate::request::{GenerationEvent, GenerationRequest, Tokenized};
@@ -96,6 +97,17 @@ pub trait Engine: Send + Sync + 'static {
     /// engine has no tokenizer.
     fn detokenize(&self, _ids: &[u32]) -> Option<String> {
         None
+    }
+
+    /// Checks that this engine can enforce `constraint`, compiling it ahead of
+    /// [`Engine::start`] (it may take milliseconds: async callers run it off their runtime,
+    /// like `tokenize`). An invalid or unsupported one is [`EngineError::Input`], worded
+    /// for the client.
+    fn check_constraint(&self, constraint: &Constraint) -> Result<(), EngineError> {
+        Err(EngineError::Input(format!(
+            "this model cannot enforce a {} constraint",
+            constraint.kind()
+        )))
     }
 
     /// Queues a generation. Fails with [`EngineError::Overloaded`] when the queue is full.

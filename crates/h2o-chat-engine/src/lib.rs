@@ -25,11 +25,13 @@
 //!         GenerationEvent::Token(token) => text.push_str(&token.text),
 //!         GenerationEvent::Finished(_, finish) => { assert_eq!(finish.generated_text, "Hello!"); break }
 //!         GenerationEvent::Failed(failure) => panic!("{failure}"),
+//!         GenerationEvent::Alternatives(_) => {}
 //!     }
 //! }
 //! assert_eq!(text, "Hello!");
 //! ```
 
+mod constraint;
 mod deferred;
 pub mod detokenize;
 mod engine;
@@ -40,6 +42,7 @@ pub mod sampling;
 mod scripted;
 pub mod stopping;
 
+pub use constraint::Constraint;
 pub use deferred::DeferredEngine;
 pub use engine::{Cleanup, Engine, EngineInfo, EngineStats, Generation, Health};
 pub use error::EngineError;
@@ -49,5 +52,5 @@ pub use request::{
     CacheScope, Finish, GenerationEvent, GenerationFailure, GenerationRequest, SamplingParams,
     Tokenized,
 };
-pub use sampling::Sampler;
+pub use sampling::{Choice, Sampler};
 pub use scripted::{SCRIPTED_EOS_ID, Script, ScriptGate, ScriptedEngine};

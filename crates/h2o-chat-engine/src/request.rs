@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use h2o_chat_protocol::{FinishReason, Token};
 
+use crate::constraint::Constraint;
 use crate::prompt::Prompt;
 
 /// TGI's sampling parameters (protocol §c), already validated by the server.
@@ -117,6 +118,11 @@ pub struct GenerationRequest {
     pub cache_hint: Option<String>,
     /// Whose cached prompts it may reuse.
     pub cache_scope: CacheScope,
+    /// What the answer must follow, if anything.
+    pub constraint: Option<Constraint>,
+    /// How many likeliest alternatives to report with each token (TGI's `top_n_tokens`,
+    /// OpenAI's `top_logprobs`); 0 for none.
+    pub top_tokens: u8,
 }
 
 impl GenerationRequest {
@@ -131,6 +137,8 @@ impl GenerationRequest {
             truncate: None,
             cache_hint: None,
             cache_scope: CacheScope::anonymous(),
+            constraint: None,
+            top_tokens: 0,
         }
     }
 }
@@ -183,4 +191,8 @@ pub enum GenerationEvent {
     Finished(Token, Finish),
     /// Generation failed after starting; nothing follows.
     Failed(GenerationFailure),
+    /// The likeliest tokens at the position of the token that follows (its own included),
+    /// most likely first, with their log-probabilities — sent just before that `Token` or
+    /// `Finished`, only when the request asked for them.
+    Alternatives(Vec<Token>),
 }

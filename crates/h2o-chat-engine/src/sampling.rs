@@ -4,7 +4,12 @@
 //! distinct token of prompt and output), then — only when sampling — temperature, top-k,
 //! top-p and typical-p as Hugging Face's logits warpers define them; then it samples from
 //! the softmax with a seeded generator, or takes the arg-max. The reported log-probability
-//! is the chosen token's under the final distribution.
+//! is the chosen token's under the final distribution, and so are the alternatives reported
+//! beside it ([`Choice::top`]).
+//!
+//! A grammar's mask ([`Sampler::choose_from`]) comes first: tokens it forbids are not
+//! candidates at all, so the penalty, the warpers and the draw see only what the grammar
+//! allows, and sampling keeps TGI's semantics within it.
 //!
 //! This is written here rather than taken from llama.cpp's sampler chain because TGI's rules
 //! are the contract: llama.cpp's top-p keeps a different boundary token, its seed is 32-bit,
@@ -55,6 +60,22 @@ fn random_seed() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     hasher.finish()
+}
+
+/// A token chosen, with its log-probability and the likeliest alternatives at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub token: u32,
+    pub logprob: f32,
+    /// Most likely first, the chosen token among them when it is likely enough; empty
+    /// unless asked for.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Whether bit `token` of a mask (32 tokens a word, as llguidance lays it out) is set.
+fn allowed(mask: &[u32], token: usize) -> bool {
+    mask.get(token / 32)
+        .is_some_and(|word| word & (1 << (token % 32)) != 0)
 }
 
 /// How many top candidates are sorted before falling back to a full sort for top-p.
@@ -112,21 +133,53 @@ impl Sampler {
         (token, logprob)
     }
 
+    /// Picks the next token among those `mask` allows (all when `None`; bit `i` of the
+    /// words is token `i`), with the `top` likeliest alternatives. `None` when the mask
+    /// allows no token at all. The chosen token is observed.
+    pub fn choose_from(
+        &mut self,
+        logits: &[f32],
+        mask: Option<&[u32]>,
+        top: usize,
+    ) -> Option<Choice> {
+        let mut candidates = std::mem::take(&mut self.scratch);
+        candidates.clear();
+        match mask {
+            None => candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l))),
+            Some(mask) => candidates.extend(
+                logits
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| allowed(mask, *i))
+                    .map(|(i, &l)| (i as u32, l)),
+            ),
+        }
+        if candidates.is_empty() {
+            self.scratch = candidates;
+            return None;
+        }
+        self.penalize(&mut candidates, mask.is_some());
+        let (token, logprob) = if self.sampling {
+            self.warp(&mut candidates);
+            self.draw(&candidates)
+        } else {
+            greedy(&candidates)
+        };
+        let top = ranked(&mut candidates, top);
+        self.scratch = candidates;
+        self.observe(token);
+        Some(Choice {
+            token,
+            logprob,
+            top,
+        })
+    }
+
     fn pick(&mut self, logits: &[f32]) -> (u32, f32) {
         let mut candidates = std::mem::take(&mut self.scratch);
         candidates.clear();
         candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        if let Some(penalty) = self.params.repetition_penalty.filter(|&p| p != 1.0) {
-            for &id in &self.seen_ids {
-                if let Some((_, logit)) = candidates.get_mut(id as usize) {
-                    *logit = if *logit < 0.0 {
-                        *logit * penalty
-                    } else {
-                        *logit / penalty
-                    };
-                }
-            }
-        }
+        self.penalize(&mut candidates, false);
         let choice = if self.sampling {
             self.warp(&mut candidates);
             self.draw(&candidates)
@@ -135,6 +188,34 @@ impl Sampler {
         };
         self.scratch = candidates;
         choice
+    }
+
+    /// The repetition penalty over every token seen. `sparse`: the candidates are a subset
+    /// (a grammar's), so a seen token is looked up rather than indexed.
+    fn penalize(&self, candidates: &mut [(u32, f32)], sparse: bool) {
+        let Some(penalty) = self.params.repetition_penalty.filter(|&p| p != 1.0) else {
+            return;
+        };
+        let apply = |logit: &mut f32| {
+            *logit = if *logit < 0.0 {
+                *logit * penalty
+            } else {
+                *logit / penalty
+            };
+        };
+        if sparse {
+            for (id, logit) in candidates.iter_mut() {
+                if self.seen.get(*id as usize).copied().unwrap_or(false) {
+                    apply(logit);
+                }
+            }
+        } else {
+            for &id in &self.seen_ids {
+                if let Some((_, logit)) = candidates.get_mut(id as usize) {
+                    apply(logit);
+                }
+            }
+        }
     }
 
     /// Temperature, top-k, top-p, typical-p, in TGI's order. Removed candidates are dropped
@@ -193,6 +274,29 @@ fn greedy(candidates: &[(u32, f32)]) -> (u32, f32) {
         .map(|c| ((c.1 - best.1) as f64).exp())
         .sum();
     (best.0, -(total.ln()) as f32)
+}
+
+/// The `n` likeliest candidates with their log-probabilities under the candidates'
+/// distribution, most likely first (ties by id, so the order is stable).
+fn ranked(candidates: &mut [(u32, f32)], n: usize) -> Vec<(u32, f32)> {
+    if n == 0 || candidates.is_empty() {
+        return Vec::new();
+    }
+    let max = candidates
+        .iter()
+        .map(|c| c.1)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let log_total = softmax_total(candidates, max).ln();
+    let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let n = n.min(candidates.len());
+    if n < candidates.len() {
+        candidates.select_nth_unstable_by(n - 1, by_logit);
+    }
+    let mut top: Vec<(u32, f32)> = candidates[..n].to_vec();
+    top.sort_unstable_by(by_logit);
+    top.into_iter()
+        .map(|(id, logit)| (id, ((logit - max) as f64 - log_total) as f32))
+        .collect()
 }
 
 fn softmax_total(candidates: &[(u32, f32)], max: f32) -> f64 {
@@ -394,6 +498,51 @@ mod tests {
             candidates[0].0, 0,
             "the typical token is not the arg-max here"
         );
+    }
+
+    #[test]
+    fn a_mask_leaves_only_what_it_allows_and_alternatives_agree_with_the_choice() {
+        let logits = [5.0, 1.0, 3.0, 2.0, 4.0];
+        // Tokens 1, 2 and 3 allowed: 0 and 4 (the two likeliest) are not candidates.
+        let mask = [0b01110u32];
+        let mut sampler = Sampler::new(&params(), 5);
+        let choice = sampler.choose_from(&logits, Some(&mask), 2).unwrap();
+        assert_eq!(choice.token, 2);
+        assert_eq!(choice.top.iter().map(|t| t.0).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(
+            choice.top[0].1, choice.logprob,
+            "the chosen token's own logprob"
+        );
+        let total: f64 = [1.0f64, 3.0, 2.0].iter().map(|l| (l - 3.0).exp()).sum();
+        assert!((choice.logprob as f64 + total.ln()).abs() < 1e-5);
+        // A mask that allows nothing is not a choice.
+        assert!(sampler.choose_from(&logits, Some(&[0]), 0).is_none());
+        // Without a mask: the same as `choose`, alternatives over the whole vocabulary.
+        let mut free = Sampler::new(&params(), 5);
+        let choice = free.choose_from(&logits, None, 3).unwrap();
+        assert_eq!(choice.token, 0);
+        assert_eq!(
+            choice.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            [0, 4, 2]
+        );
+        assert!(choice.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+
+    #[test]
+    fn the_penalty_applies_within_a_mask_too() {
+        let mut sampler = Sampler::new(
+            &SamplingParams {
+                repetition_penalty: Some(4.0),
+                ..params()
+            },
+            3,
+        );
+        sampler.observe(1);
+        // 3.0 / 4 < 1.0: the seen token loses to token 2 inside the mask.
+        let choice = sampler
+            .choose_from(&[9.0, 3.0, 1.0], Some(&[0b110]), 0)
+            .unwrap();
+        assert_eq!(choice.token, 2);
     }
 
     #[test]

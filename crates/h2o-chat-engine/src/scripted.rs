@@ -4,6 +4,9 @@
 //! tokens) and the benchmarks use it to measure the server's own ceiling with no model cost.
 //! It follows the same stopping rules as the real engine (length, EOS, stop strings).
 //! Token counts are by UTF-8 byte: one byte, one token — a stand-in rule, documented so.
+//! It takes every constraint and follows none (its script is its answer: a test scripts
+//! what a constrained model would write), and reports the played token and one made-up
+//! `<alt>` as the alternatives when asked.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -13,6 +16,7 @@ use tokio::sync::{mpsc as channel, watch};
 
 use h2o_chat_protocol::Token;
 
+use crate::constraint::Constraint;
 use crate::engine::{Engine, EngineInfo, EngineStats, Generation};
 use crate::error::EngineError;
 use crate::prompt::{ChatTurn, Prompt, chatml};
@@ -177,6 +181,10 @@ impl Engine for ScriptedEngine {
         Ok(Tokenized::counted(prompt.len()))
     }
 
+    fn check_constraint(&self, _constraint: &Constraint) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
         if self.running.fetch_add(1, Ordering::AcqRel) >= self.script.capacity {
             self.running.fetch_sub(1, Ordering::AcqRel);
@@ -268,6 +276,22 @@ fn play(
                 true,
             ),
         };
+        if request.top_tokens > 0 {
+            let alternative = Token {
+                id: 1,
+                text: "<alt>".into(),
+                logprob: Some(-3.0),
+                special: false,
+            };
+            let mut top = vec![out.clone(), alternative];
+            top.truncate(usize::from(request.top_tokens));
+            if events
+                .blocking_send(GenerationEvent::Alternatives(top))
+                .is_err()
+            {
+                return;
+            }
+        }
         // EOS always finishes: the criteria answer `length` or `eos_token` for it.
         if let Some(reason) = criteria.check(generated, is_eos, &text) {
             let finish = Finish {

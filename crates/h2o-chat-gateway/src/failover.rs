@@ -110,7 +110,10 @@ impl Pool {
                         self.metrics.cooldowns.with_label_values(&[name]).inc();
                     }
                 }
-                let last = !matches!(event, GenerationEvent::Token(_));
+                let last = matches!(
+                    event,
+                    GenerationEvent::Finished(..) | GenerationEvent::Failed(_)
+                );
                 if !forward(&sender, event).await || last {
                     return;
                 }

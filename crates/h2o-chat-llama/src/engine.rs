@@ -7,8 +7,8 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use h2o_chat_engine::{
-    ChatTurn, Engine, EngineError, EngineInfo, EngineStats, Generation, GenerationRequest, Health,
-    Prompt, Tokenized,
+    ChatTurn, Constraint, Engine, EngineError, EngineInfo, EngineStats, Generation,
+    GenerationRequest, Health, Prompt, Tokenized,
 };
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -17,6 +17,7 @@ use tokio::sync::mpsc as channel;
 
 use crate::backend::backend;
 use crate::config::LlamaConfig;
+use crate::grammar::Grammars;
 use crate::scheduler::{Job, Scheduler, Shared};
 use crate::sizing::{fit_to_memory, head_widths};
 use crate::template;
@@ -31,6 +32,7 @@ pub(crate) const EVENT_BUFFER: usize = 64;
 pub struct LlamaEngine {
     model: Arc<LlamaModel>,
     vocabulary: Arc<Vocabulary>,
+    grammars: Arc<Grammars>,
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     info: EngineInfo,
@@ -56,6 +58,7 @@ impl LlamaEngine {
             .map_err(|e| load_error(format!("{e} (is it a GGUF model?)")))?;
         let model = Arc::new(model);
         let vocabulary = Arc::new(Vocabulary::of(&model));
+        let grammars = Arc::new(Grammars::of(&model).map_err(&load_error)?);
         let load_ms = started.elapsed().as_millis();
         let slots = config.slots.clamp(1, 256);
         let (key_width, value_width) = head_widths(&model);
@@ -126,6 +129,7 @@ impl LlamaEngine {
         Ok(LlamaEngine {
             model,
             vocabulary,
+            grammars,
             jobs,
             shared,
             info,
@@ -189,10 +193,29 @@ impl Engine for LlamaEngine {
         Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Compiles it with llguidance over this model's vocabulary (kept for the request
+    /// that follows; see `grammar.rs`).
+    fn check_constraint(&self, constraint: &Constraint) -> Result<(), EngineError> {
+        self.grammars
+            .compile(constraint)
+            .map(drop)
+            .map_err(EngineError::Input)
+    }
+
     fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
         if let Health::Failed(reason) = self.shared.health() {
             return Err(EngineError::Stopped(reason));
         }
+        // Compiled in the caller's preparation (`check_constraint`), so this is a copy of the
+        // cached grammar.
+        let grammar = match &request.constraint {
+            Some(constraint) => Some(
+                self.grammars
+                    .compile(constraint)
+                    .map_err(EngineError::Input)?,
+            ),
+            None => None,
+        };
         let tokens = match &request.tokens {
             Some(Tokenized { ids: Some(ids), .. }) => {
                 ids.iter().map(|&id| LlamaToken(id as i32)).collect()
@@ -227,6 +250,7 @@ impl Engine for LlamaEngine {
             request,
             tokens,
             events,
+            grammar,
         };
         if self.jobs.send(job).is_err() {
             self.shared.dequeued();

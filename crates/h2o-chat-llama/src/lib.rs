@@ -34,6 +34,7 @@ mod backend;
 mod config;
 mod engine;
 pub mod fetch;
+mod grammar;
 mod kv_cache;
 mod prompt_cache;
 mod scheduler;

@@ -37,6 +37,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::Sender;
 
 use crate::config::LlamaConfig;
+use crate::grammar::Grammar;
 use crate::prompt_cache::{FreeSlot, place};
 use crate::sequence::{Progress, Sequence};
 use crate::sizing::context_positions;
@@ -51,6 +52,8 @@ pub(crate) struct Job {
     /// The prompt, tokenised and truncated.
     pub tokens: Vec<LlamaToken>,
     pub events: Sender<GenerationEvent>,
+    /// The request's constraint, compiled.
+    pub grammar: Option<Grammar>,
 }
 
 /// What the engine's callers can see of the thread: health and counters.
@@ -288,7 +291,7 @@ impl<'m> Scheduler<'m> {
                 continue;
             };
             let progress = if sequence.reader_left() {
-                Progress::Ended(None)
+                Progress::Ended(Vec::new())
             } else if sequence.is_paused() {
                 sequence.resume(stall_timeout, now)
             } else {
@@ -357,6 +360,7 @@ impl<'m> Scheduler<'m> {
                 self.n_vocab,
                 job.events,
                 arrived,
+                job.grammar,
             ));
             self.shared.busy.fetch_add(1, Ordering::Relaxed);
             self.shared
@@ -460,7 +464,7 @@ impl<'m> Scheduler<'m> {
                 self.slots[slot].cache.clear();
                 let failure =
                     GenerationEvent::Failed(GenerationFailure::Generation(message.clone()));
-                self.end(slot, Some(failure));
+                self.end(slot, vec![failure]);
             }
             return;
         }
@@ -505,15 +509,13 @@ impl<'m> Scheduler<'m> {
 
     /// The slot's sequence ended: the slot is free (its cache stays for the next turn), then
     /// the reader gets the last event.
-    fn end(&mut self, index: usize, last: Option<GenerationEvent>) {
+    fn end(&mut self, index: usize, last: Vec<GenerationEvent>) {
         let slot = &mut self.slots[index];
         slot.last_used = self.step;
         let Some(sequence) = slot.active.take() else {
             return;
         };
         self.shared.busy.fetch_sub(1, Ordering::Relaxed);
-        if let Some(event) = last {
-            sequence.deliver(event);
-        }
+        sequence.deliver(last);
     }
 }

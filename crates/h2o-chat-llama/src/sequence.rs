@@ -2,30 +2,46 @@
 //! state, the incremental text, and the events it owes its reader.
 //!
 //! A reader that stops reading must not stall the batch. Events go out with `try_send`;
-//! the last place of the channel is kept for the final (or failure) event, so when a token
-//! does not fit the sequence *pauses* — it leaves the batch, holding that one event — and
-//! the scheduler gives it up after the stall timeout with a failure event that still fits.
+//! the last [`RESERVED`] places of the channel are kept for the ending (the final or failure
+//! event, and the alternatives before it), so when a token does not fit the sequence
+//! *pauses* — it leaves the batch, holding its events — and the scheduler gives it up after
+//! the stall timeout with a failure event that still fits.
+//!
+//! A constrained sequence carries its [`Grammar`]: the mask of what may come next is taken
+//! before each token is chosen, and the grammar moves past the token chosen.
 
 use std::time::{Duration, Instant};
 
 use h2o_chat_engine::detokenize::TextAssembler;
 use h2o_chat_engine::stopping::StoppingCriteria;
 use h2o_chat_engine::{
-    Finish, GenerationEvent, GenerationFailure, GenerationRequest, Sampler, Token,
+    Choice, Finish, GenerationEvent, GenerationFailure, GenerationRequest, Sampler, Token,
 };
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 
+use crate::grammar::Grammar;
+
+/// Places of a reader's channel kept for a sequence's ending: its last token's
+/// alternatives and its final (or failure) event.
+pub(crate) const RESERVED: usize = 2;
+
 /// Where a sequence stands after a token.
 pub(crate) enum Progress {
     /// It goes on: `next` is decoded in the next step.
     Continue,
-    /// It ended (finished, failed or its reader left): the slot is free. The last event, if
-    /// any, is sent with [`Sequence::deliver`] once the scheduler has freed the slot, so a
+    /// It ended (finished, failed or its reader left): the slot is free. The last events, if
+    /// any, are sent with [`Sequence::deliver`] once the scheduler has freed the slot, so a
     /// reader that sees the end also sees the engine's counters after it.
-    Ended(Option<GenerationEvent>),
+    Ended(Vec<GenerationEvent>),
+}
+
+impl Progress {
+    fn failed(failure: GenerationFailure) -> Self {
+        Progress::Ended(vec![GenerationEvent::Failed(failure)])
+    }
 }
 
 pub(crate) struct Sequence {
@@ -43,8 +59,12 @@ pub(crate) struct Sequence {
     generated: u32,
     /// The last sampled token, not yet decoded.
     pub next: Option<LlamaToken>,
-    /// An event that did not fit the reader's channel.
-    pending: Option<GenerationEvent>,
+    /// What the answer must follow.
+    grammar: Option<Grammar>,
+    /// Alternatives reported with each token.
+    top_tokens: usize,
+    /// Events that did not fit the reader's channel (sent together, in order).
+    pending: Vec<GenerationEvent>,
     paused_since: Option<Instant>,
     /// When the request arrived (admission order = prefill order).
     pub arrived: Instant,
@@ -58,6 +78,7 @@ impl Sequence {
         n_vocab: usize,
         events: Sender<GenerationEvent>,
         arrived: Instant,
+        grammar: Option<Grammar>,
     ) -> Self {
         let mut sampler = Sampler::new(&request.sampling, n_vocab);
         // TGI's repetition penalty looks at every distinct prompt token.
@@ -75,7 +96,9 @@ impl Sequence {
             text: String::new(),
             generated: 0,
             next: None,
-            pending: None,
+            grammar,
+            top_tokens: usize::from(request.top_tokens),
+            pending: Vec::new(),
             paused_since: None,
             arrived,
         }
@@ -87,7 +110,7 @@ impl Sequence {
 
     /// Generating, with its next token ready and its reader keeping up.
     pub fn wants_decode(&self) -> bool {
-        !self.is_prefilling() && self.next.is_some() && self.pending.is_none()
+        !self.is_prefilling() && self.next.is_some() && self.pending.is_empty()
     }
 
     pub fn reader_left(&self) -> bool {
@@ -98,7 +121,39 @@ impl Sequence {
     /// the token's event (or holds it when the reader is behind).
     pub fn advance(&mut self, model: &LlamaModel, logits: &[f32]) -> Progress {
         let vocab = model.vocab();
-        let (id, logprob) = self.sampler.choose(logits);
+        let mask = match self.grammar.as_mut().map(Grammar::mask) {
+            None => None,
+            Some(Ok(mask)) => Some(mask),
+            Some(Err(err)) => {
+                return Progress::failed(GenerationFailure::Generation(format!(
+                    "the grammar cannot go on: {err}"
+                )));
+            }
+        };
+        let Some(Choice {
+            token: id,
+            logprob,
+            top,
+        }) = self
+            .sampler
+            .choose_from(logits, mask.as_deref(), self.top_tokens)
+        else {
+            return Progress::failed(GenerationFailure::Generation(
+                "the grammar allows no token here".into(),
+            ));
+        };
+        if let Some(Err(err)) = self.grammar.as_mut().map(|g| g.advance(id)) {
+            return Progress::failed(GenerationFailure::Generation(format!(
+                "the grammar cannot go on: {err}"
+            )));
+        }
+        let alternatives = (!top.is_empty()).then(|| {
+            GenerationEvent::Alternatives(
+                top.into_iter()
+                    .map(|(id, logprob)| alternative(model, id, logprob))
+                    .collect(),
+            )
+        });
         let token = LlamaToken(id as i32);
         self.generated += 1;
         let is_eos = vocab.is_eog(token);
@@ -132,74 +187,78 @@ impl Sequence {
                 input_tokens: self.prompt.len() as u32,
                 cached_tokens: self.reused as u32,
             };
-            return Progress::Ended(Some(GenerationEvent::Finished(out, finish)));
+            let mut last: Vec<GenerationEvent> = alternatives.into_iter().collect();
+            last.push(GenerationEvent::Finished(out, finish));
+            return Progress::Ended(last);
         }
         self.next = Some(token);
-        self.send(GenerationEvent::Token(out))
+        let mut events: Vec<GenerationEvent> = alternatives.into_iter().collect();
+        events.push(GenerationEvent::Token(out));
+        self.pending = events;
+        self.flush(Instant::now())
     }
 
-    /// Sends a token event, keeping the channel's last place for the final one.
-    fn send(&mut self, event: GenerationEvent) -> Progress {
-        if self.events.capacity() < 2 {
-            if self.events.is_closed() {
-                return Progress::Ended(None);
-            }
-            self.pending = Some(event);
-            self.paused_since = Some(Instant::now());
-            return Progress::Continue;
-        }
-        match self.events.try_send(event) {
-            Ok(()) => Progress::Continue,
-            Err(TrySendError::Closed(_)) => Progress::Ended(None),
-            Err(TrySendError::Full(event)) => {
-                self.pending = Some(event);
-                self.paused_since = Some(Instant::now());
-                Progress::Continue
-            }
-        }
-    }
-
-    /// For a paused sequence: delivers the held event if the reader made room, or gives up
-    /// after `stall_timeout`.
-    pub fn resume(&mut self, stall_timeout: Duration, now: Instant) -> Progress {
-        let Some(event) = self.pending.take() else {
-            return Progress::Continue;
-        };
+    /// Sends the pending events together if they fit beside the reserved places; else the
+    /// sequence pauses, holding them.
+    fn flush(&mut self, now: Instant) -> Progress {
         if self.events.is_closed() {
-            return Progress::Ended(None);
+            return Progress::Ended(Vec::new());
         }
-        let event = if self.events.capacity() >= 2 {
-            match self.events.try_send(event) {
-                Ok(()) => {
-                    self.paused_since = None;
-                    return Progress::Continue;
-                }
-                Err(TrySendError::Closed(_)) => return Progress::Ended(None),
-                Err(TrySendError::Full(event)) => event,
+        if self.events.capacity() < self.pending.len() + RESERVED {
+            self.paused_since.get_or_insert(now);
+            return Progress::Continue;
+        }
+        for event in self.pending.drain(..) {
+            // The room was checked and only this thread sends: `Full` cannot happen.
+            if let Err(TrySendError::Closed(_)) = self.events.try_send(event) {
+                return Progress::Ended(Vec::new());
             }
-        } else {
-            event
-        };
-        let paused = self.paused_since.map_or(Duration::ZERO, |t| now - t);
-        if paused >= stall_timeout {
-            tracing::warn!(
-                paused_ms = paused.as_millis(),
-                "a reader stopped reading; its generation is given up"
-            );
-            return Progress::Ended(Some(GenerationEvent::Failed(GenerationFailure::Stalled {
-                waited: paused,
-            })));
         }
-        self.pending = Some(event);
+        self.paused_since = None;
         Progress::Continue
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.pending.is_some()
+    /// For a paused sequence: delivers the held events if the reader made room, or gives up
+    /// after `stall_timeout`.
+    pub fn resume(&mut self, stall_timeout: Duration, now: Instant) -> Progress {
+        if self.pending.is_empty() {
+            return Progress::Continue;
+        }
+        let progress = self.flush(now);
+        if !self.pending.is_empty() && matches!(progress, Progress::Continue) {
+            let paused = self.paused_since.map_or(Duration::ZERO, |t| now - t);
+            if paused >= stall_timeout {
+                tracing::warn!(
+                    paused_ms = paused.as_millis(),
+                    "a reader stopped reading; its generation is given up"
+                );
+                return Progress::failed(GenerationFailure::Stalled { waited: paused });
+            }
+        }
+        progress
     }
 
-    /// Sends the last event. The channel's reserved place always takes it.
-    pub fn deliver(self, event: GenerationEvent) {
-        let _ = self.events.try_send(event);
+    pub fn is_paused(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Sends the last events. The channel's reserved places always take them.
+    pub fn deliver(self, events: Vec<GenerationEvent>) {
+        for event in events {
+            let _ = self.events.try_send(event);
+        }
+    }
+}
+
+/// An alternative token: its text alone (special tokens by name), its log-probability.
+fn alternative(model: &LlamaModel, id: u32, logprob: f32) -> Token {
+    let vocab = model.vocab();
+    let token = LlamaToken(id as i32);
+    let special = vocab.is_eog(token) || vocab.is_control(token);
+    Token {
+        id,
+        text: String::from_utf8_lossy(&vocab.token_to_piece(token, special, None)).into_owned(),
+        logprob: logprob.is_finite().then_some(logprob),
+        special,
     }
 }

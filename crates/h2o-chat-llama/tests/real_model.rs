@@ -53,6 +53,7 @@ fn run_on(engine: &LlamaEngine, request: GenerationRequest) -> (Vec<Token>, Fini
                 return (tokens, finish);
             }
             GenerationEvent::Failed(failure) => panic!("generation failed: {failure}"),
+            GenerationEvent::Alternatives(_) => {}
         }
     }
     panic!("the generation ended without a final event")

@@ -51,6 +51,48 @@ pub struct GenerateParameters {
     pub decoder_input_details: bool,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Alternatives reported with each token (`top_tokens` on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_n_tokens: Option<u32>,
+    /// What the answer must follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<Grammar>,
+}
+
+/// TGI's `parameters.grammar`: `{"type": "json" | "json_object" | "regex" | "json_schema",
+/// "value": …}`.
+///
+/// ```
+/// use h2o_chat_protocol::tgi::Grammar;
+///
+/// let grammar: Grammar = serde_json::from_str(r#"{"type":"regex","value":"[0-9]+"}"#).unwrap();
+/// assert_eq!(grammar, Grammar::Regex("[0-9]+".into()));
+/// let grammar: Grammar =
+///     serde_json::from_str(r#"{"type":"json_object","value":{"type":"object"}}"#).unwrap();
+/// assert!(matches!(grammar, Grammar::Json(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum Grammar {
+    /// A JSON Schema (an object, or a string holding one).
+    #[serde(rename = "json", alias = "json_object")]
+    Json(serde_json::Value),
+    /// A regular expression the whole answer matches.
+    #[serde(rename = "regex")]
+    Regex(String),
+    /// A named JSON Schema (OpenAI's `json_schema` shape).
+    #[serde(rename = "json_schema")]
+    JsonSchema(JsonSchemaConfig),
+}
+
+/// `grammar.value` of type `json_schema`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchemaConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub schema: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
 }
 
 /// TGI's default for `max_new_tokens` (§c).
@@ -79,6 +121,8 @@ impl Default for GenerateParameters {
             details: false,
             decoder_input_details: false,
             seed: None,
+            top_n_tokens: None,
+            grammar: None,
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct Details {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamResponse {
     pub token: Token,
+    /// The likeliest tokens at this position (`top_n_tokens`); absent when not asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_tokens: Vec<Token>,
     /// Non-null only on the final event.
     pub generated_text: Option<String>,
     pub details: Option<Details>,
@@ -138,6 +141,7 @@ mod tests {
     #[test]
     fn final_event_serialises_in_wire_order() {
         let event = StreamResponse {
+            top_tokens: Vec::new(),
             token: Token {
                 id: 11,
                 text: "<|endoftext|>".into(),

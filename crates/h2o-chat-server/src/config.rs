@@ -13,6 +13,8 @@ pub struct Limits {
     pub max_total_tokens: usize,
     pub max_stop_sequences: usize,
     pub max_best_of: usize,
+    /// Largest `top_n_tokens` (TGI's `max_top_n_tokens`) and OpenAI `top_logprobs` (20).
+    pub max_top_n_tokens: u32,
     /// Generations in flight (running or queued); more get `overloaded`.
     pub max_concurrent_requests: usize,
 }
@@ -25,6 +27,7 @@ impl Default for Limits {
             max_total_tokens: 4096,
             max_stop_sequences: 6,
             max_best_of: 2,
+            max_top_n_tokens: 5,
             max_concurrent_requests: 128,
         }
     }

@@ -88,6 +88,8 @@ pub struct Run {
     started: Instant,
     last_token: Option<Instant>,
     peeked: Option<Step>,
+    /// The alternatives of the last token step.
+    alternatives: Vec<Token>,
     done: bool,
     abort: Option<CancellationToken>,
     observer: Option<Box<dyn Observer>>,
@@ -112,13 +114,23 @@ pub async fn start(
         truncate,
         cache_hint,
         cache_scope,
+        constraint,
+        top_tokens,
     } = plan;
     let cache_scope = if state.config().shared_prompt_cache {
         h2o_chat_engine::CacheScope::anonymous()
     } else {
         cache_scope
     };
-    let prepared = prepare(engine, state.validation_workers(), input, budget, truncate).await?;
+    let prepared = prepare(
+        engine,
+        state.validation_workers(),
+        input,
+        budget,
+        truncate,
+        constraint.clone(),
+    )
+    .await?;
     let max_new_tokens = check_lengths(prepared.tokens.count, max_new_tokens, &limits, context)?;
     let permit = state
         .permits()
@@ -137,6 +149,8 @@ pub async fn start(
         truncate,
         cache_hint,
         cache_scope,
+        constraint,
+        top_tokens,
     })?;
     Ok(Run {
         events: generation.events,
@@ -149,6 +163,7 @@ pub async fn start(
         started,
         last_token: None,
         peeked: None,
+        alternatives: Vec::new(),
         done: false,
         abort: None,
         observer: None,
@@ -207,17 +222,31 @@ impl Run {
                 None => std::future::pending().await,
             }
         };
-        let received = tokio::select! {
-            biased;
-            () = self.shutdown.deadline_passed() => {
-                self.done = true;
-                return Step::Failed(Failure::ShuttingDown);
+        tokio::pin!(aborted);
+        let received = loop {
+            let received = tokio::select! {
+                biased;
+                () = self.shutdown.deadline_passed() => {
+                    self.done = true;
+                    return Step::Failed(Failure::ShuttingDown);
+                }
+                () = &mut aborted => {
+                    self.done = true;
+                    return Step::Aborted;
+                }
+                received = tokio::time::timeout(self.keep_alive, self.events.recv()) => received,
+            };
+            match received {
+                // They belong to the token that follows at once.
+                Ok(Some(GenerationEvent::Alternatives(top))) => self.alternatives = top,
+                Ok(Some(GenerationEvent::Token(_) | GenerationEvent::Finished(..))) => {
+                    break received;
+                }
+                other => {
+                    self.alternatives.clear();
+                    break other;
+                }
             }
-            () = aborted => {
-                self.done = true;
-                return Step::Aborted;
-            }
-            received = tokio::time::timeout(self.keep_alive, self.events.recv()) => received,
         };
         match received {
             Err(_) => Step::KeepAlive,
@@ -238,7 +267,14 @@ impl Run {
                 self.done = true;
                 Step::Failed(Failure::Incomplete)
             }
+            Ok(Some(GenerationEvent::Alternatives(_))) => Step::KeepAlive,
         }
+    }
+
+    /// The likeliest tokens at the position of the last [`Step::Token`] or
+    /// [`Step::Finished`] (its own included), when the plan asked for them.
+    pub fn alternatives(&self) -> &[Token] {
+        &self.alternatives
     }
 
     /// Tells the observer about a step as it is produced; at the end, waits for what the
@@ -281,16 +317,22 @@ impl Run {
     /// Reads the run to its end (the non-stream replies).
     pub async fn collect(mut self) -> Result<Collected, Failure> {
         let mut tokens = Vec::new();
+        let mut alternatives = Vec::new();
         while let Some(step) = self.next().await {
             match step {
                 Step::KeepAlive => {}
-                Step::Token(token) => tokens.push(token),
+                Step::Token(token) => {
+                    tokens.push(token);
+                    alternatives.push(std::mem::take(&mut self.alternatives));
+                }
                 Step::Finished(finished) => {
                     tokens.push(finished.token.clone());
+                    alternatives.push(std::mem::take(&mut self.alternatives));
                     let echo = self.echo();
                     return Ok(Collected {
                         finished,
                         tokens,
+                        alternatives,
                         echo,
                     });
                 }
@@ -335,6 +377,8 @@ pub struct Collected {
     pub finished: Finished,
     /// Every token, the last included.
     pub tokens: Vec<Token>,
+    /// Each token's alternatives (empty lists when none were asked for).
+    pub alternatives: Vec<Vec<Token>>,
     /// The prompt as the model saw it ([`Run::echo`]).
     pub echo: String,
 }
@@ -376,6 +420,8 @@ mod tests {
             truncate: None,
             cache_hint: None,
             cache_scope: h2o_chat_engine::CacheScope::anonymous(),
+            constraint: None,
+            top_tokens: 0,
         }
     }
 

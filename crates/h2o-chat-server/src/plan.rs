@@ -17,11 +17,13 @@
 //!     truncate: None,
 //!     cache_hint: Some("user-42".into()),
 //!     cache_scope: CacheScope::of("user", "user-42"),
+//!     constraint: None,
+//!     top_tokens: 0,
 //! };
 //! assert!(!plan.sampling.is_sampling());
 //! ```
 
-use h2o_chat_engine::{CacheScope, ChatTurn, SamplingParams};
+use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams};
 use h2o_chat_protocol::GenerateParameters;
 
 /// What the model reads.
@@ -53,6 +55,10 @@ pub struct Plan {
     pub cache_hint: Option<String>,
     /// Whose cached prompts it may reuse (a chat-ui session, an API user, a salt, a key).
     pub cache_scope: CacheScope,
+    /// What the answer must follow (a grammar), if anything.
+    pub constraint: Option<Constraint>,
+    /// Alternatives reported with each token (0: none).
+    pub top_tokens: u8,
 }
 
 impl Plan {
@@ -67,6 +73,8 @@ impl Plan {
             truncate: parameters.truncate,
             cache_hint: None,
             cache_scope: CacheScope::anonymous(),
+            constraint: None,
+            top_tokens: 0,
         }
     }
 }

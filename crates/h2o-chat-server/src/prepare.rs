@@ -1,8 +1,8 @@
-//! The one costly step every request takes before the engine: render the messages with the
-//! model's template, tokenise, and for a conversation's history find the window of newest
-//! messages that fits the [`Budget`] — in one hop off the async runtime, holding one of the
-//! `validation_workers` permits (TGI's validation workers), however many renderings the
-//! window takes.
+//! The one costly step every request takes before the engine: compile its constraint (a
+//! grammar) if it has one, render the messages with the model's template, tokenise, and for
+//! a conversation's history find the window of newest messages that fits the [`Budget`] — in
+//! one hop off the async runtime, holding one of the `validation_workers` permits (TGI's
+//! validation workers), however many renderings the window takes.
 //!
 //! The window is found with as few renderings as possible: the whole history first (it
 //! usually fits), then a binary search over where the window starts — the token count only
@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use h2o_chat_engine::{ChatTurn, Engine, EngineError, Prompt, Tokenized};
+use h2o_chat_engine::{ChatTurn, Constraint, Engine, EngineError, Prompt, Tokenized};
 use tokio::sync::Semaphore;
 
 use crate::failure::Failure;
@@ -37,6 +37,7 @@ pub async fn prepare(
     input: Input,
     budget: Budget,
     truncate: Option<usize>,
+    constraint: Option<Constraint>,
 ) -> Result<Prepared, Failure> {
     let _permit = workers
         .clone()
@@ -44,13 +45,25 @@ pub async fn prepare(
         .await
         .map_err(|_| Failure::Unavailable("the server is shutting down".into()))?;
     let engine = engine.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare_now(engine.as_ref(), input, budget))
-        .await
-        .map_err(|join| Failure::Unavailable(format!("preparing the prompt failed: {join}")))?;
-    let (prompt, tokens, first_message) = prepared.map_err(|err| match err {
-        EngineError::Input(message) => Failure::Invalid(ValidationError::Prompt(message)),
-        other => Failure::from(other),
-    })?;
+    let prepared = tokio::task::spawn_blocking(move || {
+        if let Some(constraint) = &constraint {
+            engine
+                .check_constraint(constraint)
+                .map_err(|err| match err {
+                    EngineError::Input(message) => {
+                        Failure::Invalid(ValidationError::Grammar(message))
+                    }
+                    other => Failure::from(other),
+                })?;
+        }
+        prepare_now(engine.as_ref(), input, budget).map_err(|err| match err {
+            EngineError::Input(message) => Failure::Invalid(ValidationError::Prompt(message)),
+            other => Failure::from(other),
+        })
+    })
+    .await
+    .map_err(|join| Failure::Unavailable(format!("preparing the prompt failed: {join}")))?;
+    let (prompt, tokens, first_message) = prepared?;
     let counted = tokens.count;
     let tokens = match truncate {
         Some(keep) => tokens.keep_last(keep),
@@ -145,6 +158,7 @@ mod tests {
                 Input::History(history()),
                 Budget(budget),
                 None,
+                None,
             )
         };
         let whole = prepare(usize::MAX).await.unwrap();
@@ -165,12 +179,12 @@ mod tests {
         let engine: Arc<dyn Engine> = Arc::new(ScriptedEngine::new(Script::default()));
         let workers = Arc::new(Semaphore::new(1));
         let raw = Input::Raw("0123456789".into());
-        let kept = prepare(&engine, &workers, raw.clone(), Budget(0), Some(4))
+        let kept = prepare(&engine, &workers, raw.clone(), Budget(0), Some(4), None)
             .await
             .unwrap();
         assert_eq!(kept.tokens.count, 4);
         assert!(kept.truncated);
-        let whole = prepare(&engine, &workers, raw, Budget(0), Some(40))
+        let whole = prepare(&engine, &workers, raw, Budget(0), Some(40), None)
             .await
             .unwrap();
         assert!(!whole.truncated);
@@ -191,6 +205,7 @@ mod tests {
                     &workers,
                     Input::History(history()),
                     Budget(200),
+                    None,
                     None,
                 )
                 .await

@@ -69,6 +69,7 @@ mod tests {
     #[test]
     fn non_ascii_is_raw_utf8_and_newlines_are_escaped() {
         let bytes = frame(&StreamResponse {
+            top_tokens: Vec::new(),
             token: Token {
                 id: 1,
                 text: "é\n".into(),

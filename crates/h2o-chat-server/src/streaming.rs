@@ -16,6 +16,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use h2o_chat_engine::Token;
+
 use crate::pipeline::{Run, Step};
 
 /// Frames buffered between a run's task and its response body.
@@ -78,11 +80,80 @@ impl Streams {
         body(run, &self.tracker, self.stall, encode)
     }
 
+    /// Drives several runs at once on one task (an answer of several choices), encoding
+    /// each step with `encode` (the choice's index, the step, the alternatives of its
+    /// token); when every run has ended, `end` gives the last frames. A step encoded as the
+    /// last ends the whole answer (a failure ends every choice).
+    pub fn merged(
+        &self,
+        runs: Vec<Run>,
+        mut encode: impl FnMut(usize, Step, &[Token]) -> Frames + Send + 'static,
+        end: impl FnOnce() -> Vec<Bytes> + Send + 'static,
+    ) -> Body {
+        let (sender, frames) = mpsc::channel::<Bytes>(FRAMES);
+        let stall = self.stall;
+        self.tracker.spawn(async move {
+            let steps = runs.into_iter().enumerate().map(|(index, run)| {
+                Box::pin(futures_util::stream::unfold(
+                    run,
+                    move |mut run| async move {
+                        let step = run.next().await?;
+                        let alternatives = run.alternatives().to_vec();
+                        Some(((index, step, alternatives), run))
+                    },
+                ))
+            });
+            let mut steps = futures_util::stream::select_all(steps);
+            loop {
+                let next = tokio::select! {
+                    next = steps.next() => next,
+                    () = sender.closed() => return,
+                };
+                // Every run has ended: the answer's last frames follow.
+                let Some((index, step, alternatives)) = next else {
+                    break;
+                };
+                let Frames { bytes, last } = encode(index, step, &alternatives);
+                for frame in bytes {
+                    if !send(&sender, frame, stall).await {
+                        return;
+                    }
+                }
+                if last {
+                    return;
+                }
+            }
+            for frame in end() {
+                if !send(&sender, frame, stall).await {
+                    return;
+                }
+            }
+        });
+        let mut frames = frames;
+        let frames = futures_util::stream::poll_fn(move |cx| frames.poll_recv(cx));
+        Body::from_stream(frames.map(Ok::<Bytes, Infallible>))
+    }
+
     /// Waits until every answer's task has ended (each ends at the shutdown deadline at the
     /// latest, with its run).
     pub async fn ended(&self) {
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+/// Hands one frame to the body; `false` when the client left or stopped reading.
+async fn send(sender: &mpsc::Sender<Bytes>, frame: Bytes, stall: Duration) -> bool {
+    match tokio::time::timeout(stall, sender.send(frame)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::warn!(
+                stalled_ms = stall.as_millis(),
+                "a client stopped reading its answer; the answer is given up"
+            );
+            false
+        }
     }
 }
 
@@ -103,16 +174,8 @@ fn body(
             let Some(step) = step else { return };
             let Frames { bytes, last } = encode(step, &run);
             for frame in bytes {
-                match tokio::time::timeout(stall, sender.send(frame)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        tracing::warn!(
-                            stalled_ms = stall.as_millis(),
-                            "a client stopped reading its answer; the answer is given up"
-                        );
-                        return;
-                    }
+                if !send(&sender, frame, stall).await {
+                    return;
                 }
             }
             if last {

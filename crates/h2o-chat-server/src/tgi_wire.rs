@@ -174,6 +174,7 @@ pub async fn stream(
         Step::Token(token) => Frames::one(
             sse::frame(&StreamResponse {
                 token,
+                top_tokens: run.alternatives().to_vec(),
                 generated_text: None,
                 details: None,
             }),
@@ -183,6 +184,7 @@ pub async fn stream(
             let generated_text = generated_text(&run.echo(), &finished, echo.full_text);
             let frame = sse::frame(&StreamResponse {
                 details: echo.details.then(|| details_of(&finished)),
+                top_tokens: run.alternatives().to_vec(),
                 token: finished.token,
                 generated_text: Some(generated_text),
             });
@@ -212,6 +214,9 @@ struct FullDetails {
     seed: Option<u64>,
     prefill: Vec<Token>,
     tokens: Vec<Token>,
+    /// Each token's alternatives (`top_n_tokens`); absent when not asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    top_tokens: Vec<Vec<Token>>,
 }
 
 /// TGI's non-stream answer. Serialised directly (not through `serde_json::Value`) so a
@@ -238,8 +243,14 @@ pub async fn collect(run: Run, shape: Shape, echo: Echo) -> Response {
         Ok(Collected {
             finished,
             tokens,
+            alternatives,
             echo: prompt,
         }) => {
+            let top_tokens = if alternatives.iter().all(Vec::is_empty) {
+                Vec::new()
+            } else {
+                alternatives
+            };
             let answer = Answer {
                 generated_text: generated_text(&prompt, &finished, echo.full_text),
                 details: echo.details.then(|| FullDetails {
@@ -248,6 +259,7 @@ pub async fn collect(run: Run, shape: Shape, echo: Echo) -> Response {
                     seed: finished.finish.seed,
                     prefill: Vec::new(),
                     tokens,
+                    top_tokens,
                 }),
             };
             match shape {

@@ -80,6 +80,13 @@ pub enum ValidationError {
     /// The server this one relays to refused the request (its own rules, its wording).
     #[error("{0}")]
     Refused(String),
+    /// `top_n_tokens` above the server's cap.
+    #[error("`top_n_tokens` must be >= 0 and <= {max}. Given: {given}")]
+    TopNTokens { max: u32, given: u32 },
+    /// A grammar (TGI's `grammar`, OpenAI's `response_format` or `tools`) that cannot be
+    /// compiled, or that this model cannot enforce.
+    #[error("grammar is not valid: {0}")]
+    Grammar(String),
 }
 
 impl ValidationError {
@@ -104,6 +111,8 @@ impl ValidationError {
             | ValidationError::Prompt(_)
             | ValidationError::Refused(_) => "inputs",
             ValidationError::Truncate { .. } => "truncate",
+            ValidationError::TopNTokens { .. } => "top_n_tokens",
+            ValidationError::Grammar(_) => "grammar",
             ValidationError::TotalTokens { .. } => "max_new_tokens",
         }
     }
@@ -273,6 +282,8 @@ mod tests {
             truncate: None,
             cache_hint: None,
             cache_scope: h2o_chat_engine::CacheScope::anonymous(),
+            constraint: None,
+            top_tokens: 0,
         }
     }
 

@@ -120,9 +120,10 @@ async fn streaming_chunks_end_with_finish_usage_and_done() {
         .filter(|c| !c["choices"].as_array().unwrap().is_empty())
         .map(|c| c["choices"][0].clone())
         .collect();
+    // The role first, with no content yet; no later delta has empty content.
     assert_eq!(
         deltas[0]["delta"],
-        json!({"role": "assistant", "content": ""})
+        json!({"role": "assistant", "content": null})
     );
     assert_eq!(deltas[1]["delta"], json!({"content": "Hello"}));
     assert_eq!(deltas[2]["delta"], json!({"content": "!"}));
@@ -192,7 +193,6 @@ async fn invalid_requests_get_openai_shaped_errors() {
     let server = start().await;
     let url = format!("{}/v1/chat/completions", server.url());
     for (body, status, param) in [
-        (chat(json!({"n": 2})), StatusCode::BAD_REQUEST, "n"),
         (
             chat(json!({"temperature": 3})),
             StatusCode::BAD_REQUEST,
@@ -214,10 +214,16 @@ async fn invalid_requests_get_openai_shaped_errors() {
             "messages",
         ),
         (
-            json!({"model": "smollm2", "messages": [{"role": "tool", "content": "x"}]}),
+            json!({"model": "smollm2", "messages": [{"role": "function", "content": "x"}]}),
             StatusCode::BAD_REQUEST,
             "messages",
         ),
+        (
+            json!({"model": "smollm2", "messages": [{"content": "x"}]}),
+            StatusCode::BAD_REQUEST,
+            "messages",
+        ),
+        (chat(json!({"n": 9})), StatusCode::BAD_REQUEST, "n"),
         (
             chat(json!({"model": "gpt-9"})),
             StatusCode::NOT_FOUND,
@@ -335,16 +341,13 @@ async fn options_that_are_not_implemented_get_a_clear_400() {
     let server = start().await;
     let url = format!("{}/v1/chat/completions", server.url());
     for (extra, param) in [
-        (json!({"logprobs": true}), "logprobs"),
         (json!({"top_logprobs": 3}), "top_logprobs"),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools"),
         (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
-        ),
-        (
-            json!({"response_format": {"type": "json_object"}}),
+            json!({"response_format": {"type": "xml"}}),
             "response_format",
         ),
+        (json!({"min_p": 0.05}), "min_p"),
         (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
         (json!({"some_new_option": true}), "some_new_option"),
     ] {
@@ -361,5 +364,181 @@ async fn options_that_are_not_implemented_get_a_clear_400() {
             error["error"]["message"].as_str().unwrap().contains(param),
             "{error}"
         );
+    }
+}
+
+/// A server whose model "answers" with this call.
+async fn calling(arguments_pieces: &[&str]) -> h2o_chat_server::RunningServer {
+    let mut tokens: Vec<String> = vec![
+        "<tool_call>\n".into(),
+        "{\"name\": \"get_".into(),
+        "weather\", \"arguments\": ".into(),
+    ];
+    tokens.extend(arguments_pieces.iter().map(|p| p.to_string()));
+    tokens.push("}\n</tool_call>".into());
+    start_with(
+        h2o_chat_server::ServerConfig::default(),
+        h2o_chat_engine::Script {
+            tokens,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+fn weather_tools() -> Value {
+    json!({
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "required",
+    })
+}
+
+#[tokio::test]
+async fn a_tool_call_is_message_tool_calls_with_string_arguments_and_finish_reason_tool_calls() {
+    let server = calling(&["{\"city\": ", "\"Paris\"}"]).await;
+    let reply: Value = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&chat(weather_tools()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let choice = &reply["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{reply}");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"city": "Paris"}"#);
+}
+
+#[tokio::test]
+async fn a_streamed_tool_call_sends_its_name_once_then_argument_fragments() {
+    let server = calling(&["{\"city\"", ": \"Pa", "ris\"}"]).await;
+    let mut body = chat(weather_tools());
+    body["stream"] = json!(true);
+    let text = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let payloads = payloads(&text);
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let deltas: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str::<Value>(p).unwrap()["choices"][0].clone())
+        .collect();
+    assert_eq!(
+        deltas[0]["delta"],
+        json!({"role": "assistant", "content": null})
+    );
+    let calls: Vec<&Value> = deltas
+        .iter()
+        .filter_map(|d| d["delta"]["tool_calls"].get(0))
+        .collect();
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert!(calls[0]["id"].is_string());
+    assert!(
+        calls[1..]
+            .iter()
+            .all(|c| c.get("id").is_none() && c["function"].get("name").is_none())
+    );
+    let arguments: String = calls
+        .iter()
+        .map(|c| c["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments, r#"{"city": "Paris"}"#);
+    assert!(
+        calls.len() >= 3,
+        "the arguments came in fragments: {calls:?}"
+    );
+    assert_eq!(deltas.last().unwrap()["finish_reason"], "tool_calls");
+    assert!(
+        deltas.iter().all(|d| d["delta"]
+            .get("content")
+            .is_none_or(|c| c.is_null() || c.as_str().is_some_and(|c| !c.is_empty()))),
+        "no empty content"
+    );
+}
+
+#[tokio::test]
+async fn logprobs_and_n_choices_have_openai_shapes() {
+    let server = start().await;
+    let url = server.url();
+    let reply: Value = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&chat(
+            json!({"logprobs": true, "top_logprobs": 2, "n": 2, "seed": 5}),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let choices = reply["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(
+        (choices[0]["index"].as_u64(), choices[1]["index"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let content = choices[0]["logprobs"]["content"].as_array().unwrap();
+    let tokens: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens, choices[0]["message"]["content"].as_str().unwrap());
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert_eq!(content[0]["bytes"], json!(b"Hello".to_vec()));
+    assert_eq!(
+        reply["usage"]["completion_tokens"], 6,
+        "both choices' tokens"
+    );
+    // Completions: the legacy shape.
+    let reply: Value = client()
+        .post(format!("{url}/v1/completions"))
+        .json(&json!({"model": "smollm2", "prompt": "Hi", "logprobs": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let logprobs = &reply["choices"][0]["logprobs"];
+    assert_eq!(logprobs["tokens"], json!(["Hello", "!"]));
+    assert_eq!(logprobs["text_offset"], json!([0, 5]));
+    assert_eq!(logprobs["top_logprobs"][0], json!({"Hello": -0.25}));
+    // Streamed with n = 2: each choice's chunks carry its index and end with its reason.
+    let text = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&chat(json!({"n": 2, "stream": true})))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let payloads = payloads(&text);
+    for index in [0, 1] {
+        let mine: Vec<Value> = payloads[..payloads.len() - 1]
+            .iter()
+            .map(|p| serde_json::from_str::<Value>(p).unwrap()["choices"][0].clone())
+            .filter(|c| c["index"] == index)
+            .collect();
+        assert_eq!(mine[0]["delta"]["role"], "assistant");
+        assert_eq!(mine.last().unwrap()["finish_reason"], "stop");
+        let content: String = mine
+            .iter()
+            .filter_map(|c| c["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, "Hello!");
     }
 }

@@ -153,6 +153,18 @@ impl ApiError {
         )
     }
 
+    /// What the error says.
+    pub fn message(&self) -> &str {
+        &self.body.error.message
+    }
+
+    /// The same error about another parameter (a grammar is the client's
+    /// `response_format` or `tools`).
+    pub fn about(mut self, param: &str) -> Self {
+        self.body.error.param = Some(param.to_string());
+        self
+    }
+
     /// The `param` the error names.
     pub fn param(&self) -> Option<&str> {
         self.body.error.param.as_deref()

@@ -2,15 +2,18 @@
 //! not), `POST /v1/completions`.
 //!
 //! - [`wire`]: the requests and replies as types.
-//! - [`request`]: a request → a plan (OpenAI's options in the engine's terms).
+//! - [`request`]: a request → a plan (OpenAI's options in the engine's terms); [`tools`]:
+//!   tool calls as a grammar and back; [`logprobs`]: tokens as OpenAI's log-probabilities.
 //! - [`reply`]: a run → completion objects or streamed chunks; [`error`]: OpenAI's error
 //!   object, for refusals and failures.
 //! - [`routes`]: the handlers and the API-key guard.
 
 pub mod error;
+pub mod logprobs;
 pub mod reply;
 pub mod request;
 pub mod routes;
+pub mod tools;
 pub mod wire;
 
 use axum::Router;

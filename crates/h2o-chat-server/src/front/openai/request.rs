@@ -6,11 +6,19 @@
 //!   the prompt, at most 512.
 //! - `presence_penalty` / `frequency_penalty` → a repetition penalty `1 + max(p, f) / 2`
 //!   when positive (TGI has one multiplicative penalty; OpenAI's 0–2 maps onto 1–2).
-//! - `stop` (a string or up to 4), `seed`; `user` is the prompt cache's hint.
-//! - Options this server does not implement (`n` > 1, `logprobs`, `tools`, a
-//!   `response_format` other than text, `logit_bias`, `echo`, `suffix`, …) are refused with a
-//!   400 that names them, and so is any field OpenAI does not define: nothing is silently
-//!   ignored but `metadata`, `store`, `service_tier` and `parallel_tool_calls`.
+//! - `stop` (a string or up to 4), `seed`; `user` is the prompt cache's hint and, with
+//!   `cache_salt`, its scope.
+//! - vLLM's and llama.cpp's `top_k`, `repetition_penalty` and `typical_p` → TGI's warpers.
+//! - `response_format` (`text`, `json_object`, `json_schema`, TGI's `{"type": "json",
+//!   "value"}`) and `tools` / `tool_choice` / `parallel_tool_calls` → a grammar the engine
+//!   enforces ([`super::tools`]); tool calls and results in the history are rendered for
+//!   the model.
+//! - `logprobs` / `top_logprobs` (chat, at most 20), `logprobs` (completions, at most 5) →
+//!   alternatives per token; `n` (at most [`MAX_CHOICES`]) → that many runs.
+//! - Options this server does not implement (`logit_bias`, `min_p`, `echo`, `suffix`,
+//!   `functions`, audio, …) are refused with a 400 that names them, and so is any field
+//!   OpenAI does not define: nothing is silently ignored but `metadata`, `store` and
+//!   `service_tier`.
 //!
 //! ```
 //! use h2o_chat_server::front::openai::request::{Kind, OpenAiRequest};
@@ -23,11 +31,13 @@
 //! assert!(matches!(request.plan.input, Input::Chat(ref turns) if turns[0].content == "Hi"));
 //! ```
 
-use h2o_chat_engine::{CacheScope, ChatTurn, SamplingParams};
+use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::front::openai::error::ApiError;
+use crate::front::openai::logprobs::Asked;
+use crate::front::openai::tools::{Tools, written_call, written_response};
 use crate::front::openai::wire::{
     ChatCompletionRequest, CompletionRequest, RequestMessage, Stop, StreamOptions,
 };
@@ -35,6 +45,11 @@ use crate::plan::{Input, MaxNewTokens, Plan};
 
 /// `max_tokens` when the request gives none (and the room after the prompt allows).
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
+/// The most choices (`n`) one request may ask for.
+pub const MAX_CHOICES: u32 = 8;
+/// OpenAI's cap on chat `top_logprobs`, and on completions' `logprobs`.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+pub const MAX_TEXT_LOGPROBS: u8 = 5;
 
 /// Chat completions or legacy text completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +66,13 @@ pub struct OpenAiRequest {
     pub plan: Plan,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate.
+    pub n: u32,
+    pub logprobs: Asked,
+    /// The tools the answer may call (its calls are read back when set).
+    pub tools: Option<Tools>,
+    /// The request field the plan's constraint came from, for its errors.
+    pub constraint_param: &'static str,
 }
 
 /// A value a client may send to mean "off": absent, null, false, empty, zero.
@@ -130,30 +152,46 @@ fn content_text(content: Option<&Value>) -> Option<String> {
     }
 }
 
-fn chat_turns(messages: &[RequestMessage]) -> Result<Vec<ChatTurn>, ApiError> {
+/// The request's messages as turns for the model: tool calls and results written as the
+/// model reads them, the tools' system section first.
+fn chat_turns(
+    messages: &[RequestMessage],
+    tools: Option<&Tools>,
+) -> Result<Vec<ChatTurn>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid(
             "`messages` must be a non-empty list",
             "messages",
         ));
     }
-    let mut turns = Vec::with_capacity(messages.len());
+    let mut turns = Vec::with_capacity(messages.len() + 1);
     for (i, message) in messages.iter().enumerate() {
-        let role = match message.role.as_deref().unwrap_or("") {
+        let Some(role) = message.role.as_deref() else {
+            return Err(ApiError::invalid(
+                format!(
+                    "messages[{i}] has no `role` (one of system, developer, user, assistant, tool)"
+                ),
+                "messages",
+            ));
+        };
+        let role = match role {
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" => "tool",
             other => {
                 return Err(ApiError::invalid(
-                    format!("messages[{i}].role `{other}` is not supported"),
+                    format!(
+                        "messages[{i}].role `{other}` is not supported (one of system, developer, user, assistant, tool)"
+                    ),
                     "messages",
                 ));
             }
         };
-        if !is_unset(message.tool_calls.as_ref()) || !is_unset(message.function_call.as_ref()) {
+        if !is_unset(message.function_call.as_ref()) {
             return Err(ApiError::unsupported(
                 "messages",
-                "there is no tool calling",
+                "`function_call` in a message is the deprecated form: send `tool_calls`",
             ));
         }
         let Some(content) = content_text(message.content.as_ref()) else {
@@ -162,9 +200,111 @@ fn chat_turns(messages: &[RequestMessage]) -> Result<Vec<ChatTurn>, ApiError> {
                 "messages",
             ));
         };
-        turns.push(ChatTurn::new(role, content));
+        match role {
+            "tool" => turns.push(ChatTurn::new("user", written_response(&content))),
+            "assistant" if !is_unset(message.tool_calls.as_ref()) => {
+                let calls = earlier_calls(i, message.tool_calls.as_ref())?;
+                let mut text = content;
+                for call in calls {
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&call);
+                }
+                turns.push(ChatTurn::new("assistant", text));
+            }
+            _ => turns.push(ChatTurn::new(role, content)),
+        }
+    }
+    if let Some(tools) = tools {
+        let section = tools.system_section();
+        match turns.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{section}", first.content);
+            }
+            _ => turns.insert(0, ChatTurn::new("system", section)),
+        }
     }
     Ok(turns)
+}
+
+/// An assistant message's `tool_calls`, written as the model writes calls.
+fn earlier_calls(i: usize, calls: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let invalid = || {
+        ApiError::invalid(
+            format!(
+                "messages[{i}].tool_calls must be a list of {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}"
+            ),
+            "messages",
+        )
+    };
+    let Some(Value::Array(calls)) = calls else {
+        return Err(invalid());
+    };
+    calls
+        .iter()
+        .map(|call| {
+            let function = call.get("function").ok_or_else(invalid)?;
+            let name = function
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(invalid)?;
+            let arguments = match function.get("arguments") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(text)) => text.clone(),
+                Some(object @ Value::Object(_)) => object.to_string(),
+                Some(_) => return Err(invalid()),
+            };
+            Ok(written_call(name, &arguments))
+        })
+        .collect()
+}
+
+/// `response_format` as the JSON Schema the answer must follow; `None` for text.
+fn response_schema(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let invalid = |what: &str| {
+        ApiError::invalid(
+            format!(
+                "`response_format` {what}: give {{\"type\": \"text\" | \"json_object\" | \"json_schema\", …}}"
+            ),
+            "response_format",
+        )
+    };
+    let any_object = || serde_json::json!({"type": "object"});
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(
+            format.get("value").cloned().unwrap_or_else(any_object),
+        )),
+        Some("json_schema") => {
+            let Some(config) = format.get("json_schema").or_else(|| format.get("value")) else {
+                return Err(invalid("of type json_schema needs `json_schema`"));
+            };
+            match config.get("schema") {
+                None | Some(Value::Null) => Ok(Some(any_object())),
+                Some(schema @ (Value::Object(_) | Value::Bool(_))) => Ok(Some(schema.clone())),
+                Some(_) => Err(invalid(
+                    "has a `json_schema.schema` that is not a JSON Schema",
+                )),
+            }
+        }
+        // TGI's Messages API shape.
+        Some("json") => match format.get("value") {
+            Some(Value::String(text)) => serde_json::from_str(text)
+                .map(Some)
+                .map_err(|_| invalid("has a `value` string that is not JSON")),
+            Some(schema @ (Value::Object(_) | Value::Bool(_))) => Ok(Some(schema.clone())),
+            _ => Err(invalid("of type json needs a schema in `value`")),
+        },
+        Some(other) => Err(ApiError::unsupported(
+            "response_format",
+            &format!("type `{other}` is not one of text, json_object, json_schema"),
+        )),
+        None => Err(invalid("has no `type`")),
+    }
 }
 
 /// The fields both kinds share, as the request gave them.
@@ -181,6 +321,16 @@ struct Common<'a> {
     stream_options: Option<&'a StreamOptions>,
     user: Option<&'a str>,
     cache_salt: Option<&'a str>,
+    n: Option<u64>,
+    extra: Extra,
+}
+
+/// vLLM's and llama.cpp's sampling fields beside OpenAI's.
+struct Extra {
+    top_k: Option<f64>,
+    repetition_penalty: Option<f64>,
+    typical_p: Option<f64>,
+    min_p: Option<f64>,
 }
 
 impl OpenAiRequest {
@@ -191,7 +341,14 @@ impl OpenAiRequest {
                 let body: ChatCompletionRequest = parse_body(bytes)?;
                 refuse_unknown(&body.unknown)?;
                 refuse_chat_options(&body)?;
-                let input = Input::Chat(chat_turns(&body.messages)?);
+                let tools = Tools::parse(
+                    body.tools.as_ref(),
+                    body.tool_choice.as_ref(),
+                    body.parallel_tool_calls.as_ref(),
+                )?;
+                let schema = response_schema(body.response_format.as_ref())?;
+                let input = Input::Chat(chat_turns(&body.messages, tools.as_ref())?);
+                let logprobs = chat_logprobs(body.logprobs.as_ref(), body.top_logprobs.as_ref())?;
                 let common = Common {
                     model: body.model.clone(),
                     temperature: body.temperature,
@@ -205,8 +362,30 @@ impl OpenAiRequest {
                     stream_options: body.stream_options.as_ref(),
                     user: body.user.as_deref(),
                     cache_salt: body.cache_salt.as_deref(),
+                    n: body.n,
+                    extra: Extra {
+                        top_k: body.top_k,
+                        repetition_penalty: body.repetition_penalty,
+                        typical_p: body.typical_p,
+                        min_p: body.min_p,
+                    },
                 };
-                map(input, common)
+                let mut request = map(input, common)?;
+                request.logprobs = logprobs;
+                request.plan.top_tokens = logprobs.top;
+                match (&tools, schema) {
+                    (Some(tools), schema) => {
+                        request.plan.constraint =
+                            Some(Constraint::Lark(tools.grammar(schema.as_ref())));
+                        request.constraint_param = "tools";
+                    }
+                    (None, Some(schema)) => {
+                        request.plan.constraint = Some(Constraint::JsonSchema(schema));
+                    }
+                    (None, None) => {}
+                }
+                request.tools = tools;
+                Ok(request)
             }
             Kind::Text => {
                 let body: CompletionRequest = parse_body(bytes)?;
@@ -221,6 +400,7 @@ impl OpenAiRequest {
                         ));
                     }
                 };
+                let logprobs = text_logprobs(body.logprobs.as_ref())?;
                 let common = Common {
                     model: body.model.clone(),
                     temperature: body.temperature,
@@ -234,30 +414,82 @@ impl OpenAiRequest {
                     stream_options: body.stream_options.as_ref(),
                     user: body.user.as_deref(),
                     cache_salt: body.cache_salt.as_deref(),
+                    n: body.n,
+                    extra: Extra {
+                        top_k: body.top_k,
+                        repetition_penalty: body.repetition_penalty,
+                        typical_p: body.typical_p,
+                        min_p: body.min_p,
+                    },
                 };
-                map(input, common)
+                let mut request = map(input, common)?;
+                request.logprobs = logprobs;
+                request.plan.top_tokens = logprobs.top;
+                Ok(request)
             }
         }
     }
 }
 
+/// Chat's `logprobs` (a boolean) and `top_logprobs` (0–20, only with `logprobs`).
+fn chat_logprobs(on: Option<&Value>, top: Option<&Value>) -> Result<Asked, ApiError> {
+    let on = match on {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(on)) => *on,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`logprobs` must be a boolean",
+                "logprobs",
+            ));
+        }
+    };
+    let top = match top {
+        None | Some(Value::Null) => 0,
+        Some(n) => match n.as_u64() {
+            Some(n) if n <= u64::from(MAX_TOP_LOGPROBS) => n as u8,
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("`top_logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+                    "top_logprobs",
+                ));
+            }
+        },
+    };
+    if top > 0 && !on {
+        return Err(ApiError::invalid(
+            "`logprobs` must be true when `top_logprobs` is given",
+            "top_logprobs",
+        ));
+    }
+    Ok(Asked { on, top })
+}
+
+/// Completions' `logprobs`: how many alternatives (0–5); absent or null is off.
+fn text_logprobs(value: Option<&Value>) -> Result<Asked, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(Asked::default()),
+        Some(n) => match n.as_u64() {
+            Some(n) if n <= u64::from(MAX_TEXT_LOGPROBS) => Ok(Asked {
+                on: true,
+                top: n as u8,
+            }),
+            _ => Err(ApiError::invalid(
+                format!("`logprobs` must be an integer from 0 to {MAX_TEXT_LOGPROBS}"),
+                "logprobs",
+            )),
+        },
+    }
+}
+
 /// Refuses the chat options this server does not implement, naming them.
 fn refuse_chat_options(body: &ChatCompletionRequest) -> Result<(), ApiError> {
-    refuse_n(body.n)?;
     for (value, key, what) in [
-        (
-            &body.logprobs,
-            "logprobs",
-            "log-probabilities are not returned",
-        ),
-        (
-            &body.top_logprobs,
-            "top_logprobs",
-            "log-probabilities are not returned",
-        ),
         (&body.logit_bias, "logit_bias", "logits cannot be biased"),
-        (&body.tools, "tools", "there is no tool calling"),
-        (&body.functions, "functions", "there is no function calling"),
+        (
+            &body.functions,
+            "functions",
+            "`functions` is the deprecated form: send `tools`",
+        ),
         (&body.audio, "audio", "there is no audio output"),
         (
             &body.prediction,
@@ -277,23 +509,13 @@ fn refuse_chat_options(body: &ChatCompletionRequest) -> Result<(), ApiError> {
     ] {
         refuse_if_set(value.as_ref(), key, what)?;
     }
-    for (value, key) in [
-        (&body.tool_choice, "tool_choice"),
-        (&body.function_call, "function_call"),
-    ] {
-        match value {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "none" || s == "auto" => {}
-            Some(_) => return Err(ApiError::unsupported(key, "there is no tool calling")),
-        }
-    }
-    match &body.response_format {
+    match &body.function_call {
         None | Some(Value::Null) => {}
-        Some(format) if format.get("type").and_then(Value::as_str) == Some("text") => {}
+        Some(Value::String(s)) if s == "none" || s == "auto" => {}
         Some(_) => {
             return Err(ApiError::unsupported(
-                "response_format",
-                "only plain text is generated",
+                "function_call",
+                "`function_call` is the deprecated form: send `tool_choice`",
             ));
         }
     }
@@ -312,13 +534,7 @@ fn refuse_chat_options(body: &ChatCompletionRequest) -> Result<(), ApiError> {
 
 /// Refuses the text-completion options this server does not implement, naming them.
 fn refuse_text_options(body: &CompletionRequest) -> Result<(), ApiError> {
-    refuse_n(body.n)?;
     for (value, key, what) in [
-        (
-            &body.logprobs,
-            "logprobs",
-            "log-probabilities are not returned",
-        ),
         (&body.logit_bias, "logit_bias", "logits cannot be biased"),
         (&body.echo, "echo", "the prompt is not echoed"),
         (&body.suffix, "suffix", "there is no insertion"),
@@ -329,17 +545,7 @@ fn refuse_text_options(body: &CompletionRequest) -> Result<(), ApiError> {
         None | Some(1) => Ok(()),
         Some(_) => Err(ApiError::unsupported(
             "best_of",
-            "one sequence is generated",
-        )),
-    }
-}
-
-fn refuse_n(n: Option<u64>) -> Result<(), ApiError> {
-    match n {
-        None | Some(1) => Ok(()),
-        Some(_) => Err(ApiError::unsupported(
-            "n",
-            "only one choice (n = 1) is generated",
+            "one sequence per choice is generated (ask for `n` choices instead)",
         )),
     }
 }
@@ -361,6 +567,16 @@ fn map(input: Input, common: Common<'_>) -> Result<OpenAiRequest, ApiError> {
             "top_p",
         ));
     }
+    let n = match common.n {
+        None => 1,
+        Some(n) if (1..=u64::from(MAX_CHOICES)).contains(&n) => n as u32,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                format!("`n` must be from 1 to {MAX_CHOICES}"),
+                "n",
+            ));
+        }
+    };
     // Greedy when asked for temperature 0 or top_p 0; otherwise OpenAI samples.
     let greedy = common.temperature == Some(0.0) || common.top_p == Some(0.0);
     let mut sampling = SamplingParams {
@@ -370,6 +586,38 @@ fn map(input: Input, common: Common<'_>) -> Result<OpenAiRequest, ApiError> {
     if !greedy {
         sampling.temperature = common.temperature.filter(|&t| t != 1.0).map(|t| t as f32);
         sampling.top_p = common.top_p.filter(|&p| p < 1.0).map(|p| p as f32);
+    }
+    let extra = &common.extra;
+    if extra.min_p.is_some_and(|p| p != 0.0) {
+        return Err(ApiError::unsupported(
+            "min_p",
+            "the sampler has TGI's warpers (top_k, top_p, typical_p), not min-p",
+        ));
+    }
+    if !greedy {
+        sampling.top_k = match extra.top_k {
+            None => None,
+            // vLLM's and llama.cpp's "off".
+            Some(k) if k == -1.0 || k == 0.0 => None,
+            Some(k) if k >= 1.0 && k.fract() == 0.0 && k <= f64::from(u32::MAX) => Some(k as u32),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`top_k` must be a positive integer (or -1 for none)",
+                    "top_k",
+                ));
+            }
+        };
+        sampling.typical_p = match extra.typical_p {
+            None => None,
+            Some(1.0) => None,
+            Some(p) if p > 0.0 && p < 1.0 => Some(p as f32),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`typical_p` must be > 0 and <= 1",
+                    "typical_p",
+                ));
+            }
+        };
     }
     let penalty = [common.presence_penalty, common.frequency_penalty]
         .into_iter()
@@ -381,7 +629,16 @@ fn map(input: Input, common: Common<'_>) -> Result<OpenAiRequest, ApiError> {
             "presence_penalty",
         ));
     }
-    sampling.repetition_penalty = (penalty > 0.0).then(|| (1.0 + penalty / 2.0) as f32);
+    sampling.repetition_penalty = match extra.repetition_penalty {
+        Some(p) if p <= 0.0 || !p.is_finite() => {
+            return Err(ApiError::invalid(
+                "`repetition_penalty` must be strictly positive",
+                "repetition_penalty",
+            ));
+        }
+        Some(p) => (p != 1.0).then_some(p as f32),
+        None => (penalty > 0.0).then(|| (1.0 + penalty / 2.0) as f32),
+    };
     sampling.seed = match common.seed {
         None => None,
         Some(seed) if seed < 0 && seed >= i128::from(i64::MIN) => Some(seed as i64 as u64),
@@ -432,12 +689,18 @@ fn map(input: Input, common: Common<'_>) -> Result<OpenAiRequest, ApiError> {
             truncate: None,
             cache_hint: user,
             cache_scope,
+            constraint: None,
+            top_tokens: 0,
         },
         stream: common.stream.unwrap_or(false),
         include_usage: common
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        n,
+        logprobs: Asked::default(),
+        tools: None,
+        constraint_param: "response_format",
     })
 }
 
@@ -473,19 +736,34 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_options_are_refused_by_name() {
+    fn unsupported_and_invalid_options_are_refused_by_name() {
         for (extra, name) in [
-            (serde_json::json!({"logprobs": true}), "logprobs"),
+            (serde_json::json!({"top_logprobs": 2}), "top_logprobs"),
+            (
+                serde_json::json!({"logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
             (
                 serde_json::json!({"tools": [{"type": "function"}]}),
                 "tools",
             ),
             (
-                serde_json::json!({"response_format": {"type": "json_object"}}),
+                serde_json::json!({"response_format": {"type": "xml"}}),
                 "response_format",
             ),
-            (serde_json::json!({"n": 2}), "`n`"),
+            (serde_json::json!({"n": 9}), "`n`"),
+            (serde_json::json!({"n": 0}), "`n`"),
+            (serde_json::json!({"min_p": 0.1}), "min_p"),
+            (serde_json::json!({"top_k": 2.5, "temperature": 1}), "top_k"),
+            (
+                serde_json::json!({"repetition_penalty": 0}),
+                "repetition_penalty",
+            ),
             (serde_json::json!({"logit_bias": {"5": 1}}), "logit_bias"),
+            (
+                serde_json::json!({"functions": [{"name": "f"}]}),
+                "functions",
+            ),
             (serde_json::json!({"frobnicate": 1}), "frobnicate"),
         ] {
             let err = chat(extra.clone()).unwrap_err();
@@ -494,12 +772,82 @@ mod tests {
     }
 
     #[test]
-    fn defaults_and_empty_values_of_unsupported_options_pass() {
+    fn defaults_and_empty_values_of_options_pass() {
         let request = chat(serde_json::json!({
             "logprobs": false, "tools": [], "response_format": {"type": "text"},
-            "n": 1, "tool_choice": "none", "metadata": {"a": "b"}, "store": false
-        }));
-        assert!(request.is_ok(), "{request:?}");
+            "n": 1, "tool_choice": "none", "metadata": {"a": "b"}, "store": false,
+            "min_p": 0, "top_k": -1
+        }))
+        .unwrap();
+        assert!(request.plan.constraint.is_none());
+        assert!(request.tools.is_none());
+    }
+
+    #[test]
+    fn structured_output_tools_logprobs_and_choices_map_to_the_plan() {
+        let request =
+            chat(serde_json::json!({"response_format": {"type": "json_object"}})).unwrap();
+        assert_eq!(
+            request.plan.constraint,
+            Some(Constraint::JsonSchema(
+                serde_json::json!({"type": "object"})
+            ))
+        );
+        let schema =
+            serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        for format in [
+            serde_json::json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": true}}),
+            serde_json::json!({"type": "json", "value": schema}),
+        ] {
+            let request = chat(serde_json::json!({"response_format": format})).unwrap();
+            assert_eq!(
+                request.plan.constraint,
+                Some(Constraint::JsonSchema(schema.clone()))
+            );
+        }
+        let request = chat(serde_json::json!({
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": schema}}],
+            "tool_choice": "required",
+            "logprobs": true, "top_logprobs": 3, "n": 2, "top_k": 40, "temperature": 0.7
+        }))
+        .unwrap();
+        assert!(
+            matches!(request.plan.constraint, Some(Constraint::Lark(ref g)) if g.contains("get_weather"))
+        );
+        assert_eq!(request.constraint_param, "tools");
+        assert_eq!((request.n, request.plan.top_tokens), (2, 3));
+        assert_eq!(request.plan.sampling.top_k, Some(40));
+        let Input::Chat(turns) = &request.plan.input else {
+            panic!()
+        };
+        assert_eq!(turns[0].role, "system");
+        assert!(turns[0].content.contains("<tools>"));
+    }
+
+    #[test]
+    fn tool_calls_and_results_in_the_history_are_written_for_the_model() {
+        let request = chat(serde_json::json!({"messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}
+        ]}))
+        .unwrap();
+        let Input::Chat(turns) = &request.plan.input else {
+            panic!()
+        };
+        assert_eq!(turns[1].role, "assistant");
+        assert_eq!(
+            turns[1].content,
+            written_call("get_weather", r#"{"city": "Paris"}"#)
+        );
+        assert_eq!(turns[2].role, "user");
+        assert!(turns[2].content.contains("<tool_response>\n18 C, sunny"));
+    }
+
+    #[test]
+    fn a_message_without_a_role_is_named() {
+        let err = chat(serde_json::json!({"messages": [{"content": "Hi"}]})).unwrap_err();
+        assert!(err.contains("messages[0] has no `role`"), "{err}");
     }
 
     #[test]

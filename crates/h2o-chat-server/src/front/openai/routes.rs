@@ -12,11 +12,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::auth::{self, KEY_MESSAGE};
+use crate::failure::Failure;
 use crate::front::openai::error::ApiError;
-use crate::front::openai::reply;
+use crate::front::openai::reply::{self, Shape};
 use crate::front::openai::request::{Kind, OpenAiRequest};
 use crate::front::openai::wire::{Model, ModelList, ModelOrigin};
 use crate::pipeline;
+use crate::validation::ValidationError;
 
 /// `GET /v1/models`. Stand-ins say so in an extra `h2o_chat` object that clients ignore.
 pub async fn models(State(state): State<AppState>) -> Response {
@@ -88,12 +90,36 @@ async fn respond(state: AppState, headers: &HeaderMap, body: &[u8], kind: Kind) 
     let Some(model) = model else {
         return ApiError::model_not_found(request.model.as_deref().unwrap_or("")).into_response();
     };
-    match pipeline::start(&state, &model.engine, request.plan, started).await {
-        Ok(run) if request.stream => {
-            reply::stream(run, kind, model.id, request.include_usage, state.streams()).await
+    let shape = Shape {
+        kind,
+        model: model.id.clone(),
+        include_usage: request.include_usage,
+        logprobs: request.logprobs,
+        tools: request.tools.clone(),
+    };
+    let constraint_param = request.constraint_param;
+    // One run per choice, each its own sequence; a seed gives each choice its own seed.
+    let mut runs = Vec::with_capacity(request.n as usize);
+    for choice in 0..request.n {
+        let mut plan = request.plan.clone();
+        if let Some(seed) = plan.sampling.seed {
+            plan.sampling.seed = Some(seed.wrapping_add(u64::from(choice)));
         }
-        Ok(run) => reply::complete(run, kind, model.id).await,
-        Err(failure) => ApiError::from_failure(&failure).into_response(),
+        match pipeline::start(&state, &model.engine, plan, started).await {
+            Ok(run) => runs.push(run),
+            Err(failure) => {
+                let mut error = ApiError::from_failure(&failure);
+                if let Failure::Invalid(ValidationError::Grammar(_)) = failure {
+                    error = error.about(constraint_param);
+                }
+                return error.into_response();
+            }
+        }
+    }
+    if request.stream {
+        reply::stream(runs, shape, state.streams()).await
+    } else {
+        reply::complete(runs, shape).await
     }
 }
 

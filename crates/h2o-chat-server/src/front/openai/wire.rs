@@ -85,6 +85,15 @@ pub struct ChatCompletionRequest {
     pub frequency_penalty: Option<f64>,
     #[serde(default)]
     pub seed: Option<i128>,
+    /// vLLM's and llama.cpp's sampling extensions, mapped to TGI's warpers.
+    #[serde(default)]
+    pub top_k: Option<f64>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
+    #[serde(default)]
+    pub typical_p: Option<f64>,
+    #[serde(default)]
+    pub min_p: Option<f64>,
     #[serde(default)]
     pub user: Option<String>,
     /// vLLM's: a prompt-cache scope of the client's choosing.
@@ -171,6 +180,15 @@ pub struct CompletionRequest {
     pub cache_salt: Option<String>,
     #[serde(default)]
     pub seed: Option<i128>,
+    /// vLLM's and llama.cpp's sampling extensions, mapped to TGI's warpers.
+    #[serde(default)]
+    pub top_k: Option<f64>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
+    #[serde(default)]
+    pub typical_p: Option<f64>,
+    #[serde(default)]
+    pub min_p: Option<f64>,
     /// Fields OpenAI does not define: refused by name.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, Value>,
@@ -192,11 +210,82 @@ pub struct Usage {
     pub prompt_tokens_details: PromptTokensDetails,
 }
 
-/// The assistant's message in a chat completion.
+/// The assistant's message in a chat completion: its text, or (`content` null) its calls.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResponseMessage {
     pub role: &'static str,
-    pub content: String,
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// A call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+/// `tool_calls[].function`: the name, and the arguments as a JSON **string**.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A streamed piece of a call: `id`, `type` and the name once, then argument fragments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+/// `tool_calls[].function` of a delta.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+/// A chat choice's `logprobs`: one entry per token of the answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<TokenLogprob>,
+    pub refusal: Option<Vec<TokenLogprob>>,
+}
+
+/// One token's log-probability, its bytes, and the likeliest alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// An alternative at a token's position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// A text completion's `logprobs` (the legacy shape): parallel lists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TextLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    /// Each position's alternatives, token → log-probability, likeliest first.
+    pub top_logprobs: Vec<serde_json::Map<String, Value>>,
+    pub text_offset: Vec<usize>,
 }
 
 /// One choice of a chat completion.
@@ -204,7 +293,7 @@ pub struct ResponseMessage {
 pub struct ChatChoice {
     pub index: u32,
     pub message: ResponseMessage,
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
 }
 
@@ -213,7 +302,7 @@ pub struct ChatChoice {
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<TextLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -229,13 +318,17 @@ pub struct Completion<C> {
     pub system_fingerprint: Option<String>,
 }
 
-/// What a streamed chat choice adds.
+/// What a streamed chat choice adds. The first chunk carries the role with `content`
+/// null; later ones carry text that is never empty, or calls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Delta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
+    /// `Some(None)` is written as `null`; `None` leaves the field out.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
+    pub content: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// One choice of a streamed chat chunk.
@@ -243,7 +336,7 @@ pub struct Delta {
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 

@@ -1,0 +1,669 @@
+//! Tool calls on a model that has no tool syntax of its own, enforced by a grammar.
+//!
+//! **The format** (documented in the README, the same as the Hermes and Qwen models'): the
+//! tools are listed for the model in a system section, and a call is
+//!
+//! ```text
+//! <tool_call>
+//! {"name": "get_weather", "arguments": {"city": "Paris"}}
+//! </tool_call>
+//! ```
+//!
+//! several calls one per line. A tool's result goes back as a user turn wrapped in
+//! `<tool_response>` tags, an earlier assistant call as the text above.
+//!
+//! **The grammar** ([`Tools::grammar`], llguidance's Lark syntax): the call's frame is
+//! literal, the name one of the tools', the arguments JSON valid against that tool's
+//! `parameters` schema. `required` and a named tool allow only calls; `auto` allows either
+//! free text that never contains `<tool_call>` or calls — the model chooses with its first
+//! tokens, and once it has written `<tool_call>` the call is enforced to its end. This is a
+//! grammar that accepts both, rather than TGI's extra `no_tool` function, so that an answer
+//! in words is written as words (a small model writes worse prose inside a JSON string).
+//!
+//! **The answer** is read back by [`CallReader`], incrementally: the calls' names as soon as
+//! they are complete, their arguments as they are sampled (the frame's closing held back
+//! until it is certain), text as text.
+//!
+//! ```
+//! use h2o_chat_server::front::openai::tools::{CallReader, Read};
+//!
+//! let mut reader = CallReader::new(true);
+//! let mut seen = Vec::new();
+//! for piece in ["<tool_call>\n{\"name\": \"get_", "weather\", \"arguments\": {\"city\"", ": \"Paris\"}}\n</tool_call>"] {
+//!     seen.extend(reader.push(piece));
+//! }
+//! seen.extend(reader.finish());
+//! assert_eq!(seen[0], Read::CallStarted { index: 0, name: "get_weather".into() });
+//! let arguments: String = seen.iter().filter_map(|r| match r {
+//!     Read::Arguments { text, .. } => Some(text.as_str()),
+//!     _ => None,
+//! }).collect();
+//! assert_eq!(arguments, r#"{"city": "Paris"}"#);
+//! ```
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::front::openai::error::ApiError;
+
+/// Tools a request may list.
+pub const MAX_TOOLS: usize = 64;
+/// Calls in one answer when parallel calls are allowed.
+pub const MAX_PARALLEL_CALLS: usize = 8;
+/// The bytes of every tool's definition together.
+pub const MAX_TOOLS_BYTES: usize = 64 * 1024;
+
+const OPEN: &str = "<tool_call>\n{\"name\": \"";
+const AFTER_NAME: &str = "\", \"arguments\": ";
+const CLOSE: &str = "}\n</tool_call>";
+
+/// One tool as the request gives it (`{"type": "function", "function": {...}}`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ToolDefinition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: Option<FunctionDefinition>,
+}
+
+/// `tools[].function`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FunctionDefinition {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema of the arguments object.
+    pub parameters: Value,
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// The model answers in words or calls tools.
+    Auto,
+    /// The model calls at least one tool.
+    Required,
+    /// The model calls this tool, once.
+    Named(String),
+}
+
+/// The tools of a request, what it lets the model do with them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tools {
+    pub tools: Vec<Tool>,
+    pub choice: ToolChoice,
+    /// More than one call in an answer (`parallel_tool_calls`, off by default here).
+    pub parallel: bool,
+}
+
+impl Tools {
+    /// The request's `tools`, `tool_choice` and `parallel_tool_calls`; `None` when there
+    /// are no tools, or `tool_choice` is `none` (the model then answers in words and the
+    /// tools are not shown to it).
+    pub fn parse(
+        tools: Option<&Value>,
+        choice: Option<&Value>,
+        parallel: Option<&Value>,
+    ) -> Result<Option<Tools>, ApiError> {
+        let choice = match choice {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s == "none" => return Ok(None),
+            Some(Value::String(s)) if s == "auto" => Some(ToolChoice::Auto),
+            Some(Value::String(s)) if s == "required" => Some(ToolChoice::Required),
+            Some(Value::Object(named)) => {
+                let name = named
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .filter(|_| named.get("type").and_then(Value::as_str) == Some("function"))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "`tool_choice` must be `none`, `auto`, `required` or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                            "tool_choice",
+                        )
+                    })?;
+                Some(ToolChoice::Named(name.to_string()))
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`tool_choice` must be `none`, `auto`, `required` or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    "tool_choice",
+                ));
+            }
+        };
+        let list = match tools {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list.clone(),
+            Some(_) => return Err(ApiError::invalid("`tools` must be a list", "tools")),
+        };
+        if list.is_empty() {
+            return match choice {
+                Some(ToolChoice::Required | ToolChoice::Named(_)) => Err(ApiError::invalid(
+                    "`tool_choice` asks for a tool call but `tools` lists none",
+                    "tool_choice",
+                )),
+                _ => Ok(None),
+            };
+        }
+        if list.len() > MAX_TOOLS {
+            return Err(ApiError::invalid(
+                format!(
+                    "`tools` lists {} tools; at most {MAX_TOOLS} are taken",
+                    list.len()
+                ),
+                "tools",
+            ));
+        }
+        let size = Value::Array(list.clone()).to_string().len();
+        if size > MAX_TOOLS_BYTES {
+            return Err(ApiError::invalid(
+                format!("`tools` is {size} bytes; at most {MAX_TOOLS_BYTES} are taken"),
+                "tools",
+            ));
+        }
+        let mut parsed: Vec<Tool> = Vec::with_capacity(list.len());
+        for (i, tool) in list.into_iter().enumerate() {
+            let definition: ToolDefinition = serde_json::from_value(tool)
+                .map_err(|e| ApiError::invalid(format!("`tools[{i}]`: {e}"), "tools"))?;
+            let function = match (definition.kind.as_str(), definition.function) {
+                ("function", Some(function)) => function,
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{…}}}}"
+                        ),
+                        "tools",
+                    ));
+                }
+            };
+            let name = function.name;
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ApiError::invalid(
+                    format!(
+                        "`tools[{i}].function.name` must be 1 to 64 letters, digits, `_` or `-`"
+                    ),
+                    "tools",
+                ));
+            }
+            if parsed.iter().any(|t| t.name == name) {
+                return Err(ApiError::invalid(
+                    format!("`tools` names `{name}` twice"),
+                    "tools",
+                ));
+            }
+            let parameters = match function.parameters {
+                None | Some(Value::Null) => {
+                    serde_json::json!({"type": "object", "properties": {}})
+                }
+                Some(schema @ Value::Object(_)) => schema,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        format!("`tools[{i}].function.parameters` must be a JSON Schema object"),
+                        "tools",
+                    ));
+                }
+            };
+            parsed.push(Tool {
+                name,
+                description: function.description,
+                parameters,
+            });
+        }
+        let choice = choice.unwrap_or(ToolChoice::Auto);
+        if let ToolChoice::Named(name) = &choice
+            && !parsed.iter().any(|t| t.name == *name)
+        {
+            return Err(ApiError::invalid(
+                format!("`tool_choice` names `{name}`, which `tools` does not list"),
+                "tool_choice",
+            ));
+        }
+        // Off unless asked for (as llama.cpp's server has it): a small model given the
+        // choice repeats the same call until its length limit.
+        let parallel = match parallel {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`parallel_tool_calls` must be a boolean",
+                    "parallel_tool_calls",
+                ));
+            }
+        };
+        Ok(Some(Tools {
+            tools: parsed,
+            choice,
+            parallel,
+        }))
+    }
+
+    /// The tools the model may call now (a named choice narrows them to one).
+    fn callable(&self) -> impl Iterator<Item = &Tool> {
+        self.tools.iter().filter(|t| match &self.choice {
+            ToolChoice::Named(name) => t.name == *name,
+            _ => true,
+        })
+    }
+
+    /// The system section that shows the model its tools and the call format.
+    pub fn system_section(&self) -> String {
+        let mut section = String::from(
+            "You can call functions to help with the user's request. The functions are \
+             listed in <tools></tools> tags, one JSON signature a line:\n<tools>\n",
+        );
+        for tool in &self.tools {
+            let signature = serde_json::json!({
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description.clone().unwrap_or_default(),
+                    "parameters": tool.parameters,
+                },
+            });
+            section.push_str(&signature.to_string());
+            section.push('\n');
+        }
+        section.push_str(
+            "</tools>\nTo call a function, answer with a JSON object of its name and \
+             arguments in <tool_call></tool_call> tags:\n<tool_call>\n{\"name\": \
+             <function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
+        );
+        section
+    }
+
+    /// The grammar of an answer (see the module docs). `text_schema`: the JSON Schema a
+    /// text answer must follow instead of free text (`response_format` beside `auto`).
+    pub fn grammar(&self, text_schema: Option<&Value>) -> String {
+        let mut lark = String::new();
+        let calls = if self.parallel && !matches!(self.choice, ToolChoice::Named(_)) {
+            format!("call (\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1)
+        } else {
+            "call".to_string()
+        };
+        match (&self.choice, text_schema) {
+            (ToolChoice::Auto, None) => {
+                lark.push_str(&format!("start: TEXT | {calls}\n"));
+                lark.push_str("TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/\n");
+            }
+            (ToolChoice::Auto, Some(schema)) => {
+                lark.push_str(&format!("start: text | {calls}\n"));
+                lark.push_str(&format!("text: %json {schema}\n"));
+            }
+            _ => lark.push_str(&format!("start: {calls}\n")),
+        }
+        lark.push_str(&format!(
+            "call: {} function {}\n",
+            lark_string(OPEN),
+            lark_string(CLOSE)
+        ));
+        let alternatives: Vec<String> = (0..self.callable().count())
+            .map(|i| format!("f{i}"))
+            .collect();
+        lark.push_str(&format!("function: {}\n", alternatives.join(" | ")));
+        for (i, tool) in self.callable().enumerate() {
+            let mut parameters = tool.parameters.clone();
+            if let Value::Object(map) = &mut parameters
+                && !map.contains_key("x-guidance")
+            {
+                map.insert(
+                    "x-guidance".into(),
+                    serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+                );
+            }
+            lark.push_str(&format!(
+                "f{i}: {} %json {parameters}\n",
+                lark_string(&format!("{}{AFTER_NAME}", tool.name))
+            ));
+        }
+        lark
+    }
+}
+
+/// A literal in Lark's syntax (a JSON string is one).
+fn lark_string(text: &str) -> String {
+    Value::String(text.to_string()).to_string()
+}
+
+/// An earlier call, as the model would have written it (for the history).
+pub fn written_call(name: &str, arguments: &str) -> String {
+    let arguments = if arguments.trim().is_empty() {
+        "{}"
+    } else {
+        arguments
+    };
+    format!("{OPEN}{name}{AFTER_NAME}{arguments}{CLOSE}")
+}
+
+/// A tool's result, as the model reads it.
+pub fn written_response(content: &str) -> String {
+    format!("<tool_response>\n{content}\n</tool_response>")
+}
+
+/// What [`CallReader`] makes of the answer so far.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    /// Text of a text answer.
+    Text(String),
+    /// A call's name is complete.
+    CallStarted { index: usize, name: String },
+    /// More of a call's arguments (a JSON string, in pieces).
+    Arguments { index: usize, text: String },
+}
+
+/// Where the reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing decisive yet: the answer might still open a call.
+    Undecided,
+    Text,
+    /// Inside `<tool_call>\n{"name": "` … up to the name's end.
+    Opening,
+    Name,
+    Arguments,
+    /// Between calls, or after the last.
+    Between,
+}
+
+/// Reads an answer that may hold calls (see the module docs).
+#[derive(Debug, Clone)]
+pub struct CallReader {
+    phase: Phase,
+    /// Text not yet given out (a possible opening, a name, arguments that may be the close).
+    held: String,
+    calls: usize,
+}
+
+impl CallReader {
+    /// `calls_expected`: the grammar allows only calls (`required`, a named tool).
+    pub fn new(calls_expected: bool) -> Self {
+        CallReader {
+            phase: if calls_expected {
+                Phase::Opening
+            } else {
+                Phase::Undecided
+            },
+            held: String::new(),
+            calls: 0,
+        }
+    }
+
+    /// Calls read so far (started).
+    pub fn calls(&self) -> usize {
+        self.calls
+    }
+
+    /// Reads the next piece of the answer.
+    pub fn push(&mut self, piece: &str) -> Vec<Read> {
+        self.held.push_str(piece);
+        let mut out = Vec::new();
+        loop {
+            let before = (self.phase, self.held.len());
+            self.step(&mut out);
+            if (self.phase, self.held.len()) == before {
+                return out;
+            }
+        }
+    }
+
+    fn step(&mut self, out: &mut Vec<Read>) {
+        match self.phase {
+            Phase::Undecided => {
+                if self.held.starts_with(OPEN) || OPEN.starts_with(self.held.as_str()) {
+                    if self.held.len() >= OPEN.len() {
+                        self.phase = Phase::Opening;
+                    }
+                } else {
+                    self.phase = Phase::Text;
+                }
+            }
+            Phase::Text => {
+                if !self.held.is_empty() {
+                    out.push(Read::Text(std::mem::take(&mut self.held)));
+                }
+            }
+            Phase::Opening => {
+                if self.held.len() >= OPEN.len() && self.held.starts_with(OPEN) {
+                    self.held.drain(..OPEN.len());
+                    self.phase = Phase::Name;
+                }
+            }
+            Phase::Name => {
+                if let Some(end) = self.held.find(AFTER_NAME) {
+                    let name = self.held[..end].to_string();
+                    self.held.drain(..end + AFTER_NAME.len());
+                    out.push(Read::CallStarted {
+                        index: self.calls,
+                        name,
+                    });
+                    self.calls += 1;
+                    self.phase = Phase::Arguments;
+                }
+            }
+            Phase::Arguments => {
+                if let Some(end) = self.held.find(CLOSE) {
+                    let text: String = self.held.drain(..end).collect();
+                    self.held.drain(..CLOSE.len());
+                    if !text.is_empty() {
+                        out.push(Read::Arguments {
+                            index: self.calls - 1,
+                            text,
+                        });
+                    }
+                    self.phase = Phase::Between;
+                } else {
+                    // Give out all but what could be the start of the close.
+                    let keep = (1..CLOSE.len())
+                        .rev()
+                        .find(|&n| self.held.ends_with(&CLOSE[..n]))
+                        .unwrap_or(0);
+                    let cut = self.held.len() - keep;
+                    if cut > 0 && self.held.is_char_boundary(cut) {
+                        let text: String = self.held.drain(..cut).collect();
+                        out.push(Read::Arguments {
+                            index: self.calls - 1,
+                            text,
+                        });
+                    }
+                }
+            }
+            Phase::Between => {
+                let rest = self.held.trim_start_matches('\n');
+                if rest.len() < self.held.len() {
+                    self.held = rest.to_string();
+                }
+                if !self.held.is_empty() {
+                    self.phase = Phase::Opening;
+                }
+            }
+        }
+    }
+
+    /// The answer ended: what was held is given out as it stands (text held because it
+    /// might have opened a call; arguments cut by the length limit).
+    pub fn finish(&mut self) -> Vec<Read> {
+        let held = std::mem::take(&mut self.held);
+        match self.phase {
+            Phase::Undecided | Phase::Text if !held.is_empty() => vec![Read::Text(held)],
+            Phase::Arguments => {
+                // Cut inside the frame's close: the close is not an argument.
+                let keep = (1..CLOSE.len())
+                    .rev()
+                    .find(|&n| held.ends_with(&CLOSE[..n]))
+                    .map_or(held.len(), |n| held.len() - n);
+                let text = held[..keep].to_string();
+                if text.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Read::Arguments {
+                        index: self.calls - 1,
+                        text,
+                    }]
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools(choice: &str) -> Tools {
+        Tools::parse(
+            Some(&serde_json::json!([
+                {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+                {"type": "function", "function": {"name": "get_time"}}
+            ])),
+            Some(&Value::String(choice.into())),
+            None,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    fn read_all(reader: &mut CallReader, text: &str, piece: usize) -> Vec<Read> {
+        let mut out = Vec::new();
+        let chars: Vec<char> = text.chars().collect();
+        for chunk in chars.chunks(piece) {
+            out.extend(reader.push(&chunk.iter().collect::<String>()));
+        }
+        out.extend(reader.finish());
+        out
+    }
+
+    #[test]
+    fn calls_are_read_whatever_the_pieces() {
+        let answer = format!(
+            "{}\n{}",
+            written_call("get_weather", r#"{"city": "Paris"}"#),
+            written_call("get_time", "{}")
+        );
+        for piece in [1, 2, 3, 7, 1000] {
+            let reads = read_all(&mut CallReader::new(false), &answer, piece);
+            let names: Vec<_> = reads
+                .iter()
+                .filter_map(|r| match r {
+                    Read::CallStarted { index, name } => Some((*index, name.as_str())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                names,
+                [(0, "get_weather"), (1, "get_time")],
+                "piece {piece}"
+            );
+            for (index, expected) in [(0, r#"{"city": "Paris"}"#), (1, "{}")] {
+                let arguments: String = reads
+                    .iter()
+                    .filter_map(|r| match r {
+                        Read::Arguments { index: i, text } if *i == index => Some(text.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(arguments, expected, "piece {piece}");
+            }
+            assert!(!reads.iter().any(|r| matches!(r, Read::Text(_))));
+        }
+    }
+
+    #[test]
+    fn text_is_text_even_when_it_begins_like_a_call() {
+        for text in ["Hello there", "<tool", "<b>bold</b>", "<tool_cal"] {
+            let reads = read_all(&mut CallReader::new(false), text, 2);
+            let joined: String = reads
+                .iter()
+                .map(|r| match r {
+                    Read::Text(t) => t.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(joined, text);
+        }
+    }
+
+    #[test]
+    fn a_call_cut_by_the_length_limit_keeps_what_was_written() {
+        let reads = read_all(
+            &mut CallReader::new(true),
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa",
+            4,
+        );
+        let arguments: String = reads
+            .iter()
+            .filter_map(|r| match r {
+                Read::Arguments { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(arguments, r#"{"city": "Pa"#);
+    }
+
+    #[test]
+    fn a_call_cut_inside_its_close_gives_only_its_arguments() {
+        let reads = read_all(
+            &mut CallReader::new(true),
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</too",
+            3,
+        );
+        let arguments: String = reads
+            .iter()
+            .filter_map(|r| match r {
+                Read::Arguments { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(arguments, r#"{"a": 1}"#);
+    }
+
+    #[test]
+    fn the_grammar_names_only_the_callable_tools() {
+        let mut parallel = tools("auto");
+        parallel.parallel = true;
+        let auto = parallel.grammar(None);
+        assert!(
+            auto.starts_with("start: TEXT | call (\"\\n\" call){0,7}"),
+            "{auto}"
+        );
+        assert!(auto.contains("get_weather") && auto.contains("get_time"));
+        let mut named = tools("auto");
+        named.choice = ToolChoice::Named("get_time".into());
+        let named = named.grammar(None);
+        assert!(named.starts_with("start: call\n"), "{named}");
+        assert!(!named.contains("get_weather"));
+        assert!(tools("required").grammar(None).starts_with("start: call\n"));
+    }
+
+    #[test]
+    fn bad_tool_lists_are_refused_by_name() {
+        let parse = |tools: Value, choice: Value| Tools::parse(Some(&tools), Some(&choice), None);
+        let weather = serde_json::json!([{"type": "function", "function": {"name": "w"}}]);
+        assert!(parse(weather.clone(), "none".into()).unwrap().is_none());
+        for (tools, choice, wanted) in [
+            (serde_json::json!([{"type": "function", "function": {"name": "a b"}}]), Value::Null, "letters"),
+            (serde_json::json!([{"type": "retrieval"}]), Value::Null, "must be"),
+            (serde_json::json!([{"type": "function", "function": {"name": "w"}}, {"type": "function", "function": {"name": "w"}}]), Value::Null, "twice"),
+            (weather.clone(), serde_json::json!({"type": "function", "function": {"name": "x"}}), "does not list"),
+            (weather, "sometimes".into(), "tool_choice"),
+            (Value::Array((0..65).map(|i| serde_json::json!({"type": "function", "function": {"name": format!("f{i}")}})).collect()), Value::Null, "at most 64"),
+        ] {
+            let err = parse(tools, choice).unwrap_err();
+            assert!(err.message().contains(wanted), "{}", err.message());
+        }
+    }
+}
