@@ -122,6 +122,10 @@ pub struct ServeArgs {
     /// clients trust each other and share long system prompts.
     #[arg(long)]
     pub shared_prompt_cache: bool,
+    /// An origin whose web pages may call the OpenAI and TGI routes from a browser
+    /// (repeatable; `*` for any). Default: none — no cross-origin access.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// The conversation database (SQLite): conversations and their messages survive a
@@ -297,6 +301,18 @@ pub struct Global {
     /// A stop sequence (repeatable).
     #[arg(long, global = true)]
     pub stop: Vec<String>,
+    /// The answer is JSON valid against this JSON Schema (the schema itself, or a file
+    /// holding it); the server enforces it token by token (TGI's `grammar`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE|JSON",
+        conflicts_with = "regex"
+    )]
+    pub schema: Option<String>,
+    /// The answer matches this regular expression in full.
+    #[arg(long, global = true, value_name = "EXPR")]
+    pub regex: Option<String>,
     /// Any parameter as KEY=VALUE; VALUE is JSON when it parses as JSON, else a string.
     #[arg(short = 'p', long = "param", global = true, value_name = "KEY=VALUE")]
     pub params: Vec<String>,

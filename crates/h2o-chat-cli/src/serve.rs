@@ -50,6 +50,7 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
         http2: args.http2,
         allowed_hosts: args.allowed_hosts.clone(),
         shared_prompt_cache: args.shared_prompt_cache,
+        cors_origins: args.cors_origins.clone(),
         bounds: Bounds {
             max_connections: connection_cap(args.max_connections as usize),
             max_connections_per_client: args.max_connections_per_client as usize,

@@ -55,6 +55,18 @@ pub fn parameters(global: &Global, embedded: bool) -> Result<Parameters, CliErro
     if !global.stop.is_empty() {
         params.insert("stop", global.stop.clone());
     }
+    if let Some(schema) = &global.schema {
+        params.insert(
+            "grammar",
+            serde_json::json!({"type": "json", "value": schema_of(schema)?}),
+        );
+    }
+    if let Some(regex) = &global.regex {
+        params.insert(
+            "grammar",
+            serde_json::json!({"type": "regex", "value": regex}),
+        );
+    }
     for pair in &global.params {
         let (key, raw) = pair
             .split_once('=')
@@ -69,6 +81,20 @@ pub fn parameters(global: &Global, embedded: bool) -> Result<Parameters, CliErro
         params.insert(key, value);
     }
     Ok(params)
+}
+
+/// `--schema`: the JSON itself, or a file holding it.
+fn schema_of(given: &str) -> Result<Value, CliError> {
+    if let Ok(schema) = serde_json::from_str::<Value>(given) {
+        return Ok(schema);
+    }
+    let text = std::fs::read_to_string(given).map_err(|e| {
+        CliError::Usage(format!(
+            "--schema `{given}` is neither JSON nor a readable file: {e}"
+        ))
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("--schema {given}: not JSON: {e}")))
 }
 
 /// The client for `url` (`embedded`: the tool's own local server).

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use h2o_chat_engine::{
-    ChatTurn, Cleanup, Engine, EngineError, EngineInfo, Generation, GenerationRequest, Health,
-    Prompt, Tokenized, chatml,
+    ChatTurn, Cleanup, Constraint, Engine, EngineError, EngineInfo, Generation, GenerationRequest,
+    Health, Prompt, Tokenized, chatml,
 };
 use tokio::sync::mpsc;
 
@@ -77,7 +77,29 @@ impl Engine for Gateway {
         Ok(Tokenized::counted(estimate_tokens(&prompt.text())))
     }
 
+    /// Taken when every upstream can carry it (so whichever is chosen honours it): refused
+    /// before any upstream is tried otherwise.
+    fn check_constraint(&self, constraint: &Constraint) -> Result<(), EngineError> {
+        match self.pool.upstreams.iter().find(|u| !u.carries(constraint)) {
+            None => Ok(()),
+            Some(upstream) => Err(EngineError::Input(format!(
+                "the upstream {} cannot enforce a {} constraint through its protocol",
+                upstream.name,
+                constraint.kind()
+            ))),
+        }
+    }
+
     fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        if request.top_tokens > 0 {
+            return Err(EngineError::Input(
+                "alternatives per token (`logprobs`, `top_n_tokens`) are not relayed by the gateway"
+                    .into(),
+            ));
+        }
+        if let Some(constraint) = &request.constraint {
+            self.check_constraint(constraint)?;
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| EngineError::Stopped("the gateway needs a tokio runtime".into()))?;
         let (sender, events) = mpsc::channel(EVENT_BUFFER);

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use h2o_chat_engine::{EngineError, GenerationEvent, GenerationRequest};
+use h2o_chat_engine::{Constraint, EngineError, GenerationEvent, GenerationRequest};
 use tokio::sync::mpsc;
 
 use crate::relay::{RemoteH2o, RemoteOpenAi, RemoteTgi};
@@ -159,6 +159,20 @@ impl Upstream {
             cooldown.until = None;
             cooldown.failures = 0;
         }
+    }
+
+    /// Whether this upstream's protocol can carry `constraint`: TGI's `grammar` takes a JSON
+    /// schema or a regular expression, OpenAI's `response_format` a JSON schema; chat-ui's
+    /// generate body takes neither, and no protocol takes this server's own grammars (tool
+    /// calls).
+    pub fn carries(&self, constraint: &Constraint) -> bool {
+        matches!(
+            (self.spec.kind, constraint),
+            (
+                UpstreamKind::Tgi,
+                Constraint::JsonSchema(_) | Constraint::Regex(_)
+            ) | (UpstreamKind::OpenAi, Constraint::JsonSchema(_))
+        )
     }
 
     /// Starts one request on this upstream for the client's `model`.

@@ -345,3 +345,72 @@ async fn a_relayed_answer_stops_at_what_was_asked_for_whatever_the_upstream_send
     );
     assert!(body.ends_with("data: [DONE]\n\n"));
 }
+
+#[tokio::test]
+async fn a_schema_reaches_a_tgi_upstream_as_its_grammar_and_what_no_upstream_carries_is_a_400() {
+    use axum::routing::post;
+    // A TGI upstream that keeps the body it was sent.
+    let seen = Arc::new(std::sync::Mutex::new(None::<Value>));
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/generate_stream",
+        post(move |body: axum::Json<Value>| async move {
+            *kept.lock().unwrap() = Some(body.0);
+            (
+                [("content-type", "text/event-stream")],
+                format!(
+                    "{}{}",
+                    token_event(1, "{}", false),
+                    support::final_event("{}")
+                ),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gateway = gateway_of(UpstreamKind::Tgi, &url).await;
+    let response = post_to(
+        &gateway,
+        &json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}],
+                "response_format": {"type": "json_object"}}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the upstream was called");
+    assert_eq!(
+        body["parameters"]["grammar"],
+        json!({"type": "json", "value": {"type": "object"}})
+    );
+    // Tool calls are this server's own grammar: no upstream protocol carries them.
+    let response = post_to(
+        &gateway,
+        &json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "tools", "{error}");
+    // A chat-ui upstream carries no schema either; nothing is sent to it.
+    let h2o = TestServer::start().await;
+    let gateway = gateway_to(&h2o).await;
+    let response = post_to(
+        &gateway,
+        &json!({"model": "falcon-7b", "messages": [{"role": "user", "content": "Hi"}],
+                "response_format": {"type": "json_object"}}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "response_format", "{error}");
+    assert!(h2o.requests().is_empty(), "no upstream is tried");
+}
+
+async fn post_to(gateway: &RunningServer, body: &Value) -> reqwest::Response {
+    post(gateway, body).await
+}

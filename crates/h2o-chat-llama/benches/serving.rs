@@ -10,12 +10,15 @@
 //!    and without; turn 6 / turn 1.
 //! 5. The server's own ceiling with a scripted no-op engine: events/s on one connection
 //!    through the chat-ui lifecycle, and chunks/s through the OpenAI route.
+//! 7. Constrained decoding: 8 streams under a JSON schema beside 8 free ones against 16
+//!    free ones (aggregate tokens/s, a 16-slot server), and the time to first token with a
+//!    schema new to the server, one it compiled before, and none.
 //! 6. What the prompt cache's scoping costs: eight users in turn, one shared ~200-token
 //!    system prompt and a question each, named (`user`: each scope evaluates the shared
 //!    prompt itself) and anonymous (the shared prompt is reused across them).
 //!
 //! `cargo bench -p h2o-chat-llama --bench serving`; `H2O_CHAT_BENCH_SECTIONS=turns` (a comma
-//! list of `latency`, `turns`, `ceiling`, `scope`) runs only those parts, `H2O_CHAT_BENCH_KV_CACHE=f16`
+//! list of `latency`, `turns`, `ceiling`, `scope`, `grammar`) runs only those parts, `H2O_CHAT_BENCH_KV_CACHE=f16`
 //! serves with a 16-bit KV cache instead of the default.
 
 use h2o_chat_test_support::chat_ui;
@@ -203,6 +206,108 @@ async fn main() {
     if runs("scope") {
         scope(&gguf).await;
     }
+    if runs("grammar") {
+        grammar(&gguf).await;
+    }
+}
+
+/// A schema whose answers run long (so a constrained stream lasts as long as a free one):
+/// `salt` makes it new to the server.
+fn long_schema(salt: &str) -> serde_json::Value {
+    json!({"type": "json", "value": {"type": "object", "properties": {
+        format!("story_{salt}"): {"type": "string", "minLength": 400, "maxLength": 800},
+        "count": {"type": "integer", "minimum": 0, "maximum": 100}},
+        "required": [format!("story_{salt}"), "count"], "additionalProperties": false}})
+}
+
+/// A `/generate_stream` request under `grammar`: (ms to its first token, tokens received).
+async fn stream_with(
+    url: &str,
+    inputs: &str,
+    grammar: Option<serde_json::Value>,
+    max_new_tokens: u32,
+) -> (f64, usize) {
+    let mut parameters = json!({"max_new_tokens": max_new_tokens});
+    if let Some(grammar) = grammar {
+        parameters["grammar"] = grammar;
+    }
+    let started = Instant::now();
+    let response = http()
+        .post(format!("{url}/generate_stream"))
+        .json(&json!({"inputs": inputs, "parameters": parameters}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let mut first = None;
+    let mut seen = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        seen.extend_from_slice(&chunk);
+        if first.is_none() && seen.windows(5).any(|w| w == b"data:") {
+            first = Some(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let tokens = seen.windows(5).filter(|w| w == b"data:").count();
+    (first.unwrap_or(0.0), tokens)
+}
+
+/// Section 7: constrained decoding beside free decoding, and a schema's first-use cost.
+async fn grammar(gguf: &std::path::Path) {
+    let engine = tokio::task::spawn_blocking({
+        let gguf = gguf.to_path_buf();
+        move || {
+            let mut config = LlamaConfig::new(gguf, LOCAL_MODEL_ID);
+            config.slots = 16;
+            config.context_per_slot = 1024;
+            LlamaEngine::load(config).unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let server = serve(engine).await;
+    let url = server.url();
+    let question = chatml("Tell me a long story about a lighthouse, as JSON.");
+    let mut rates = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (mixed, rate) in rates.iter_mut().enumerate() {
+            let started = Instant::now();
+            let runs = futures_util::future::join_all((0..16).map(|i| {
+                let grammar = (mixed == 1 && i < 8).then(|| long_schema("bench"));
+                // The same question for all 16: the only difference is the grammar.
+                let (url, inputs) = (url.clone(), question.clone());
+                async move { stream_with(&url, &inputs, grammar, 64).await }
+            }))
+            .await;
+            let tokens: usize = runs.iter().map(|r| r.1).sum();
+            rate.push(tokens as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+    let [free, mixed] = rates.map(median);
+    println!(
+        "16 free streams of 64 tokens: {free:.1} tokens/s; 8 under a JSON schema + 8 free: {mixed:.1} tokens/s; ratio {:.2}",
+        mixed / free
+    );
+    let mut ttft = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        let fresh = format!("r{round}_{}", uuid::Uuid::new_v4().simple());
+        ttft[0].push(
+            stream_with(&url, &question, Some(long_schema(&fresh)), 1)
+                .await
+                .0,
+        );
+        ttft[1].push(
+            stream_with(&url, &question, Some(long_schema(&fresh)), 1)
+                .await
+                .0,
+        );
+        ttft[2].push(stream_with(&url, &question, None, 1).await.0);
+    }
+    let [new, known, none] = ttft.map(median);
+    println!(
+        "time to first token: schema new to the server {new:.1} ms, compiled before {known:.1} ms, no schema {none:.1} ms"
+    );
+    server.shutdown();
+    server.wait().await.unwrap();
 }
 
 /// A system prompt every user of a deployment shares, ~200 tokens.

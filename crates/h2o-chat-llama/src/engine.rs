@@ -144,6 +144,11 @@ impl LlamaEngine {
         &self.config
     }
 
+    /// The model's grammars (to measure a constraint's masks apart from the model).
+    pub fn grammars(&self) -> &Grammars {
+        &self.grammars
+    }
+
     /// How long loading the model took.
     pub fn load_ms(&self) -> u128 {
         self.load_ms

@@ -22,11 +22,11 @@ use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
 
 /// Compiled constraints kept for reuse.
-pub(crate) const CACHED: usize = 64;
+pub const CACHED: usize = 64;
 /// The largest constraint taken, in bytes as given.
-pub(crate) const MAX_BYTES: usize = 256 * 1024;
+pub const MAX_BYTES: usize = 256 * 1024;
 /// The deepest nesting taken (JSON values in a schema, groups in a regular expression).
-pub(crate) const MAX_DEPTH: usize = 64;
+pub const MAX_DEPTH: usize = 64;
 /// The compiling thread's stack: llguidance's schema and regex compilers recurse.
 const COMPILER_STACK: usize = 64 << 20;
 
@@ -42,14 +42,14 @@ fn json_layout() -> Value {
 }
 
 /// The model's token table and the compiled constraints. See the module docs.
-pub(crate) struct Grammars {
+pub struct Grammars {
     factory: Arc<ParserFactory>,
     /// Most recently used last.
     cache: Mutex<Vec<(String, Matcher)>>,
 }
 
 /// One request's grammar: where it stands, and the mask of what may come next.
-pub(crate) struct Grammar {
+pub struct Grammar {
     matcher: Matcher,
 }
 
@@ -67,7 +67,7 @@ impl Grammars {
 
     /// A fresh matcher for `constraint`, compiled now unless a recent request compiled it.
     /// An error is the client's: what is wrong with the constraint.
-    pub(crate) fn compile(&self, constraint: &Constraint) -> Result<Grammar, String> {
+    pub fn compile(&self, constraint: &Constraint) -> Result<Grammar, String> {
         let key = constraint.key();
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -151,15 +151,20 @@ impl Grammars {
 impl Grammar {
     /// What may come next: bit `i` of the words is token `i` (only end-of-sequence once the
     /// grammar is complete). An error means the grammar cannot go on.
-    pub(crate) fn mask(&mut self) -> Result<Vec<u32>, String> {
+    pub fn mask(&mut self) -> Result<Vec<u32>, String> {
         self.matcher
             .compute_mask_or_eos()
             .map(|mask| mask.as_slice().to_vec())
             .map_err(|err| tidy(&err.to_string()))
     }
 
+    /// Whether the grammar is complete (only end-of-sequence may follow).
+    pub fn is_done(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+
     /// Moves past `token` (one the last mask allowed).
-    pub(crate) fn advance(&mut self, token: u32) -> Result<(), String> {
+    pub fn advance(&mut self, token: u32) -> Result<(), String> {
         if self.matcher.is_stopped() {
             return Ok(());
         }
@@ -244,11 +249,17 @@ fn group_depth(pattern: &str) -> usize {
     deepest
 }
 
-/// An llguidance message for a client: its first line, without the parser state that
-/// follows in verbose errors, at most 500 characters.
+/// An llguidance message for a client on one line: its first few lines (a regex error
+/// shows the pattern, a caret and the reason), without the parser state verbose errors
+/// dump after them, at most 500 characters.
 fn tidy(message: &str) -> String {
-    let first = message.lines().next().unwrap_or(message).trim();
-    first.chars().take(500).collect()
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(6)
+        .collect();
+    lines.join(" ").chars().take(500).collect()
 }
 
 #[cfg(test)]

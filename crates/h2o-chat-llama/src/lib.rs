@@ -9,6 +9,8 @@
 //! - [`LlamaEngine`]: the [`h2o_chat_engine::Engine`] the server talks to.
 //! - [`KvCache`]: how the slots' KV caches store keys and values (8-bit with flash
 //!   attention by default), chosen so that no answer depends on its batch.
+//! - [`grammar`], constraints (JSON Schema, regular expressions, tool-call grammars)
+//!   enforced token by token with llguidance over the model's vocabulary.
 //! - [`fetch`]: the model cache and its one-time fetch with pip.
 //!
 //! ```no_run
@@ -25,6 +27,7 @@
 //!     match event {
 //!         GenerationEvent::Token(token) => print!("{}", token.text),
 //!         GenerationEvent::Finished(..) | GenerationEvent::Failed(_) => break,
+//!         GenerationEvent::Alternatives(_) => {}
 //!     }
 //! }
 //! # Ok::<(), h2o_chat_engine::EngineError>(())
@@ -34,7 +37,7 @@ mod backend;
 mod config;
 mod engine;
 pub mod fetch;
-mod grammar;
+pub mod grammar;
 mod kv_cache;
 mod prompt_cache;
 mod scheduler;

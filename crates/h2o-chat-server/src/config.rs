@@ -131,6 +131,9 @@ pub struct ServerConfig {
     /// Every request reuses every cached prompt, whoever sent it (`serve
     /// --shared-prompt-cache`): for a server whose clients all trust each other.
     pub shared_prompt_cache: bool,
+    /// Origins whose pages may call the OpenAI and TGI routes from a browser
+    /// (`serve --cors-origin`, `*` for any); none by default.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +151,7 @@ impl Default for ServerConfig {
             http2: false,
             allowed_hosts: Vec::new(),
             shared_prompt_cache: false,
+            cors_origins: Vec::new(),
         }
     }
 }

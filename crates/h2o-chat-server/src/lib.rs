@@ -32,6 +32,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod failure;
 pub mod front;
 pub mod host_check;
@@ -199,11 +200,19 @@ impl Server {
         let root =
             get(front::page::page.layer(CompressionLayer::new())).merge(front::tgi::compat(&state));
         let body_limit = state.config().bounds.body_limit;
-        Router::new()
+        // The APIs a browser app on another origin may call, when the operator says which
+        // origins; chat-ui's cookie routes stay same-origin.
+        let apis = Router::new()
             .route("/", root)
-            .merge(front::chat_ui::router(&state))
             .merge(front::tgi::router(&state))
-            .merge(front::openai::router(&state))
+            .merge(front::openai::router(&state));
+        let apis = match cors::layer(&state.config().cors_origins) {
+            Some(cors) => apis.layer(cors),
+            None => apis,
+        };
+        Router::new()
+            .merge(apis)
+            .merge(front::chat_ui::router(&state))
             .merge(front::operator::router())
             .merge(front::page::router())
             .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))

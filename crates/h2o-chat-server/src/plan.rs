@@ -25,6 +25,10 @@
 
 use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams};
 use h2o_chat_protocol::GenerateParameters;
+use h2o_chat_protocol::tgi::Grammar;
+use serde_json::Value;
+
+use crate::validation::ValidationError;
 
 /// What the model reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,9 +67,14 @@ pub struct Plan {
 
 impl Plan {
     /// The plan TGI's parameters describe (chat-ui relays them too), once their rules have
-    /// passed and given `sampling` ([`crate::validation::check_rules`]).
-    pub fn tgi(input: Input, parameters: &GenerateParameters, sampling: SamplingParams) -> Plan {
-        Plan {
+    /// passed and given `sampling` ([`crate::validation::check_rules`]); its `grammar` as
+    /// the constraint.
+    pub fn tgi(
+        input: Input,
+        parameters: &GenerateParameters,
+        sampling: SamplingParams,
+    ) -> Result<Plan, ValidationError> {
+        Ok(Plan {
             input,
             sampling,
             max_new_tokens: MaxNewTokens::given(parameters.max_new_tokens),
@@ -73,9 +82,28 @@ impl Plan {
             truncate: parameters.truncate,
             cache_hint: None,
             cache_scope: CacheScope::anonymous(),
-            constraint: None,
-            top_tokens: 0,
+            constraint: parameters.grammar.as_ref().map(constraint).transpose()?,
+            // Checked against the cap by the rules.
+            top_tokens: parameters.top_n_tokens.unwrap_or(0).min(u32::from(u8::MAX)) as u8,
+        })
+    }
+}
+
+/// TGI's grammar as a constraint: a JSON schema given as an object or as a string holding
+/// one, a regular expression, or a named schema.
+pub fn constraint(grammar: &Grammar) -> Result<Constraint, ValidationError> {
+    match grammar {
+        Grammar::Json(Value::String(text)) => serde_json::from_str(text)
+            .map(Constraint::JsonSchema)
+            .map_err(|err| ValidationError::Grammar(format!("the JSON schema is not JSON: {err}"))),
+        Grammar::Json(schema @ (Value::Object(_) | Value::Bool(_))) => {
+            Ok(Constraint::JsonSchema(schema.clone()))
         }
+        Grammar::Json(_) => Err(ValidationError::Grammar(
+            "a JSON schema is an object (or a string holding one)".into(),
+        )),
+        Grammar::Regex(regex) => Ok(Constraint::Regex(regex.clone())),
+        Grammar::JsonSchema(config) => Ok(Constraint::JsonSchema(config.schema.clone())),
     }
 }
 

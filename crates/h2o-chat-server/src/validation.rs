@@ -185,6 +185,13 @@ pub fn check_rules(
     if best_of > 1 && parameters.seed.is_some() {
         return Err(ValidationError::SeedWithBestOf);
     }
+    let top_n = parameters.top_n_tokens.unwrap_or(0);
+    if top_n > limits.max_top_n_tokens {
+        return Err(ValidationError::TopNTokens {
+            max: limits.max_top_n_tokens,
+            given: top_n,
+        });
+    }
     if best_of > 1 {
         return Err(ValidationError::BestOfUnsupported);
     }

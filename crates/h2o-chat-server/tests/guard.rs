@@ -186,3 +186,109 @@ async fn allowed_hosts_and_the_public_origin_are_answered_too() {
     let status = status_for_host(&server, Some("other.lan")).await;
     assert!(status.contains(" 403 "), "{status}");
 }
+
+#[tokio::test]
+async fn a_named_origin_may_call_the_apis_from_a_browser_and_preflights_need_no_key() {
+    let config = h2o_chat_server::ServerConfig {
+        api_key: Some(KEY.into()),
+        cors_origins: vec!["https://app.example.org".into()],
+        ..Default::default()
+    };
+    let server = start_with(config, h2o_chat_engine::Script::default()).await;
+    let url = server.url();
+    let client = h2o_chat_test_support::http::client();
+    for path in ["/v1/chat/completions", "/generate", "/"] {
+        let preflight = client
+            .request(Method::OPTIONS, format!("{url}{path}"))
+            .header("origin", "https://app.example.org")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            preflight.status().is_success(),
+            "{path}: {}",
+            preflight.status()
+        );
+        let headers = preflight.headers();
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://app.example.org"
+        );
+        assert!(
+            headers["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains("authorization")
+        );
+    }
+    // The call itself still needs the key, and says so in a way the page can read.
+    let refused = client
+        .post(format!("{url}/v1/chat/completions"))
+        .header("origin", "https://app.example.org")
+        .json(&json!({"messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused.headers()["access-control-allow-origin"],
+        "https://app.example.org"
+    );
+    let answered = client
+        .post(format!("{url}/v1/chat/completions"))
+        .header("origin", "https://app.example.org")
+        .bearer_auth(KEY)
+        .json(&json!({"messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    // Another origin, and chat-ui's cookie routes: no cross-origin access.
+    let other = client
+        .request(Method::OPTIONS, format!("{url}/v1/chat/completions"))
+        .header("origin", "https://evil.example.org")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let chat_ui = client
+        .request(Method::OPTIONS, format!("{url}/conversation"))
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        chat_ui
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn without_cors_origins_there_is_no_cross_origin_access() {
+    let server = start().await;
+    let preflight = h2o_chat_test_support::http::client()
+        .request(
+            Method::OPTIONS,
+            format!("{}/v1/chat/completions", server.url()),
+        )
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}

@@ -542,3 +542,39 @@ async fn logprobs_and_n_choices_have_openai_shapes() {
         assert_eq!(content, "Hello!");
     }
 }
+
+#[tokio::test]
+async fn an_unknown_v1_route_answers_in_openais_envelope_and_a_long_request_in_openais_words() {
+    let server = start().await;
+    let response = client()
+        .get(format!("{}/v1/embeddings", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/embeddings"),
+        "{error}"
+    );
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let response = client()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&chat(json!({"max_tokens": 4090})))
+        .send()
+        .await
+        .unwrap();
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "context_length_exceeded", "{error}");
+    assert_eq!(error["error"]["param"], "max_tokens");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length is 4096 tokens"),
+        "{error}"
+    );
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use h2o_chat_engine::{
-    Finish, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest, Token,
+    Constraint, Finish, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest, Token,
 };
 use tokio::sync::mpsc;
 
@@ -305,6 +305,22 @@ pub(crate) fn tgi_parameters(request: &GenerationRequest) -> serde_json::Value {
     }
     if let Some(truncate) = request.truncate {
         put("truncate", (truncate as u64).into());
+    }
+    // The gateway takes only what this relay can pass (`Gateway::check_constraint`).
+    match &request.constraint {
+        Some(Constraint::JsonSchema(schema)) => {
+            put(
+                "grammar",
+                serde_json::json!({"type": "json", "value": schema}),
+            );
+        }
+        Some(Constraint::Regex(regex)) => {
+            put(
+                "grammar",
+                serde_json::json!({"type": "regex", "value": regex}),
+            );
+        }
+        Some(Constraint::Lark(_)) | None => {}
     }
     params
 }

@@ -9,7 +9,8 @@
 
 use futures_util::StreamExt;
 use h2o_chat_engine::{
-    EngineError, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest, Token,
+    Constraint, EngineError, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest,
+    Token,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -60,6 +61,13 @@ fn body_of(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
     }
     if !request.stop.is_empty() {
         map.insert("stop".into(), json!(request.stop));
+    }
+    // The gateway takes only what this relay can pass (`Gateway::check_constraint`).
+    if let Some(Constraint::JsonSchema(schema)) = &request.constraint {
+        map.insert(
+            "response_format".into(),
+            json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}}),
+        );
     }
     match request.prompt.chat() {
         Some(turns) => {

@@ -43,12 +43,12 @@ assert legacy.choices[0].text, legacy
 # Invalid requests raise the right exception classes.
 errors = []
 try:
-    client.chat.completions.create(model="smollm2", messages=question, n=2)
+    client.chat.completions.create(model="smollm2", messages=question, n=9)
 except openai.BadRequestError as err:
     assert err.status_code == 400 and "n" in str(err), err
     errors.append(type(err).__name__)
 else:
-    raise AssertionError("n=2 was accepted")
+    raise AssertionError("n=9 was accepted")
 try:
     client.chat.completions.create(model="no-such-model", messages=question)
 except openai.NotFoundError as err:

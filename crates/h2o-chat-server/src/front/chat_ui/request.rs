@@ -122,7 +122,7 @@ impl GenerateBody {
             .iter()
             .map(|m| ChatTurn::new(m.from.role(), m.content.clone()))
             .collect();
-        let mut plan = Plan::tgi(Input::History(turns), &self.parameters, sampling);
+        let mut plan = Plan::tgi(Input::History(turns), &self.parameters, sampling)?;
         plan.cache_hint = Some(conversation.to_string());
         plan.cache_scope = CacheScope::of("session", session);
         Ok((plan, Echo::of(&self.parameters, true)))

@@ -74,6 +74,19 @@ impl ApiError {
         )
     }
 
+    /// 404 for a path under `/v1/` this server does not answer.
+    pub fn unknown_route(method: &str, path: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "Unknown request URL: {method} {path}. See GET /v1/models and the README for the routes served."
+            ),
+            "invalid_request_error",
+            None,
+            Some("unknown_url"),
+        )
+    }
+
     /// 404 for an unknown model.
     pub fn model_not_found(model: &str) -> Self {
         ApiError::new(
@@ -136,6 +149,41 @@ impl ApiError {
     /// A rule of §c in OpenAI's terms: 400 naming the parameter as OpenAI calls it,
     /// `context_length_exceeded` when the request is too long.
     pub fn from_validation(err: &ValidationError) -> Self {
+        // Too long, in OpenAI's words: the messages and the completion, not TGI's `inputs`.
+        match *err {
+            ValidationError::TotalTokens {
+                max,
+                inputs,
+                new_tokens,
+            } => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "This model's maximum context length is {max} tokens. However, you requested {} tokens ({inputs} in the messages, {new_tokens} in the completion). Please reduce the length of the messages or of `max_tokens`.",
+                        inputs + new_tokens
+                    ),
+                    "invalid_request_error",
+                    Some(if inputs >= max {
+                        "messages"
+                    } else {
+                        "max_tokens"
+                    }),
+                    Some("context_length_exceeded"),
+                );
+            }
+            ValidationError::InputLength { max, given } => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "This model's maximum prompt length is {max} tokens. However, your messages resulted in {given} tokens. Please reduce the length of the messages."
+                    ),
+                    "invalid_request_error",
+                    Some("messages"),
+                    Some("context_length_exceeded"),
+                );
+            }
+            _ => {}
+        }
         let param = match err {
             ValidationError::MaxNewTokens | ValidationError::TotalTokens { .. } => "max_tokens",
             ValidationError::EmptyInputs

@@ -18,7 +18,7 @@ pub mod wire;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 use crate::AppState;
 
@@ -31,5 +31,6 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/models", get(routes::models))
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
+        .route("/v1/{*rest}", any(routes::unknown))
         .route_layer(from_fn_with_state(state.clone(), routes::guard))
 }

@@ -123,6 +123,11 @@ async fn respond(state: AppState, headers: &HeaderMap, body: &[u8], kind: Kind) 
     }
 }
 
+/// Any other path under `/v1/`: OpenAI's error envelope, not the chat-ui page's.
+pub async fn unknown(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    ApiError::unknown_route(method.as_str(), uri.path()).into_response()
+}
+
 /// The API-key guard, refusing with OpenAI's error object.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if auth::is_authorized(state.config(), request.headers()) {

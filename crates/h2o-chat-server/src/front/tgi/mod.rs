@@ -1,5 +1,5 @@
 //! text-generation-inference's routes (§b, §c): `POST /generate`, `POST /generate_stream`,
-//! `POST /` (the compat route that honours `stream`) and `GET /info`.
+//! `POST /` (the compat route that honours `stream`), `POST /tokenize` and `GET /info`.
 //!
 //! - [`request`]: the body and TGI's parameter rules → a plan.
 //! - [`reply`]: `/info`; the event stream and the one-shot JSON are TGI's wire
@@ -18,7 +18,7 @@ use axum::routing::{MethodRouter, get, post};
 use crate::AppState;
 
 /// The paths this front answers, for people (the `serve` banner).
-pub const PATHS: &[&str] = &["/generate", "/generate_stream", "/", "/info"];
+pub const PATHS: &[&str] = &["/generate", "/generate_stream", "/", "/tokenize", "/info"];
 
 /// TGI's routes but `/`, each generating one behind the API-key guard.
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -27,8 +27,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/generate", post(routes::generate.layer(guard.clone())))
         .route(
             "/generate_stream",
-            post(routes::generate_stream.layer(guard)),
+            post(routes::generate_stream.layer(guard.clone())),
         )
+        .route("/tokenize", post(routes::tokenize.layer(guard)))
         .route("/info", get(routes::info))
 }
 

@@ -36,6 +36,8 @@ pub fn info(state: &AppState) -> Option<Value> {
         "max_concurrent_requests": limits.max_concurrent_requests,
         "max_best_of": limits.max_best_of,
         "max_stop_sequences": limits.max_stop_sequences,
+        "max_top_n_tokens": limits.max_top_n_tokens,
+        "grammar_support": true,
         "max_input_length": limits.max_input_length,
         "max_total_tokens": max_total_tokens(&limits, engine.context_length),
         "max_batch_total_tokens": engine.batch_total_tokens,

@@ -6,12 +6,10 @@
 //! HTTP 422 and serde's message ([`TypeError`]); a *rule* violation is a
 //! [`ValidationError`], answered as TGI answers it (an event on a stream, else 422).
 //!
-//! `grammar` becomes the plan's [`Constraint`] (compiled, and refused with TGI's
-//! "grammar is not valid" when it cannot be, by [`crate::prepare`]); `top_n_tokens` the
-//! alternatives reported with each token.
+//! `grammar` becomes the plan's constraint (compiled, and refused with TGI's "grammar is
+//! not valid" when it cannot be, by [`crate::prepare`]); `top_n_tokens` the alternatives
+//! reported with each token.
 
-use h2o_chat_engine::Constraint;
-use h2o_chat_protocol::tgi::Grammar;
 use h2o_chat_protocol::{CompatGenerateRequest, GenerateParameters};
 
 use crate::config::Limits;
@@ -54,35 +52,10 @@ pub fn generation(
     limits: &Limits,
 ) -> Result<(Plan, Echo), ValidationError> {
     let sampling = check_rules(parameters, streaming, limits)?;
-    let top_n = parameters.top_n_tokens.unwrap_or(0);
-    if top_n > limits.max_top_n_tokens {
-        return Err(ValidationError::TopNTokens {
-            max: limits.max_top_n_tokens,
-            given: top_n,
-        });
-    }
-    let mut plan = Plan::tgi(Input::Raw(inputs), parameters, sampling);
-    plan.top_tokens = top_n as u8;
-    plan.constraint = parameters.grammar.as_ref().map(constraint).transpose()?;
-    Ok((plan, Echo::of(parameters, full_text_default)))
-}
-
-/// TGI's grammar as a constraint: a JSON schema given as an object or as a string holding
-/// one, a regular expression, or a named schema.
-pub fn constraint(grammar: &Grammar) -> Result<Constraint, ValidationError> {
-    match grammar {
-        Grammar::Json(serde_json::Value::String(text)) => serde_json::from_str(text)
-            .map(Constraint::JsonSchema)
-            .map_err(|err| ValidationError::Grammar(format!("the JSON schema is not JSON: {err}"))),
-        Grammar::Json(schema @ (serde_json::Value::Object(_) | serde_json::Value::Bool(_))) => {
-            Ok(Constraint::JsonSchema(schema.clone()))
-        }
-        Grammar::Json(_) => Err(ValidationError::Grammar(
-            "a JSON schema is an object (or a string holding one)".into(),
-        )),
-        Grammar::Regex(regex) => Ok(Constraint::Regex(regex.clone())),
-        Grammar::JsonSchema(config) => Ok(Constraint::JsonSchema(config.schema.clone())),
-    }
+    Ok((
+        Plan::tgi(Input::Raw(inputs), parameters, sampling)?,
+        Echo::of(parameters, full_text_default),
+    ))
 }
 
 #[cfg(test)]

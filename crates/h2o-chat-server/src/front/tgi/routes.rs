@@ -80,6 +80,73 @@ async fn handle(state: AppState, route: Route, request: &HeaderMap, bytes: &[u8]
     }
 }
 
+/// `POST /tokenize`: TGI's `[{id, text, start, stop}]` for `inputs` as the model reads a raw
+/// prompt (`start`/`stop`: character offsets in `inputs`). An engine without the model's
+/// tokenizer (a relay) answers TGI's 404.
+pub async fn tokenize(State(state): State<AppState>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    struct TokenizeRequest {
+        inputs: String,
+    }
+    #[derive(serde::Serialize)]
+    struct SimpleToken {
+        id: u32,
+        text: String,
+        start: usize,
+        stop: usize,
+    }
+    let request: TokenizeRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return tgi_wire::type_error(format!(
+                "Failed to deserialize the JSON body into the target type: {err}"
+            ));
+        }
+    };
+    let Some(model) = state.models().default_model().cloned() else {
+        return tgi_wire::error_response(&Failure::Unavailable("no model is served".into()));
+    };
+    let Ok(_permit) = state.validation_workers().clone().acquire_owned().await else {
+        return tgi_wire::error_response(&Failure::ShuttingDown);
+    };
+    let engine = model.engine.clone();
+    let inputs = request.inputs;
+    let tokens = tokio::task::spawn_blocking(move || {
+        let ids = engine
+            .tokenize(&h2o_chat_engine::Prompt::raw(inputs))
+            .ok()?
+            .ids?;
+        let mut at = 0;
+        ids.iter()
+            .map(|&id| {
+                let text = engine.detokenize(&[id])?;
+                let start = at;
+                at += text.chars().count();
+                Some(SimpleToken {
+                    id,
+                    text,
+                    start,
+                    stop: at,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+    })
+    .await
+    .ok()
+    .flatten();
+    match tokens {
+        Some(tokens) => axum::Json(tokens).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": "No fast tokenizer or tokenizer.json for this model",
+                "error_type": "no fast tokenizer",
+            })),
+        )
+            .into_response(),
+    }
+}
+
 /// `GET /info`: TGI's model description with the engine's real limits.
 pub async fn info(State(state): State<AppState>) -> Response {
     match reply::info(&state) {
