@@ -50,6 +50,45 @@ fn one_shot_on_the_embedded_local_model_answers_paris() {
 }
 
 #[test]
+fn schema_and_regex_shape_the_embedded_models_answer() {
+    let schema = r#"{"type":"object","properties":{"city":{"type":"string","maxLength":30},"country":{"type":"string","maxLength":30}},"required":["city","country"],"additionalProperties":false}"#;
+    let output = h2o_chat()
+        .args([
+            "chat",
+            "--schema",
+            schema,
+            "Name the capital of France as JSON.",
+        ])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the answer is JSON");
+    let keys: Vec<&String> = answer.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["city", "country"], "{answer}");
+    let output = h2o_chat()
+        .args(["chat", "--regex", "(yes|no)", "Is Paris in France?"])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(["yes\n", "no\n"].contains(&stdout.as_str()), "{stdout:?}");
+    // A schema that is neither JSON nor a file: a usage error, before any request.
+    let output = h2o_chat()
+        .args(["chat", "--schema", "/no/such/schema.json", "Hi"])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--schema"));
+}
+
+#[test]
 fn one_shot_against_a_url_with_a_path_prefix_prints_only_the_answer() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TestServer::start_with_prefix("/chat"));
