@@ -291,22 +291,8 @@ async fn openai_temperature_zero_is_greedy_whatever_top_p_says() {
 
 /// Runs a Python client script; what it saw (its last line, JSON).
 async fn python(script: &str, args: &[&str]) -> Value {
-    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new("python3")
-        .arg(&script)
-        .args(args)
-        .env("NO_PROXY", "*")
-        .output()
-        .await
-        .expect("python3 runs (installed by .ci/run)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed {last:?}: {e}"))
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
+    h2o_chat_test_support::python::run(dir, script, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,22 +44,8 @@ async fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
 
 /// Runs a Python client script; what it saw (its last line, JSON).
 async fn python(script: &str, args: &[&str]) -> Value {
-    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new("python3")
-        .arg(&script)
-        .args(args)
-        .env("NO_PROXY", "*")
-        .output()
-        .await
-        .expect("python3 runs (installed by .ci/run)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed {last:?}: {e}"))
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
+    h2o_chat_test_support::python::run(dir, script, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,4 +234,37 @@ async fn a_grammar_that_cannot_be_compiled_is_refused_by_name_and_the_server_is_
     assert_eq!(status, 200, "{reply}");
     let metrics = h2o_chat_test_support::metrics::fetch(&url).await;
     assert_eq!(metrics.sum("h2o_chat_generated_tokens_total"), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropics_and_openais_sdks_speak_messages_and_responses_with_tools() {
+    let config = ServerConfig {
+        api_key: Some("test-key".into()),
+        ..ServerConfig::default()
+    };
+    let mut llama = LlamaConfig::new(h2o_chat_test_support::model::local_gguf(), LOCAL_MODEL_ID);
+    llama.slots = 2;
+    llama.context_per_slot = 2048;
+    llama.threads = 1;
+    let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(llama).expect("loads"))
+        .await
+        .unwrap();
+    let server = Server::new(config, ModelRegistry::with_h2o_stand_ins(Arc::new(engine)))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let url = server.url();
+    let anthropic = python("anthropic_client.py", &[&url, "test-key"]).await;
+    assert!(
+        anthropic["answer"].as_str().unwrap().contains("Paris"),
+        "{anthropic}"
+    );
+    assert_eq!(anthropic["answer"], anthropic["streamed"], "{anthropic}");
+    let responses = python("responses_client.py", &[&url, "test-key"]).await;
+    assert_eq!(responses["call"][0], "get_weather", "{responses}");
+    assert!(responses["structured"].is_object(), "{responses}");
+    // Each door counted by its route.
+    let metrics = h2o_chat_test_support::metrics::fetch(&url).await;
+    assert!(metrics.with("h2o_chat_requests_total", "route", "POST /v1/messages") >= 6.0);
+    assert!(metrics.with("h2o_chat_requests_total", "route", "POST /v1/responses") >= 6.0);
 }

@@ -1,5 +1,6 @@
 //! `--api-key`: every route that generates or reads conversations requires
-//! `Authorization: Bearer <key>`, compared in constant time.
+//! `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`), compared in constant
+//! time.
 //!
 //! Guarded: TGI's `/generate`, `/generate_stream`, `POST /`; chat-ui's `/settings` and
 //! `/conversation…`; OpenAI's `/v1/…`. Open: `GET /` (the page, which asks for the key),
@@ -30,29 +31,30 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     difference == 0
 }
 
+/// The key a request presents: `Authorization: Bearer KEY`, or Anthropic's `x-api-key`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+}
+
 /// Whether the request carries the configured key (always, when none is configured).
 pub fn is_authorized(config: &ServerConfig, headers: &HeaderMap) -> bool {
     let Some(key) = &config.api_key else {
         return true;
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    constant_time_eq(given.trim().as_bytes(), key.as_bytes())
+    let given = presented_key(headers).unwrap_or("");
+    constant_time_eq(given.as_bytes(), key.as_bytes())
 }
 
 /// The prompt-cache scope of a request that names no other: its bearer key, else the
 /// anonymous scope.
 pub fn key_scope(headers: &HeaderMap) -> CacheScope {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|key| !key.is_empty())
-        .map_or_else(CacheScope::anonymous, |key| CacheScope::of("key", key))
+    presented_key(headers).map_or_else(CacheScope::anonymous, |key| CacheScope::of("key", key))
 }
 
 /// A refusal, with the `WWW-Authenticate: Bearer` challenge.

@@ -48,6 +48,7 @@ mod sse;
 pub mod store;
 pub mod streaming;
 pub mod tgi_wire;
+pub mod tools;
 pub mod validation;
 
 use std::net::SocketAddr;
@@ -81,6 +82,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("chat-ui", front::chat_ui::PATHS),
     ("TGI", front::tgi::PATHS),
     ("OpenAI", front::openai::PATHS),
+    ("Anthropic", front::anthropic::PATHS),
     ("operator", front::operator::PATHS),
 ];
 
@@ -205,6 +207,7 @@ impl Server {
         let apis = Router::new()
             .route("/", root)
             .merge(front::tgi::router(&state))
+            .merge(front::anthropic::router(&state))
             .merge(front::openai::router(&state));
         let apis = match cors::layer(&state.config().cors_origins) {
             Some(cors) => apis.layer(cors),

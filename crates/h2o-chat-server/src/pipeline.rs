@@ -170,6 +170,28 @@ pub async fn start(
     })
 }
 
+/// The prompt tokens a plan comes to on `engine` (rendered, tokenised, its window fitted),
+/// without generating: Anthropic's `count_tokens`.
+pub async fn count_tokens(
+    state: &AppState,
+    engine: &Arc<dyn Engine>,
+    plan: Plan,
+) -> Result<usize, Failure> {
+    let limits = state.config().limits;
+    check_input(&plan, &limits)?;
+    let budget = Budget::of(&plan, &limits, engine.info().context_length);
+    let prepared = prepare(
+        engine,
+        state.validation_workers(),
+        plan.input,
+        budget,
+        plan.truncate,
+        plan.constraint,
+    )
+    .await?;
+    Ok(prepared.tokens.count)
+}
+
 impl Run {
     /// Lets `observer` watch the rest of the run.
     pub fn observe(&mut self, observer: Box<dyn Observer>) {

@@ -36,6 +36,25 @@ pub fn spaced_frame<T: serde::Serialize>(event: &T) -> Bytes {
     Bytes::from(line)
 }
 
+/// `event: NAME` + `data: ` + JSON + `\n\n`: Anthropic's and the Responses API's flavour,
+/// whose clients dispatch on the event name.
+pub fn named_frame<T: serde::Serialize>(name: &str, event: &T) -> Bytes {
+    let mut line = Vec::with_capacity(256);
+    line.extend_from_slice(b"event: ");
+    line.extend_from_slice(name.as_bytes());
+    line.extend_from_slice(b"\ndata: ");
+    let start = line.len();
+    // Serialising these plain structs cannot fail.
+    if serde_json::to_writer(&mut line, event).is_err() {
+        line.truncate(start);
+        line.extend_from_slice(
+            br#"{"type":"error","error":{"type":"api_error","message":"serialization failed"}}"#,
+        );
+    }
+    line.extend_from_slice(b"\n\n");
+    Bytes::from(line)
+}
+
 /// A `text/event-stream` response, uncached and unbuffered by proxies.
 pub fn response(body: Body) -> Response {
     let mut response = Response::new(body);

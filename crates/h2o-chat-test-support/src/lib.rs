@@ -9,6 +9,7 @@
 //! - `chat_ui` (feature `server`): a chat-ui client's first steps against a real server (settings, create,
 //!   g4f's generate body).
 //! - [`metrics`]: one parser of Prometheus' text format, for reading a server's own figures.
+//! - [`python`]: the official clients' test scripts, run against a loopback server.
 //! - `server` (feature `server`): `h2o-chat-server` on an ephemeral loopback port with a
 //!   scripted engine, and raw sockets for the tests that misbehave below HTTP.
 //! - `gateway` (feature `gateway`): a gateway server in front of upstreams.
@@ -33,5 +34,6 @@ pub mod http;
 pub mod metrics;
 #[cfg(feature = "model")]
 pub mod model;
+pub mod python;
 #[cfg(feature = "server")]
 pub mod server;

@@ -5,10 +5,12 @@
 //!
 //! - [`chat_ui`]: gpt-gm.h2o.ai's chat-ui routes (§a).
 //! - [`tgi`]: text-generation-inference's routes (§b, §c).
-//! - [`openai`]: the OpenAI-compatible API.
+//! - [`openai`]: the OpenAI-compatible API (chat and text completions).
+//! - [`anthropic`]: Anthropic's Messages API.
 //! - [`page`]: the web chat page (a chat-ui client of this server).
 //! - [`operator`]: `/health` and `/metrics`.
 
+pub mod anthropic;
 pub mod chat_ui;
 pub mod openai;
 pub mod operator;

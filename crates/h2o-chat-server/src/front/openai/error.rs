@@ -224,6 +224,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::tools::ToolsError> for ApiError {
+    fn from(err: crate::tools::ToolsError) -> Self {
+        ApiError::invalid(err.message, err.param)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body)).into_response();

@@ -5,7 +5,7 @@
 //! choices) comes last when asked for, then `data: [DONE]`. A failure before the stream is
 //! an error status; after it, an error chunk then `[DONE]`.
 //!
-//! Tool calls are read back from the answer ([`super::tools::CallReader`]): a call is
+//! Tool calls are read back from the answer ([`crate::tools::CallReader`]): a call is
 //! `message.tool_calls[]` with `content` null; streamed, its `index`, `id`, `type` and name
 //! come once, then its arguments in fragments as they are sampled.
 
@@ -19,7 +19,6 @@ use h2o_chat_engine::{Finish, FinishReason, Token};
 use crate::front::openai::error::ApiError;
 use crate::front::openai::logprobs::{self, Asked};
 use crate::front::openai::request::Kind;
-use crate::front::openai::tools::{CallReader, Read, ToolChoice, Tools};
 use crate::front::openai::wire::{
     ChatChoice, ChatLogprobs, Chunk, ChunkChoice, Completion, Delta, FunctionCall,
     FunctionCallDelta, PromptTokensDetails, ResponseMessage, TextChoice, TokenLogprob, ToolCall,
@@ -28,6 +27,7 @@ use crate::front::openai::wire::{
 use crate::pipeline::{Collected, Run, Step};
 use crate::sse;
 use crate::streaming::{Frames, Streams};
+use crate::tools::{CallReader, Read, ToolChoice, Tools};
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 

@@ -11,7 +11,7 @@
 //! - vLLM's and llama.cpp's `top_k`, `repetition_penalty` and `typical_p` → TGI's warpers.
 //! - `response_format` (`text`, `json_object`, `json_schema`, TGI's `{"type": "json",
 //!   "value"}`) and `tools` / `tool_choice` / `parallel_tool_calls` → a grammar the engine
-//!   enforces ([`super::tools`]); tool calls and results in the history are rendered for
+//!   enforces ([`crate::tools`]); tool calls and results in the history are rendered for
 //!   the model.
 //! - `logprobs` / `top_logprobs` (chat, at most 20), `logprobs` (completions, at most 5) →
 //!   alternatives per token; `n` (at most [`MAX_CHOICES`]) → that many runs.
@@ -37,11 +37,11 @@ use serde_json::Value;
 
 use crate::front::openai::error::ApiError;
 use crate::front::openai::logprobs::Asked;
-use crate::front::openai::tools::{Tools, written_call, written_response};
 use crate::front::openai::wire::{
     ChatCompletionRequest, CompletionRequest, RequestMessage, Stop, StreamOptions,
 };
 use crate::plan::{Input, MaxNewTokens, Plan};
+use crate::tools::{Tools, written_call, written_response};
 
 /// `max_tokens` when the request gives none (and the room after the prompt allows).
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
@@ -345,7 +345,8 @@ impl OpenAiRequest {
                     body.tools.as_ref(),
                     body.tool_choice.as_ref(),
                     body.parallel_tool_calls.as_ref(),
-                )?;
+                )
+                .map_err(ApiError::from)?;
                 let schema = response_schema(body.response_format.as_ref())?;
                 let input = Input::Chat(chat_turns(&body.messages, tools.as_ref())?);
                 let logprobs = chat_logprobs(body.logprobs.as_ref(), body.top_logprobs.as_ref())?;

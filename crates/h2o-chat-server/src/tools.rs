@@ -25,7 +25,7 @@
 //! until it is certain), text as text.
 //!
 //! ```
-//! use h2o_chat_server::front::openai::tools::{CallReader, Read};
+//! use h2o_chat_server::tools::{CallReader, Read};
 //!
 //! let mut reader = CallReader::new(true);
 //! let mut seen = Vec::new();
@@ -43,8 +43,6 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-
-use crate::front::openai::error::ApiError;
 
 /// Tools a request may list.
 pub const MAX_TOOLS: usize = 64;
@@ -106,57 +104,133 @@ pub struct Tools {
     pub parallel: bool,
 }
 
+/// A request's tools that cannot be used, and the field to blame (each front words it in
+/// its own error shape).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolsError {
+    pub message: String,
+    pub param: &'static str,
+}
+
+impl ToolsError {
+    pub fn invalid(message: impl Into<String>, param: &'static str) -> Self {
+        ToolsError {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+/// Whether a name is one a tool may have: 1 to 64 letters, digits, `_` or `-`.
+fn is_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 impl Tools {
-    /// The request's `tools`, `tool_choice` and `parallel_tool_calls`; `None` when there
-    /// are no tools, or `tool_choice` is `none` (the model then answers in words and the
-    /// tools are not shown to it).
+    /// Tools the model may call, checked: at most [`MAX_TOOLS`] of at most
+    /// [`MAX_TOOLS_BYTES`] together, each name valid and once, a named choice among them.
+    /// `None` when there are none (a choice that asks for a call is then an error).
+    pub fn new(
+        tools: Vec<Tool>,
+        choice: ToolChoice,
+        parallel: bool,
+    ) -> Result<Option<Tools>, ToolsError> {
+        if tools.is_empty() {
+            return match choice {
+                ToolChoice::Auto => Ok(None),
+                _ => Err(ToolsError::invalid(
+                    "`tool_choice` asks for a tool call but `tools` lists none",
+                    "tool_choice",
+                )),
+            };
+        }
+        if tools.len() > MAX_TOOLS {
+            return Err(ToolsError::invalid(
+                format!(
+                    "`tools` lists {} tools; at most {MAX_TOOLS} are taken",
+                    tools.len()
+                ),
+                "tools",
+            ));
+        }
+        let size: usize = tools
+            .iter()
+            .map(|t| {
+                t.name.len()
+                    + t.description.as_ref().map_or(0, String::len)
+                    + t.parameters.to_string().len()
+            })
+            .sum();
+        if size > MAX_TOOLS_BYTES {
+            return Err(ToolsError::invalid(
+                format!("`tools` is {size} bytes; at most {MAX_TOOLS_BYTES} are taken"),
+                "tools",
+            ));
+        }
+        for (i, tool) in tools.iter().enumerate() {
+            if !is_tool_name(&tool.name) {
+                return Err(ToolsError::invalid(
+                    format!("tool {i}'s name must be 1 to 64 letters, digits, `_` or `-`"),
+                    "tools",
+                ));
+            }
+            if tools[..i].iter().any(|t| t.name == tool.name) {
+                return Err(ToolsError::invalid(
+                    format!("`tools` names `{}` twice", tool.name),
+                    "tools",
+                ));
+            }
+            if !tool.parameters.is_object() {
+                return Err(ToolsError::invalid(
+                    format!(
+                        "tool `{}`'s parameters must be a JSON Schema object",
+                        tool.name
+                    ),
+                    "tools",
+                ));
+            }
+        }
+        if let ToolChoice::Named(name) = &choice
+            && !tools.iter().any(|t| t.name == *name)
+        {
+            return Err(ToolsError::invalid(
+                format!("`tool_choice` names `{name}`, which `tools` does not list"),
+                "tool_choice",
+            ));
+        }
+        Ok(Some(Tools {
+            tools,
+            choice,
+            parallel,
+        }))
+    }
+
+    /// OpenAI's chat shape: `tools` (`{"type": "function", "function": {...}}`),
+    /// `tool_choice` and `parallel_tool_calls`; `None` when there are no tools, or
+    /// `tool_choice` is `none` (the model then answers in words and the tools are not shown
+    /// to it). `parallel_tool_calls` is off unless asked for (as llama.cpp's server has it):
+    /// a small model given the choice repeats the same call until its length limit.
     pub fn parse(
         tools: Option<&Value>,
         choice: Option<&Value>,
         parallel: Option<&Value>,
-    ) -> Result<Option<Tools>, ApiError> {
-        let choice = match choice {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s == "none" => return Ok(None),
-            Some(Value::String(s)) if s == "auto" => Some(ToolChoice::Auto),
-            Some(Value::String(s)) if s == "required" => Some(ToolChoice::Required),
-            Some(Value::Object(named)) => {
-                let name = named
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .and_then(Value::as_str)
-                    .filter(|_| named.get("type").and_then(Value::as_str) == Some("function"))
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "`tool_choice` must be `none`, `auto`, `required` or {\"type\": \"function\", \"function\": {\"name\": …}}",
-                            "tool_choice",
-                        )
-                    })?;
-                Some(ToolChoice::Named(name.to_string()))
-            }
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "`tool_choice` must be `none`, `auto`, `required` or {\"type\": \"function\", \"function\": {\"name\": …}}",
-                    "tool_choice",
-                ));
-            }
+    ) -> Result<Option<Tools>, ToolsError> {
+        let choice = match openai_choice(choice, |named| {
+            named.get("function").and_then(|f| f.get("name"))
+        })? {
+            None => return Ok(None),
+            Some(choice) => choice,
         };
         let list = match tools {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(list)) => list.clone(),
-            Some(_) => return Err(ApiError::invalid("`tools` must be a list", "tools")),
+            Some(_) => return Err(ToolsError::invalid("`tools` must be a list", "tools")),
         };
-        if list.is_empty() {
-            return match choice {
-                Some(ToolChoice::Required | ToolChoice::Named(_)) => Err(ApiError::invalid(
-                    "`tool_choice` asks for a tool call but `tools` lists none",
-                    "tool_choice",
-                )),
-                _ => Ok(None),
-            };
-        }
         if list.len() > MAX_TOOLS {
-            return Err(ApiError::invalid(
+            return Err(ToolsError::invalid(
                 format!(
                     "`tools` lists {} tools; at most {MAX_TOOLS} are taken",
                     list.len()
@@ -164,21 +238,14 @@ impl Tools {
                 "tools",
             ));
         }
-        let size = Value::Array(list.clone()).to_string().len();
-        if size > MAX_TOOLS_BYTES {
-            return Err(ApiError::invalid(
-                format!("`tools` is {size} bytes; at most {MAX_TOOLS_BYTES} are taken"),
-                "tools",
-            ));
-        }
         let mut parsed: Vec<Tool> = Vec::with_capacity(list.len());
         for (i, tool) in list.into_iter().enumerate() {
             let definition: ToolDefinition = serde_json::from_value(tool)
-                .map_err(|e| ApiError::invalid(format!("`tools[{i}]`: {e}"), "tools"))?;
+                .map_err(|e| ToolsError::invalid(format!("`tools[{i}]`: {e}"), "tools"))?;
             let function = match (definition.kind.as_str(), definition.function) {
                 ("function", Some(function)) => function,
                 _ => {
-                    return Err(ApiError::invalid(
+                    return Err(ToolsError::invalid(
                         format!(
                             "`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{…}}}}"
                         ),
@@ -186,70 +253,13 @@ impl Tools {
                     ));
                 }
             };
-            let name = function.name;
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                return Err(ApiError::invalid(
-                    format!(
-                        "`tools[{i}].function.name` must be 1 to 64 letters, digits, `_` or `-`"
-                    ),
-                    "tools",
-                ));
-            }
-            if parsed.iter().any(|t| t.name == name) {
-                return Err(ApiError::invalid(
-                    format!("`tools` names `{name}` twice"),
-                    "tools",
-                ));
-            }
-            let parameters = match function.parameters {
-                None | Some(Value::Null) => {
-                    serde_json::json!({"type": "object", "properties": {}})
-                }
-                Some(schema @ Value::Object(_)) => schema,
-                Some(_) => {
-                    return Err(ApiError::invalid(
-                        format!("`tools[{i}].function.parameters` must be a JSON Schema object"),
-                        "tools",
-                    ));
-                }
-            };
             parsed.push(Tool {
-                name,
+                name: function.name,
                 description: function.description,
-                parameters,
+                parameters: parameters_or_empty(function.parameters),
             });
         }
-        let choice = choice.unwrap_or(ToolChoice::Auto);
-        if let ToolChoice::Named(name) = &choice
-            && !parsed.iter().any(|t| t.name == *name)
-        {
-            return Err(ApiError::invalid(
-                format!("`tool_choice` names `{name}`, which `tools` does not list"),
-                "tool_choice",
-            ));
-        }
-        // Off unless asked for (as llama.cpp's server has it): a small model given the
-        // choice repeats the same call until its length limit.
-        let parallel = match parallel {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "`parallel_tool_calls` must be a boolean",
-                    "parallel_tool_calls",
-                ));
-            }
-        };
-        Ok(Some(Tools {
-            tools: parsed,
-            choice,
-            parallel,
-        }))
+        Tools::new(parsed, choice, parallel_of(parallel)?)
     }
 
     /// The tools the model may call now (a named choice narrows them to one).
@@ -331,6 +341,53 @@ impl Tools {
             ));
         }
         lark
+    }
+}
+
+/// A tool without `parameters` takes an empty object.
+pub fn parameters_or_empty(parameters: Option<Value>) -> Value {
+    match parameters {
+        None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+        Some(schema) => schema,
+    }
+}
+
+/// `parallel_tool_calls`: off unless asked for.
+pub fn parallel_of(value: Option<&Value>) -> Result<bool, ToolsError> {
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ToolsError::invalid(
+            "`parallel_tool_calls` must be a boolean",
+            "parallel_tool_calls",
+        )),
+    }
+}
+
+/// OpenAI's `tool_choice` (chat and Responses differ only in where a named function's name
+/// is: `name_of` finds it); `None` for `none`.
+pub fn openai_choice(
+    choice: Option<&Value>,
+    name_of: impl Fn(&serde_json::Map<String, Value>) -> Option<&Value>,
+) -> Result<Option<ToolChoice>, ToolsError> {
+    let wrong = || {
+        ToolsError::invalid(
+            "`tool_choice` must be `none`, `auto`, `required` or a named function",
+            "tool_choice",
+        )
+    };
+    match choice {
+        None | Some(Value::Null) => Ok(Some(ToolChoice::Auto)),
+        Some(Value::String(s)) if s == "none" => Ok(None),
+        Some(Value::String(s)) if s == "auto" => Ok(Some(ToolChoice::Auto)),
+        Some(Value::String(s)) if s == "required" => Ok(Some(ToolChoice::Required)),
+        Some(Value::Object(named))
+            if named.get("type").and_then(Value::as_str) == Some("function") =>
+        {
+            let name = name_of(named).and_then(Value::as_str).ok_or_else(wrong)?;
+            Ok(Some(ToolChoice::Named(name.to_string())))
+        }
+        Some(_) => Err(wrong()),
     }
 }
 
@@ -655,7 +712,11 @@ mod tests {
         let weather = serde_json::json!([{"type": "function", "function": {"name": "w"}}]);
         assert!(parse(weather.clone(), "none".into()).unwrap().is_none());
         for (tools, choice, wanted) in [
-            (serde_json::json!([{"type": "function", "function": {"name": "a b"}}]), Value::Null, "letters"),
+            (
+                serde_json::json!([{"type": "function", "function": {"name": "a b"}}]),
+                Value::Null,
+                "letters",
+            ),
             (serde_json::json!([{"type": "retrieval"}]), Value::Null, "must be"),
             (serde_json::json!([{"type": "function", "function": {"name": "w"}}, {"type": "function", "function": {"name": "w"}}]), Value::Null, "twice"),
             (weather.clone(), serde_json::json!({"type": "function", "function": {"name": "x"}}), "does not list"),
@@ -663,7 +724,7 @@ mod tests {
             (Value::Array((0..65).map(|i| serde_json::json!({"type": "function", "function": {"name": format!("f{i}")}})).collect()), Value::Null, "at most 64"),
         ] {
             let err = parse(tools, choice).unwrap_err();
-            assert!(err.message().contains(wanted), "{}", err.message());
+            assert!(err.message.contains(wanted), "{}", err.message);
         }
     }
 }
