@@ -138,6 +138,26 @@ pub struct ServeArgs {
     /// last message or rename, never from the server's start.
     #[arg(long, default_value = "keep", value_parser = retention, value_name = "DURATION")]
     pub retention: Retention,
+    /// Every `*.gguf` in this directory is a model too, named by its file stem, loaded on
+    /// its first request.
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Load this model at start rather than on its first request (repeatable; the default
+    /// model always is).
+    #[arg(long, value_name = "NAME")]
+    pub preload: Vec<String>,
+    /// How long a model stays loaded after its last request, as ollama writes it: `30s`,
+    /// `5m`, `1h`; `0` unloads after each request, `-1` never.
+    #[arg(long, default_value = "5m", value_parser = keep_alive, value_name = "DURATION", allow_hyphen_values = true)]
+    pub keep_alive: KeepAlive,
+    /// Models loaded at once; loading another unloads the least recently used idle one (a
+    /// model with requests running is never unloaded).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_loaded: u32,
+    /// Which model answers an H2o id, as ID=NAME (repeatable), e.g. `falcon-40b=mistral`;
+    /// the default model unless said.
+    #[arg(long = "stand-in", value_name = "ID=NAME")]
+    pub stand_ins: Vec<String>,
     /// Sessions remembered (the ethics modal, the rate limit); the least recently seen is
     /// forgotten first. Forgetting a session deletes none of its conversations.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -167,6 +187,25 @@ pub struct ServeArgs {
 /// `--retention`: a duration, or keep forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention(pub Option<std::time::Duration>);
+
+/// `--keep-alive`: `None` never unloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive(pub Option<std::time::Duration>);
+
+/// ollama's forms: a duration (`30s`, `5m`, `1h`, or seconds alone), `0`, or a negative
+/// number for never.
+fn keep_alive(text: &str) -> Result<KeepAlive, String> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Ok(KeepAlive(None));
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(KeepAlive(Some(std::time::Duration::from_secs(seconds))));
+    }
+    humantime::parse_duration(text)
+        .map(|d| KeepAlive(Some(d)))
+        .map_err(|e| format!("`{text}`: {e} (say e.g. `30s`, `5m`, `0`, or `-1` for never)"))
+}
 
 fn retention(text: &str) -> Result<Retention, String> {
     if text == "keep" {
@@ -202,6 +241,12 @@ pub struct EngineArgs {
     /// Threads llama.cpp computes with (default: all cores).
     #[arg(long, hide = true)]
     pub threads: Option<usize>,
+    /// Fast mode: a 16-bit KV cache read by flash attention's tiled kernels, which evaluate
+    /// long prompts faster — but then an answer may depend on its batch and on the prompt
+    /// cache (the default is exact: the same answer alone, batched, or after a cached
+    /// prefix).
+    #[arg(long)]
+    pub fast: bool,
 }
 
 impl EngineArgs {
@@ -234,6 +279,12 @@ impl EngineArgs {
         config.kv_unified = self.kv_unified;
         if let Some(threads) = self.threads {
             config.threads = threads.max(1);
+        }
+        if self.fast {
+            config.fast = true;
+            if self.kv_cache.is_none() {
+                config.kv_cache = KvCache::F16;
+            }
         }
         config
     }
@@ -331,9 +382,11 @@ pub struct Global {
     /// NDJSON events on stdout (token, final with details, error) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// A GGUF model for the embedded server instead of the default one.
-    #[arg(long, global = true, value_name = "PATH")]
-    pub gguf: Option<PathBuf>,
+    /// A GGUF model (repeatable). The first one given without a name replaces the default
+    /// model (no fetch); `NAME=PATH`, and any further file (named by its stem), adds a model
+    /// that `serve` loads on its first request.
+    #[arg(long, global = true, value_name = "[NAME=]PATH")]
+    pub gguf: Vec<String>,
     /// Log each protocol step and its timing to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

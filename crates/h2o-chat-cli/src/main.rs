@@ -3,6 +3,7 @@
 //! (`h2o-chat-server`).
 
 mod batch;
+mod catalog;
 mod chat;
 mod cli;
 mod cli_error;
@@ -152,7 +153,8 @@ where
             work(h2o, model).await
         }
         None => {
-            let server = local::start(global.gguf.clone(), global.quiet, knobs).await?;
+            let gguf = catalog::default_gguf(&global.gguf)?;
+            let server = local::start(gguf, global.quiet, knobs).await?;
             let h2o = setup::client(global, &server.url(), true)?;
             let model = setup::model(global, true)?;
             let result = work(h2o, model).await;

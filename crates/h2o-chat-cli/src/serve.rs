@@ -10,15 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use h2o_chat_engine::{DeferredEngine, Engine};
 use h2o_chat_server::{
-    Bounds, LOCAL_MODEL_ID, ModelRegistry, ROUTES, Server, ServerConfig, SqliteStore, Store,
-    StoreBounds, Timeouts,
+    Bounds, ROUTES, Server, ServerConfig, SqliteStore, Store, StoreBounds, Timeouts,
 };
 
+use crate::catalog;
 use crate::cli::{Global, ServeArgs};
 use crate::cli_error::CliError;
-use crate::local;
 use crate::upstreams;
 
 /// The exit code of a serve stopped by a second signal.
@@ -30,15 +28,17 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
     let shutdown_timeout = Duration::try_from_secs_f64(args.shutdown_timeout)
         .map_err(|_| CliError::Usage("--shutdown-timeout takes a number of seconds".into()))?;
     let pool = upstreams::pool(&args.upstreams)?;
-    let (models, loading) = match &pool {
+    // Set by the first signal: a model still being fetched stops (pip is ended), so the
+    // process exits within seconds instead of waiting for the download.
+    let cancel_load = Arc::new(AtomicBool::new(false));
+    let (models, served) = match &pool {
         Some(pool) => {
             pool.spawn_health_checks();
             (upstreams::registry(pool), None)
         }
         None => {
-            let deferred = Arc::new(DeferredEngine::new(LOCAL_MODEL_ID));
-            let engine: Arc<dyn Engine> = deferred.clone();
-            (ModelRegistry::with_h2o_stand_ins(engine), Some(deferred))
+            let served = catalog::serve(&global.gguf, global.quiet, args, cancel_load.clone())?;
+            (served.registry.clone(), Some(served))
         }
     };
     let config = ServerConfig {
@@ -95,32 +95,17 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
     if pool.is_some() {
         eprintln!("gateway ready");
     }
-    // Set by the first signal: a model still being fetched stops (pip is ended), so the
-    // process exits within seconds instead of waiting for the download.
-    let cancel_load = Arc::new(AtomicBool::new(false));
-    let loader = loading.map(|deferred| {
-        let knobs = args.engine.clone();
-        let gguf = global.gguf.clone();
-        let quiet = global.quiet;
+    // The default model, and those `--preload` names, load now; the others on their first
+    // request. Each load's failure is its own model's (said once, here or in the log).
+    let loader = served.map(|served| {
+        served.fleet.spawn_keep_alive();
         let cancel = cancel_load.clone();
         tokio::task::spawn_blocking(move || {
-            match local::load_engine(gguf, quiet, &knobs, &cancel) {
-                Ok(engine) => {
-                    let config = engine.config();
-                    eprintln!(
-                        "model loaded: {} slots × {} positions, prompt cache {}, KV cache {}",
-                        config.slots,
-                        config.context_per_slot,
-                        if config.prompt_cache { "on" } else { "off" },
-                        config.kv_cache
-                    );
-                    deferred.resolve(Ok(Arc::new(engine)));
-                }
-                Err(failure) => {
-                    if !cancel.load(Ordering::Acquire) {
-                        eprintln!("h2o-chat serve: {failure}");
-                    }
-                    deferred.resolve(Err(failure.to_string()));
+            for model in std::iter::once(&served.default).chain(&served.preload) {
+                if let Err(failure) = served.fleet.preload(model)
+                    && !cancel.load(Ordering::Acquire)
+                {
+                    eprintln!("h2o-chat serve: {failure}");
                 }
             }
         })

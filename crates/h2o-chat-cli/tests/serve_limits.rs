@@ -206,3 +206,110 @@ fn a_shutdown_mid_answer_keeps_the_question_and_the_answer_so_far_for_the_next_s
     serve.signal("TERM");
     assert!(serve.exit_status(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn serve_offers_every_gguf_it_is_given_and_a_corrupt_one_fails_alone() {
+    let model = h2o_chat_cli::home::dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.is_file(), "the main job fetched the model first");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("corrupt.gguf"), b"GGUF not a model").unwrap();
+    let other = format!("other={}", model.display());
+    let serve = Serve::start(&[
+        "--gguf",
+        &other,
+        "--models-dir",
+        dir.path().to_str().unwrap(),
+        "--stand-in",
+        "falcon-7b=other",
+        "--keep-alive",
+        "-1",
+    ]);
+    let url = serve.url();
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let listed: serde_json::Value = http
+        .get(format!("{url}/v1/models"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let entry = |id: &str| {
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} is not listed: {listed}"))
+    };
+    assert_eq!(
+        entry("other")["h2o_chat"]["loaded"],
+        false,
+        "loads on demand"
+    );
+    assert_eq!(entry("corrupt")["h2o_chat"]["loaded"], false);
+    assert_eq!(
+        entry("h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v3")["h2o_chat"]["served_by"],
+        "other"
+    );
+    // The stand-in loads `other` on its first request, which waits for it.
+    let answer = |model: &str| {
+        http.post(format!("{url}/v1/chat/completions"))
+            .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(answer("falcon-7b").status().as_u16(), 200);
+    let listed: serde_json::Value = http
+        .get(format!("{url}/v1/models"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let other = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "other")
+        .unwrap()
+        .clone();
+    assert_eq!(other["h2o_chat"]["loaded"], true);
+    let broken = answer("corrupt");
+    assert_eq!(broken.status().as_u16(), 503);
+    assert!(broken.text().unwrap().contains("could not be loaded"));
+    assert_eq!(answer("smollm2").status().as_u16(), 200);
+    assert_eq!(
+        http.get(format!("{url}/health"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    serve.signal("TERM");
+}
+
+#[test]
+fn fast_mode_is_said_where_the_model_is_described() {
+    let serve = common::Serve::start_on(
+        common::free_port(),
+        &["--slots", "2", "--fast"],
+        &[],
+        "fast mode: answers may depend on the batch and the prompt cache",
+    );
+    let info: serde_json::Value = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/info", serve.url()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let backend = info["backend"].as_str().unwrap();
+    assert!(backend.contains("f16 KV cache, fast mode"), "{backend}");
+    serve.signal("TERM");
+}

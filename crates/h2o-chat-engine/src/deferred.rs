@@ -86,6 +86,10 @@ impl Engine for DeferredEngine {
         }
     }
 
+    fn is_loaded(&self) -> bool {
+        self.ready().is_ok_and(|engine| engine.is_loaded())
+    }
+
     fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
         self.ready()?.render_chat(turns)
     }

@@ -80,6 +80,11 @@ pub trait Engine: Send + Sync + 'static {
         Health::Ready
     }
 
+    /// Whether its model is in memory now (a model on demand may be unloaded while idle).
+    fn is_loaded(&self) -> bool {
+        true
+    }
+
     /// Its work so far; `None` for engines that keep no such figures (a relay, a gateway).
     fn stats(&self) -> Option<EngineStats> {
         None

@@ -17,8 +17,13 @@
 //!    system prompt and a question each, named (`user`: each scope evaluates the shared
 //!    prompt itself) and anonymous (the shared prompt is reused across them).
 //!
+//! 8. Several models: time to first token of a model's first request (its load included)
+//!    against the same request once it is loaded, and this process's RSS with one and with
+//!    two models loaded (the same GGUF under two names).
+//!
 //! `cargo bench -p h2o-chat-llama --bench serving`; `H2O_CHAT_BENCH_SECTIONS=turns` (a comma
-//! list of `latency`, `turns`, `ceiling`, `scope`, `grammar`) runs only those parts, `H2O_CHAT_BENCH_KV_CACHE=f16`
+//! list of `latency`, `turns`, `ceiling`, `scope`, `grammar`, `models`) runs only those parts;
+//! `H2O_CHAT_BENCH_FAST=1` serves in fast mode (`serve --fast`), `H2O_CHAT_BENCH_KV_CACHE=f16`
 //! serves with a 16-bit KV cache instead of the default.
 
 use h2o_chat_test_support::chat_ui;
@@ -75,6 +80,11 @@ async fn load(gguf: std::path::PathBuf, prompt_cache: bool) -> LlamaEngine {
             .and_then(|v| v.parse().ok())
         {
             config.kv_cache = kv_cache;
+        }
+        // `serve --fast`: a 16-bit cache read by flash attention's tiled kernels.
+        if std::env::var_os("H2O_CHAT_BENCH_FAST").is_some() {
+            config.fast = true;
+            config.kv_cache = h2o_chat_llama::KvCache::F16;
         }
         LlamaEngine::load(config).unwrap()
     })
@@ -209,6 +219,96 @@ async fn main() {
     if runs("grammar") {
         grammar(&gguf).await;
     }
+    if runs("models") {
+        models(&gguf).await;
+    }
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Section 8: a model's first request against a loaded one; memory with one and two models.
+async fn models(gguf: &std::path::Path) {
+    use h2o_chat_engine::{Fleet, FleetConfig};
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut one = Vec::new();
+    let mut two = Vec::new();
+    for _ in 0..ROUNDS {
+        let fleet = Fleet::new(FleetConfig {
+            keep_alive: None,
+            max_loaded: 2,
+            ..FleetConfig::default()
+        });
+        let engines: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                let gguf = gguf.to_path_buf();
+                fleet.add(
+                    name,
+                    Box::new(move || {
+                        LlamaEngine::load(LlamaConfig::new(gguf.clone(), name))
+                            .map(|e| Arc::new(e) as Arc<dyn Engine>)
+                            .map_err(|e| e.to_string())
+                    }),
+                )
+            })
+            .collect();
+        let served = engines
+            .iter()
+            .zip(["a", "b"])
+            .map(|(engine, name)| {
+                h2o_chat_server::ServedModel::new(name.into(), Vec::new(), engine.clone())
+            })
+            .collect();
+        let server = Server::new(
+            ServerConfig::default(),
+            h2o_chat_server::ModelRegistry::new(served),
+        )
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+        let url = server.url();
+        let first = |model: &'static str| {
+            let url = url.clone();
+            async move {
+                let started = Instant::now();
+                let response = http()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .json(&json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+                response.bytes().await.unwrap();
+                started.elapsed().as_secs_f64() * 1000.0
+            }
+        };
+        cold.push(first("a").await);
+        warm.push(first("a").await);
+        one.push(rss_mb());
+        first("b").await;
+        two.push(rss_mb());
+        server.shutdown();
+        server.wait().await.unwrap();
+    }
+    println!(
+        "a model's first request (load included, 1-token answer): {:.0} ms; once loaded: {:.1} ms",
+        median(cold),
+        median(warm)
+    );
+    println!(
+        "RSS of the process with one model loaded: {:.0} MB; with two: {:.0} MB (default sizing: 8 slots × 4096 positions each)",
+        median(one),
+        median(two)
+    );
 }
 
 /// A schema whose answers run long (so a constrained stream lasts as long as a free one):

@@ -35,6 +35,10 @@ pub struct LlamaConfig {
     /// How the KV caches store keys and values (and so whether flash attention runs);
     /// either way a sequence's answer does not depend on its batch or the prompt cache.
     pub kv_cache: KvCache,
+    /// Fast mode: flash attention over a 16-bit cache, whose tiled and split kernels
+    /// evaluate long prompts faster but round differently by batch shape — so an answer may
+    /// then depend on its batch and on the prompt cache. Off by default (exact).
+    pub fast: bool,
 }
 
 impl LlamaConfig {
@@ -53,6 +57,7 @@ impl LlamaConfig {
             prompt_cache: true,
             stall_timeout: Duration::from_secs(30),
             kv_cache: KvCache::default(),
+            fast: false,
         }
     }
 }

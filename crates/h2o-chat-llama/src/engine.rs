@@ -111,9 +111,14 @@ impl LlamaEngine {
         let info = EngineInfo {
             model_id: config.model_id.clone(),
             backend: format!(
-                "llama.cpp via llama-cpp-2 0.1.160, {threads} threads, {slots} slots × {context_per_slot} positions, {kv_cache} KV cache{}",
+                "llama.cpp via llama-cpp-2 0.1.160, {threads} threads, {slots} slots × {context_per_slot} positions, {kv_cache} KV cache{}{}",
                 if config.kv_unified {
                     ", unified KV"
+                } else {
+                    ""
+                },
+                if config.fast && !kv_cache.flash_attention() {
+                    ", fast mode (answers may depend on the batch and the prompt cache)"
                 } else {
                     ""
                 }

@@ -188,7 +188,9 @@ impl<'m> Scheduler<'m> {
             .with_type_k(config.kv_cache.llama_type())
             .with_type_v(config.kv_cache.llama_type())
             // llama.cpp's LLAMA_FLASH_ATTN_TYPE_ENABLED / _DISABLED.
-            .with_flash_attention_policy(i32::from(config.kv_cache.flash_attention()))
+            .with_flash_attention_policy(i32::from(
+                config.kv_cache.flash_attention() || config.fast,
+            ))
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let context = match model.new_context(backend, params) {

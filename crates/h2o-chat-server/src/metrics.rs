@@ -12,7 +12,8 @@
 //! - Per model engine, read at scrape time: `h2o_chat_slots`, `h2o_chat_slots_busy`,
 //!   `h2o_chat_queue_depth`, `h2o_chat_prompt_tokens_evaluated_total`,
 //!   `h2o_chat_prompt_tokens_cached_total`, `h2o_chat_generated_tokens_total`,
-//!   `h2o_chat_batches_total`, `h2o_chat_prefill_first_steps_total`, `h2o_chat_engine_ready`.
+//!   `h2o_chat_batches_total`, `h2o_chat_prefill_first_steps_total`, `h2o_chat_engine_ready`,
+//!   `h2o_chat_model_loaded`.
 //!
 //! - Anything else registered with [`Metrics::register`]: a gateway's per-upstream figures
 //!   (`h2o-chat-gateway`).
@@ -232,6 +233,10 @@ const ENGINE_METRICS: &[(&str, &str)] = &[
     ("h2o_chat_batches_total", "Decode steps run."),
     ("h2o_chat_engine_ready", "1 when the engine takes requests."),
     (
+        "h2o_chat_model_loaded",
+        "1 when the model is in memory (a model on demand unloads when idle).",
+    ),
+    (
         "h2o_chat_prefill_first_steps_total",
         "Steps given to finishing a newcomer's prompt alone (the running slots waited one step).",
     ),
@@ -273,11 +278,12 @@ impl Collector for EngineCollector {
         let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["model"]);
         let counter =
             |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["model"]);
-        let (Ok(slots), Ok(busy), Ok(queued), Ok(ready)) = (
+        let (Ok(slots), Ok(busy), Ok(queued), Ok(ready), Ok(loaded)) = (
             gauge(ENGINE_METRICS[0].0, ENGINE_METRICS[0].1),
             gauge(ENGINE_METRICS[1].0, ENGINE_METRICS[1].1),
             gauge(ENGINE_METRICS[2].0, ENGINE_METRICS[2].1),
             gauge(ENGINE_METRICS[7].0, ENGINE_METRICS[7].1),
+            gauge(ENGINE_METRICS[8].0, ENGINE_METRICS[8].1),
         ) else {
             return Vec::new();
         };
@@ -286,7 +292,7 @@ impl Collector for EngineCollector {
             counter(ENGINE_METRICS[4].0, ENGINE_METRICS[4].1),
             counter(ENGINE_METRICS[5].0, ENGINE_METRICS[5].1),
             counter(ENGINE_METRICS[6].0, ENGINE_METRICS[6].1),
-            counter(ENGINE_METRICS[8].0, ENGINE_METRICS[8].1),
+            counter(ENGINE_METRICS[9].0, ENGINE_METRICS[9].1),
         ) else {
             return Vec::new();
         };
@@ -301,6 +307,9 @@ impl Collector for EngineCollector {
             ready
                 .with_label_values(&labels)
                 .set(i64::from(engine.health() == Health::Ready));
+            loaded
+                .with_label_values(&labels)
+                .set(i64::from(engine.is_loaded()));
             evaluated
                 .with_label_values(&labels)
                 .inc_by(stats.prompt_tokens_evaluated);
@@ -326,6 +335,7 @@ impl Collector for EngineCollector {
             &batches,
             &prefill_first,
             &ready,
+            &loaded,
         ] {
             families.extend(collector.collect());
         }

@@ -20,23 +20,30 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// 200 `{"status":"ok"}` when every served model's engine takes requests; 503 with the
-/// reason while one is loading, failed, or the server is shutting down.
+/// 200 `{"status":"ok"}` while the server can answer: its default model takes requests
+/// (loaded, or loadable on demand). Every model is listed with its state (`ready`,
+/// `loading`, `failed: reason`) and whether it is in memory; one that failed to load is
+/// reported there without failing the server. 503 with the reason while the default model
+/// is loading or failed, or the server is shutting down.
 pub async fn health(State(state): State<AppState>) -> Response {
     if state.shutdown().is_draining() {
         return unavailable("shutting down", None);
     }
-    let mut models = Vec::new();
-    let mut worst: Option<(String, Health)> = None;
-    for model in state.models().all() {
-        let health = model.engine.health();
-        models.push(json!({"id": model.id, "status": describe(&health)}));
-        if health != Health::Ready && worst.is_none() {
-            worst = Some((model.id.clone(), health));
-        }
-    }
-    match worst {
-        None => (
+    let models: Vec<serde_json::Value> = state
+        .models()
+        .all()
+        .iter()
+        .map(|model| {
+            json!({
+                "id": model.id,
+                "status": describe(&model.engine.health()),
+                "loaded": model.engine.is_loaded(),
+            })
+        })
+        .collect();
+    let default = state.models().default_model();
+    match default.map(|m| (m.id.clone(), m.engine.health())) {
+        Some((_, Health::Ready)) => (
             StatusCode::OK,
             axum::Json(json!({"status": "ok", "models": models})),
         )
@@ -44,6 +51,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         Some((id, health)) => {
             unavailable(&format!("{id}: {}", describe(&health)), Some(json!(models)))
         }
+        None => unavailable("no model is served", Some(json!(models))),
     }
 }
 

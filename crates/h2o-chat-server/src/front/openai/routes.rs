@@ -37,6 +37,7 @@ pub async fn models(State(state): State<AppState>) -> Response {
             },
             h2o_chat: ModelOrigin {
                 stand_in: m.stand_in,
+                loaded: m.engine.is_loaded(),
                 served_by: m.engine.info().model_id,
                 aliases: m.aliases.clone(),
             },

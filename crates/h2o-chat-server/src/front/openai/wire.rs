@@ -385,6 +385,8 @@ pub struct Model {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelOrigin {
     pub stand_in: bool,
+    /// Whether the model is in memory now (others load on their first request).
+    pub loaded: bool,
     pub served_by: String,
     pub aliases: Vec<String>,
 }

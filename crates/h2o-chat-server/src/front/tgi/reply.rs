@@ -23,6 +23,7 @@ pub fn info(state: &AppState) -> Option<Value> {
                 "stand_in": m.stand_in,
                 "served_by": info.model_id,
                 "backend": info.backend,
+                "loaded": m.engine.is_loaded(),
                 "parameters": m.parameters(),
             })
         })

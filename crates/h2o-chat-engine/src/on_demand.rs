@@ -1,0 +1,583 @@
+//! Several models on one server, each loaded on its first request and unloaded when idle —
+//! as ollama and llama.cpp's router serve every model a user has from one address.
+//!
+//! A [`Fleet`] holds the models; each is an [`Engine`] ([`OnDemand`]) the server serves like
+//! any other. Its first request that needs the model (preparing a prompt needs its template
+//! and tokenizer) loads it — that request waits, within [`FleetConfig::wait`], and so do
+//! others that arrive meanwhile — unless it was loaded at start ([`Fleet::preload`]). A
+//! model idle for [`FleetConfig::keep_alive`] is unloaded (its memory given back); before a
+//! load, when [`FleetConfig::max_loaded`] models are loaded, the least recently used idle one
+//! is unloaded to make room. A model with requests running is never unloaded: a load that
+//! finds no idle model to unload waits for one, then fails as overloaded. A model that cannot
+//! load fails its own requests with the reason, and the others keep serving.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use h2o_chat_engine::{Engine, Fleet, FleetConfig, Script, ScriptedEngine};
+//!
+//! let fleet = Fleet::new(FleetConfig { keep_alive: Some(Duration::from_secs(300)), max_loaded: 1, ..FleetConfig::default() });
+//! let a = fleet.add("a", Box::new(|| Ok(Arc::new(ScriptedEngine::new(Script::default())) as Arc<dyn Engine>)));
+//! let b = fleet.add("b", Box::new(|| Ok(Arc::new(ScriptedEngine::new(Script::default())) as Arc<dyn Engine>)));
+//! assert!(!a.is_loaded());
+//! a.render_chat(&[]).unwrap();      // loads a
+//! assert!(a.is_loaded());
+//! b.render_chat(&[]).unwrap();      // one at most: a (idle) makes room for b
+//! assert!(!a.is_loaded() && b.is_loaded());
+//! ```
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::constraint::Constraint;
+use crate::engine::{Engine, EngineInfo, EngineStats, Generation, Health};
+use crate::error::EngineError;
+use crate::prompt::{ChatTurn, Prompt};
+use crate::request::{GenerationRequest, Tokenized};
+
+/// Loads one model (fetching it first if need be): the engine, or why not.
+pub type Loader = Box<dyn Fn() -> Result<Arc<dyn Engine>, String> + Send + Sync>;
+
+/// How a fleet keeps its models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Idle time after which a model is unloaded; `None` never unloads. Zero unloads a
+    /// model as soon as its last request ends (within [`GRACE`]).
+    pub keep_alive: Option<Duration>,
+    /// Models loaded at once.
+    pub max_loaded: usize,
+    /// How long a request waits for its model to load, or for room to load it.
+    pub wait: Duration,
+}
+
+impl Default for FleetConfig {
+    /// ollama's five minutes, three models, two minutes' wait.
+    fn default() -> Self {
+        FleetConfig {
+            keep_alive: Some(Duration::from_secs(300)),
+            max_loaded: 3,
+            wait: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A model used this recently is not unloaded, whatever its keep-alive: the request that
+/// just prepared its prompt is about to start it.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// Where a model stands.
+enum State {
+    Unloaded,
+    Loading,
+    Loaded(Arc<dyn Engine>),
+    Failed(String),
+}
+
+struct Member {
+    name: String,
+    /// Shared, so that it is called without the fleet's lock.
+    loader: Arc<dyn Fn() -> Result<Arc<dyn Engine>, String> + Send + Sync>,
+    state: State,
+    last_used: Instant,
+    in_flight: usize,
+    /// What the model said of itself when last loaded (its limits stay known unloaded).
+    info: Option<EngineInfo>,
+}
+
+/// The models and what the fleet remembers of them. See the module docs.
+pub struct Fleet {
+    config: FleetConfig,
+    members: Mutex<Vec<Member>>,
+    changed: Condvar,
+}
+
+/// One model of a fleet, as an [`Engine`].
+pub struct OnDemand {
+    fleet: Arc<Fleet>,
+    index: usize,
+}
+
+impl Fleet {
+    pub fn new(config: FleetConfig) -> Arc<Fleet> {
+        Arc::new(Fleet {
+            config,
+            members: Mutex::new(Vec::new()),
+            changed: Condvar::new(),
+        })
+    }
+
+    pub fn config(&self) -> FleetConfig {
+        self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Member>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A model named `name`, loaded by `loader` when first needed.
+    pub fn add(self: &Arc<Self>, name: impl Into<String>, loader: Loader) -> Arc<OnDemand> {
+        let mut members = self.lock();
+        members.push(Member {
+            name: name.into(),
+            loader: Arc::from(loader),
+            state: State::Unloaded,
+            last_used: Instant::now(),
+            in_flight: 0,
+            info: None,
+        });
+        Arc::new(OnDemand {
+            fleet: self.clone(),
+            index: members.len() - 1,
+        })
+    }
+
+    /// Loads a model now (at start: `--preload`); its failure is its own.
+    pub fn preload(&self, model: &OnDemand) -> Result<(), EngineError> {
+        self.acquire(model.index).map(drop)
+    }
+
+    /// The model's engine, loading it first if need be (blocking; see the module docs).
+    fn acquire(&self, index: usize) -> Result<Arc<dyn Engine>, EngineError> {
+        let deadline = Instant::now() + self.config.wait;
+        let mut members = self.lock();
+        loop {
+            let member = &mut members[index];
+            match &member.state {
+                State::Loaded(engine) => {
+                    member.last_used = Instant::now();
+                    return Ok(engine.clone());
+                }
+                State::Failed(reason) => {
+                    return Err(EngineError::Stopped(format!(
+                        "{} could not be loaded: {reason}",
+                        member.name
+                    )));
+                }
+                State::Loading => {
+                    let name = member.name.clone();
+                    members =
+                        self.wait(members, deadline, || format!("{name} is still loading"))?;
+                }
+                State::Unloaded => {
+                    let busy = members
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, m)| {
+                            *i != index && matches!(m.state, State::Loaded(_) | State::Loading)
+                        })
+                        .count();
+                    if busy >= self.config.max_loaded.max(1) {
+                        match least_recently_used_idle(&members, index) {
+                            Some(victim) => {
+                                let engine = unload(&mut members[victim]);
+                                drop(members);
+                                drop(engine);
+                                members = self.lock();
+                            }
+                            // Looked at again when a request ends, or when a recently used
+                            // model's grace has passed.
+                            None => {
+                                members =
+                                    self.wait_at_most(members, deadline, GRACE / 4, || {
+                                        "every loaded model is busy; none can make room".to_string()
+                                    })?;
+                            }
+                        }
+                        continue;
+                    }
+                    members[index].state = State::Loading;
+                    let name = members[index].name.clone();
+                    let loader = members[index].loader.clone();
+                    tracing::info!(model = %name, "loading the model for its first request");
+                    let started = Instant::now();
+                    // Loaded without the fleet's lock: the other models keep serving.
+                    drop(members);
+                    let loaded = loader();
+                    members = self.lock();
+                    let member = &mut members[index];
+                    match loaded {
+                        Ok(engine) => {
+                            member.info = Some(engine.info());
+                            member.last_used = Instant::now();
+                            member.state = State::Loaded(engine);
+                            tracing::info!(model = %name, load_ms = started.elapsed().as_millis(), "model loaded");
+                        }
+                        Err(reason) => {
+                            tracing::error!(model = %name, %reason, "the model could not be loaded");
+                            member.state = State::Failed(reason);
+                        }
+                    }
+                    self.changed.notify_all();
+                }
+            }
+        }
+    }
+
+    /// Waits for any change until `deadline`; the error `why` describes past it.
+    fn wait<'a>(
+        &'a self,
+        members: MutexGuard<'a, Vec<Member>>,
+        deadline: Instant,
+        why: impl FnOnce() -> String,
+    ) -> Result<MutexGuard<'a, Vec<Member>>, EngineError> {
+        self.wait_at_most(members, deadline, Duration::MAX, why)
+    }
+
+    /// The same, waking after `step` at the latest.
+    fn wait_at_most<'a>(
+        &'a self,
+        members: MutexGuard<'a, Vec<Member>>,
+        deadline: Instant,
+        step: Duration,
+        why: impl FnOnce() -> String,
+    ) -> Result<MutexGuard<'a, Vec<Member>>, EngineError> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(EngineError::Stopped(why()));
+        }
+        let (members, _) = self
+            .changed
+            .wait_timeout(members, (deadline - now).min(step))
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(members)
+    }
+
+    /// Unloads the models idle past their keep-alive (see [`Fleet::spawn_keep_alive`]).
+    pub fn unload_idle(&self) -> usize {
+        let Some(keep_alive) = self.config.keep_alive else {
+            return 0;
+        };
+        let keep_alive = keep_alive.max(GRACE);
+        let now = Instant::now();
+        let mut members = self.lock();
+        let mut unloaded = Vec::new();
+        for member in members.iter_mut() {
+            if matches!(member.state, State::Loaded(_))
+                && member.in_flight == 0
+                && now.duration_since(member.last_used) >= keep_alive
+            {
+                tracing::info!(model = %member.name, "unloading the model (idle)");
+                unloaded.extend(unload(member));
+            }
+        }
+        let count = unloaded.len();
+        if count > 0 {
+            self.changed.notify_all();
+        }
+        drop(members);
+        drop(unloaded);
+        count
+    }
+
+    /// Checks the keep-alives every quarter second, for as long as the fleet lives.
+    pub fn spawn_keep_alive(self: &Arc<Self>) {
+        if self.config.keep_alive.is_none() {
+            return;
+        }
+        let fleet: Weak<Fleet> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("h2o-chat-keep-alive".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let Some(fleet) = fleet.upgrade() else { return };
+                    fleet.unload_idle();
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!(%err, "cannot start the keep-alive thread: models stay loaded");
+        }
+    }
+
+    /// How many models are loaded now.
+    pub fn loaded(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|m| matches!(m.state, State::Loaded(_)))
+            .count()
+    }
+
+    fn finished(&self, index: usize) {
+        let mut members = self.lock();
+        let member = &mut members[index];
+        member.in_flight = member.in_flight.saturating_sub(1);
+        member.last_used = Instant::now();
+        self.changed.notify_all();
+    }
+}
+
+/// Unloads a member: its engine, to be dropped once the lock is released.
+fn unload(member: &mut Member) -> Option<Arc<dyn Engine>> {
+    match std::mem::replace(&mut member.state, State::Unloaded) {
+        State::Loaded(engine) => Some(engine),
+        other => {
+            member.state = other;
+            None
+        }
+    }
+}
+
+/// The loaded model, other than `except`, idle and least recently used.
+fn least_recently_used_idle(members: &[Member], except: usize) -> Option<usize> {
+    let now = Instant::now();
+    members
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| {
+            *i != except
+                && matches!(m.state, State::Loaded(_))
+                && m.in_flight == 0
+                && now.duration_since(m.last_used) >= GRACE
+        })
+        .min_by_key(|(_, m)| m.last_used)
+        .map(|(i, _)| i)
+}
+
+impl OnDemand {
+    /// Whether the model is loaded now.
+    pub fn is_loaded(&self) -> bool {
+        matches!(self.fleet.lock()[self.index].state, State::Loaded(_))
+    }
+
+    /// Its engine if loaded now, without counting as a use (`/metrics` reads it).
+    fn peek(&self) -> Option<Arc<dyn Engine>> {
+        match &self.fleet.lock()[self.index].state {
+            State::Loaded(engine) => Some(engine.clone()),
+            _ => None,
+        }
+    }
+
+    /// Its engine if loaded now (never loads: for callers on the async runtime).
+    fn loaded_now(&self) -> Option<Arc<dyn Engine>> {
+        let mut members = self.fleet.lock();
+        let member = &mut members[self.index];
+        match &member.state {
+            State::Loaded(engine) => {
+                member.last_used = Instant::now();
+                Some(engine.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn engine(&self) -> Result<Arc<dyn Engine>, EngineError> {
+        self.fleet.acquire(self.index)
+    }
+}
+
+impl Engine for OnDemand {
+    fn info(&self) -> EngineInfo {
+        let members = self.fleet.lock();
+        let member = &members[self.index];
+        if let State::Loaded(engine) = &member.state {
+            return engine.info();
+        }
+        let mut info = member.info.clone().unwrap_or_else(|| EngineInfo {
+            model_id: member.name.clone(),
+            backend: String::new(),
+            compute_type: "cpu+llama.cpp".into(),
+            dtype: "gguf".into(),
+            device: "cpu".into(),
+            context_length: 0,
+            slots: 0,
+            batch_total_tokens: 0,
+        });
+        info.backend = match &member.state {
+            State::Failed(reason) => format!("failed to load: {reason}"),
+            State::Loading => "loading".into(),
+            _ => "not loaded: loads on its first request".into(),
+        };
+        info
+    }
+
+    /// Ready while it can answer: loaded, or loadable on demand.
+    fn health(&self) -> Health {
+        let members = self.fleet.lock();
+        match &members[self.index].state {
+            State::Loaded(engine) => engine.health(),
+            State::Unloaded => Health::Ready,
+            State::Loading => Health::Loading,
+            State::Failed(reason) => Health::Failed(reason.clone()),
+        }
+    }
+
+    /// The loaded engine's figures; zeros while unloaded (a reloaded model counts anew).
+    /// Reading them is not a use: a scraped model still unloads when idle.
+    fn stats(&self) -> Option<EngineStats> {
+        Some(
+            self.peek()
+                .and_then(|engine| engine.stats())
+                .unwrap_or_default(),
+        )
+    }
+
+    fn is_loaded(&self) -> bool {
+        OnDemand::is_loaded(self)
+    }
+
+    fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
+        self.engine()?.render_chat(turns)
+    }
+
+    fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
+        self.engine()?.tokenize(prompt)
+    }
+
+    fn detokenize(&self, ids: &[u32]) -> Option<String> {
+        self.loaded_now()?.detokenize(ids)
+    }
+
+    fn check_constraint(&self, constraint: &Constraint) -> Result<(), EngineError> {
+        self.engine()?.check_constraint(constraint)
+    }
+
+    /// Starts on the loaded model (the request's preparation loaded it), counted in flight
+    /// until its events end, so that it is never unloaded under a running request.
+    fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| EngineError::Stopped("a model on demand needs a tokio runtime".into()))?;
+        let engine = {
+            let mut members = self.fleet.lock();
+            let member = &mut members[self.index];
+            let State::Loaded(engine) = &member.state else {
+                return Err(EngineError::Stopped(format!(
+                    "{} was unloaded before its request started; try again",
+                    member.name
+                )));
+            };
+            let engine = engine.clone();
+            member.in_flight += 1;
+            member.last_used = Instant::now();
+            engine
+        };
+        let in_flight = InFlight {
+            fleet: self.fleet.clone(),
+            index: self.index,
+        };
+        let mut inner = match engine.start(request) {
+            Ok(generation) => generation.events,
+            Err(err) => return Err(err),
+        };
+        let (sender, events) = mpsc::channel(64);
+        runtime.spawn(async move {
+            let _in_flight = in_flight;
+            loop {
+                let event = tokio::select! {
+                    event = inner.recv() => event,
+                    () = sender.closed() => return,
+                };
+                let Some(event) = event else { return };
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Generation { events })
+    }
+}
+
+/// A request running on a model: ends its count when dropped.
+struct InFlight {
+    fleet: Arc<Fleet>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.fleet.finished(self.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripted::{Script, ScriptGate, ScriptedEngine};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn counted_loader(loads: Arc<AtomicUsize>, script: Script) -> Loader {
+        Box::new(move || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(Arc::new(ScriptedEngine::new(script.clone())) as Arc<dyn Engine>)
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_model_is_never_unloaded_to_make_room() {
+        let fleet = Fleet::new(FleetConfig {
+            keep_alive: None,
+            max_loaded: 1,
+            wait: Duration::from_millis(300),
+        });
+        let gate = ScriptGate::new();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let script = Script {
+            gate: Some(gate.clone()),
+            ..Script::default()
+        };
+        let a = fleet.add("a", counted_loader(loads.clone(), script));
+        let b = fleet.add("b", counted_loader(loads.clone(), Script::default()));
+        a.render_chat(&[]).unwrap();
+        let running = a
+            .start(GenerationRequest::new(Prompt::raw("Hi"), 4))
+            .unwrap();
+        // b cannot load: a is busy, and one model at most is loaded.
+        let refused = tokio::task::spawn_blocking({
+            let b = b.clone();
+            move || b.render_chat(&[])
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(refused, Err(EngineError::Stopped(ref m)) if m.contains("busy")),
+            "{refused:?}"
+        );
+        assert!(a.is_loaded() && !b.is_loaded());
+        // Once a's request ends (and the grace passes), b loads in a's place.
+        gate.release(100);
+        drop(running);
+        std::thread::sleep(GRACE + Duration::from_millis(100));
+        let loaded = tokio::task::spawn_blocking({
+            let b = b.clone();
+            move || b.render_chat(&[]).map(drop)
+        })
+        .await
+        .unwrap();
+        assert!(loaded.is_ok(), "{loaded:?}");
+        assert!(!a.is_loaded() && b.is_loaded());
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn idle_models_unload_after_their_keep_alive_and_load_again_when_asked() {
+        let fleet = Fleet::new(FleetConfig {
+            keep_alive: Some(Duration::ZERO),
+            ..FleetConfig::default()
+        });
+        let loads = Arc::new(AtomicUsize::new(0));
+        let a = fleet.add("a", counted_loader(loads.clone(), Script::default()));
+        a.render_chat(&[]).unwrap();
+        assert_eq!(fleet.unload_idle(), 0, "within the grace");
+        std::thread::sleep(GRACE + Duration::from_millis(50));
+        assert_eq!(fleet.unload_idle(), 1);
+        assert!(!a.is_loaded());
+        a.render_chat(&[]).unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_model_that_cannot_load_fails_only_its_own_requests() {
+        let fleet = Fleet::new(FleetConfig::default());
+        let broken = fleet.add("broken", Box::new(|| Err("not a GGUF".into())));
+        let fine = fleet.add(
+            "fine",
+            counted_loader(Arc::new(AtomicUsize::new(0)), Script::default()),
+        );
+        let err = broken.render_chat(&[]).unwrap_err();
+        assert!(err.to_string().contains("not a GGUF"), "{err}");
+        assert!(matches!(broken.health(), Health::Failed(_)));
+        assert!(fine.render_chat(&[]).is_ok());
+        assert_eq!(fine.health(), Health::Ready);
+    }
+}
