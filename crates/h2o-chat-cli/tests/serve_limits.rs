@@ -183,7 +183,8 @@ fn a_shutdown_mid_answer_keeps_the_question_and_the_answer_so_far_for_the_next_s
         "{}",
         &seen[seen.len().saturating_sub(300)..]
     );
-    assert!(serve.exit_status(Duration::from_secs(30)).success());
+    let status = serve.exit_status(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
 
     let serve = Serve::start(&["--db", db]);
     let stored: serde_json::Value = browser

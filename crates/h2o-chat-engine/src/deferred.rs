@@ -86,6 +86,10 @@ impl Engine for DeferredEngine {
         }
     }
 
+    fn load(&self) -> Result<(), EngineError> {
+        self.ready()?.load()
+    }
+
     fn is_loaded(&self) -> bool {
         self.ready().is_ok_and(|engine| engine.is_loaded())
     }

@@ -90,6 +90,13 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// Makes the model ready to take a request, loading it if it is not in memory (a model
+    /// on demand); blocking, within the engine's own bound. Async callers run it off their
+    /// runtime, before anything that needs the model.
+    fn load(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Renders a conversation with the model's own chat template, ending with the open
     /// assistant turn. Message text becomes [`crate::Piece::Content`].
     fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError>;

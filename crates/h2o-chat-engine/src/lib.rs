@@ -48,7 +48,7 @@ pub use deferred::DeferredEngine;
 pub use engine::{Cleanup, Engine, EngineInfo, EngineStats, Generation, Health};
 pub use error::EngineError;
 pub use h2o_chat_protocol::{FinishReason, Token};
-pub use on_demand::{Fleet, FleetConfig, GRACE, Loader, OnDemand};
+pub use on_demand::{Fleet, FleetConfig, GRACE, Loader, OnDemand, RETRY_FAILED};
 pub use prompt::{ChatTurn, Piece, Prompt, chatml};
 pub use request::{
     CacheScope, Finish, GenerationEvent, GenerationFailure, GenerationRequest, SamplingParams,

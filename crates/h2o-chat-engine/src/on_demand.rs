@@ -9,7 +9,8 @@
 //! load, when [`FleetConfig::max_loaded`] models are loaded, the least recently used idle one
 //! is unloaded to make room. A model with requests running is never unloaded: a load that
 //! finds no idle model to unload waits for one, then fails as overloaded. A model that cannot
-//! load fails its own requests with the reason, and the others keep serving.
+//! load fails its own requests with the reason (and is tried again after [`RETRY_FAILED`]),
+//! and the others keep serving.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -72,8 +73,13 @@ enum State {
     Unloaded,
     Loading,
     Loaded(Arc<dyn Engine>),
-    Failed(String),
+    /// Why it could not load, and when: tried again after [`RETRY_FAILED`].
+    Failed(String, Instant),
 }
+
+/// How long a model that failed to load answers with its failure before it is tried again
+/// (a download or memory shortage may pass; a corrupt file fails again, cheaply).
+pub const RETRY_FAILED: Duration = Duration::from_secs(30);
 
 struct Member {
     name: String,
@@ -149,7 +155,10 @@ impl Fleet {
                     member.last_used = Instant::now();
                     return Ok(engine.clone());
                 }
-                State::Failed(reason) => {
+                State::Failed(_, at) if at.elapsed() >= RETRY_FAILED => {
+                    member.state = State::Unloaded;
+                }
+                State::Failed(reason, _) => {
                     return Err(EngineError::Stopped(format!(
                         "{} could not be loaded: {reason}",
                         member.name
@@ -179,6 +188,10 @@ impl Fleet {
                             // Looked at again when a request ends, or when a recently used
                             // model's grace has passed.
                             None => {
+                                if Instant::now() >= deadline {
+                                    tracing::warn!(model = %members[index].name, "every loaded model is busy; none can make room");
+                                    return Err(EngineError::Overloaded);
+                                }
                                 members =
                                     self.wait_at_most(members, deadline, GRACE / 4, || {
                                         "every loaded model is busy; none can make room".to_string()
@@ -194,7 +207,9 @@ impl Fleet {
                     let started = Instant::now();
                     // Loaded without the fleet's lock: the other models keep serving.
                     drop(members);
-                    let loaded = loader();
+                    let loaded =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader()))
+                            .unwrap_or_else(|_| Err("the loader panicked".into()));
                     members = self.lock();
                     let member = &mut members[index];
                     match loaded {
@@ -206,7 +221,7 @@ impl Fleet {
                         }
                         Err(reason) => {
                             tracing::error!(model = %name, %reason, "the model could not be loaded");
-                            member.state = State::Failed(reason);
+                            member.state = State::Failed(reason, Instant::now());
                         }
                     }
                     self.changed.notify_all();
@@ -385,7 +400,7 @@ impl Engine for OnDemand {
             batch_total_tokens: 0,
         });
         info.backend = match &member.state {
-            State::Failed(reason) => format!("failed to load: {reason}"),
+            State::Failed(reason, _) => format!("failed to load: {reason}"),
             State::Loading => "loading".into(),
             _ => "not loaded: loads on its first request".into(),
         };
@@ -399,7 +414,7 @@ impl Engine for OnDemand {
             State::Loaded(engine) => engine.health(),
             State::Unloaded => Health::Ready,
             State::Loading => Health::Loading,
-            State::Failed(reason) => Health::Failed(reason.clone()),
+            State::Failed(reason, _) => Health::Failed(reason.clone()),
         }
     }
 
@@ -415,6 +430,10 @@ impl Engine for OnDemand {
 
     fn is_loaded(&self) -> bool {
         OnDemand::is_loaded(self)
+    }
+
+    fn load(&self) -> Result<(), EngineError> {
+        self.engine().map(drop)
     }
 
     fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
@@ -530,7 +549,7 @@ mod tests {
         .await
         .unwrap();
         assert!(
-            matches!(refused, Err(EngineError::Stopped(ref m)) if m.contains("busy")),
+            matches!(refused, Err(EngineError::Overloaded)),
             "{refused:?}"
         );
         assert!(a.is_loaded() && !b.is_loaded());
@@ -564,6 +583,24 @@ mod tests {
         assert!(!a.is_loaded());
         a.render_chat(&[]).unwrap();
         assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_loader_that_panics_fails_its_model_instead_of_leaving_it_loading() {
+        let fleet = Fleet::new(FleetConfig {
+            max_loaded: 1,
+            ..FleetConfig::default()
+        });
+        let broken = fleet.add("broken", Box::new(|| panic!("the GGUF reader fell over")));
+        let fine = fleet.add(
+            "fine",
+            counted_loader(Arc::new(AtomicUsize::new(0)), Script::default()),
+        );
+        let err = broken.render_chat(&[]).unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        // Not stuck "loading": it holds no place, and the other model loads at once.
+        assert!(matches!(broken.health(), Health::Failed(_)));
+        assert!(fine.render_chat(&[]).is_ok());
     }
 
     #[test]

@@ -16,7 +16,7 @@
 /// Query parameters whose values are secrets, by a part of their name (case-insensitive).
 const SECRET_PARAMETERS: [&str; 6] = ["key", "token", "secret", "password", "auth", "sig"];
 
-/// Where a URL inside a text ends.
+/// Where a URL inside a text ends, where no secret can be cut short by it.
 fn ends_url(c: char) -> bool {
     c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | '<' | ',' | ']' | '`')
 }
@@ -26,45 +26,91 @@ pub fn credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        let end = after.find(ends_url).unwrap_or(after.len());
-        let (url, tail) = after.split_at(end);
-        out.push_str(&redact_url_tail(url));
-        rest = tail;
+        out.push_str(&rest[..at + 3]);
+        rest = &rest[at + 3..];
+        // User information may hold any character but these: the authority ends at the
+        // first of them, and everything before its last `@` is a credential.
+        let authority_end = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&rest[at..authority_end]);
+                rest = &rest[authority_end..];
+            }
+            None => {
+                let end = rest[..authority_end]
+                    .find(ends_url)
+                    .unwrap_or(authority_end);
+                out.push_str(&rest[..end]);
+                rest = &rest[end..];
+                if end < authority_end {
+                    continue;
+                }
+            }
+        }
+        rest = redact_path(rest, &mut out);
     }
     out.push_str(rest);
     out
 }
 
-/// One URL after its `scheme://`.
-fn redact_url_tail(url: &str) -> String {
-    let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
-    let (authority, path) = url.split_at(authority_end);
-    let mut out = match authority.rfind('@') {
-        Some(at) => format!("***{}", &authority[at..]),
-        None => authority.to_string(),
-    };
-    let Some(query_start) = path.find('?') else {
-        out.push_str(path);
-        return out;
-    };
-    let (path, query) = path.split_at(query_start + 1);
-    out.push_str(path);
-    let (query, fragment) = match query.find('#') {
-        Some(at) => query.split_at(at),
-        None => (query, ""),
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if is_secret(name) => format!("{name}=***"),
-            _ => pair.to_string(),
-        })
-        .collect();
-    out.push_str(&pairs.join("&"));
-    out.push_str(fragment);
-    out
+/// The path and query of a URL (up to where it ends), with secret query values masked;
+/// returns what follows the URL.
+fn redact_path<'a>(rest: &'a str, out: &mut String) -> &'a str {
+    let path_end = rest
+        .find(|c: char| c == '?' || ends_url(c))
+        .unwrap_or(rest.len());
+    out.push_str(&rest[..path_end]);
+    let mut rest = &rest[path_end..];
+    if !rest.starts_with('?') {
+        return rest;
+    }
+    out.push('?');
+    rest = &rest[1..];
+    loop {
+        let name_end = rest
+            .find(|c: char| matches!(c, '=' | '&' | '#') || ends_url(c))
+            .unwrap_or(rest.len());
+        let name = &rest[..name_end];
+        out.push_str(name);
+        rest = &rest[name_end..];
+        if let Some(after) = rest.strip_prefix('=') {
+            out.push('=');
+            // A secret's value ends only where the query does, so no separator a URL
+            // leaves unencoded (`,`, `)`) shows a piece of it.
+            let value_end = if is_secret(name) {
+                after
+                    .find(|c: char| matches!(c, '&' | '#') || c.is_whitespace())
+                    .unwrap_or(after.len())
+            } else {
+                after
+                    .find(|c: char| matches!(c, '&' | '#') || ends_url(c))
+                    .unwrap_or(after.len())
+            };
+            if is_secret(name) {
+                out.push_str("***");
+            } else {
+                out.push_str(&after[..value_end]);
+            }
+            rest = &after[value_end..];
+        }
+        match rest.strip_prefix('&') {
+            Some(next) => {
+                out.push('&');
+                rest = next;
+            }
+            None => break,
+        }
+    }
+    if let Some(fragment) = rest.strip_prefix('#') {
+        let end = fragment.find(ends_url).unwrap_or(fragment.len());
+        out.push('#');
+        out.push_str(&fragment[..end]);
+        rest = &fragment[end..];
+    }
+    rest
 }
 
 fn is_secret(name: &str) -> bool {
@@ -92,6 +138,15 @@ mod tests {
         );
         // An @ in the path is not user information.
         assert_eq!(credentials("http://h/a@b"), "http://h/a@b");
+        // Separators a URL leaves unencoded never cut a secret short.
+        assert_eq!(
+            credentials("for url (http://user:p)ss,x@127.0.0.1:9/v1)"),
+            "for url (http://***@127.0.0.1:9/v1)"
+        );
+        assert_eq!(
+            credentials("(http://h/?api_key=ab,cd)&more=1"),
+            "(http://h/?api_key=***&more=1"
+        );
         assert_eq!(credentials("no url here"), "no url here");
     }
 }

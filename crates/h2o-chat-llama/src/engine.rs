@@ -33,7 +33,11 @@ pub struct LlamaEngine {
     model: Arc<LlamaModel>,
     vocabulary: Arc<Vocabulary>,
     grammars: Arc<Grammars>,
-    jobs: mpsc::Sender<Job>,
+    /// `None` once dropping: the scheduler then ends.
+    jobs: Option<mpsc::Sender<Job>>,
+    /// The scheduler thread, joined when the engine is dropped (unloaded, or at exit), so
+    /// that no llama.cpp work outlives the model and its context.
+    scheduler: Option<std::thread::JoinHandle<()>>,
     shared: Arc<Shared>,
     info: EngineInfo,
     /// The knobs as they run (sized to the machine and the model).
@@ -94,15 +98,15 @@ impl LlamaEngine {
         let shared = Arc::new(Shared::new(slots));
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, created) = mpsc::sync_channel::<Result<(), String>>(1);
-        {
+        let scheduler = {
             let model = model.clone();
             let shared = shared.clone();
             let config = config.clone();
             std::thread::Builder::new()
                 .name("h2o-chat-scheduler".into())
                 .spawn(move || Scheduler::run(model, backend, config, queue, shared, ready))
-                .map_err(|e| load_error(format!("cannot start the scheduler thread: {e}")))?;
-        }
+                .map_err(|e| load_error(format!("cannot start the scheduler thread: {e}")))?
+        };
         match created.recv() {
             Ok(Ok(())) => {}
             Ok(Err(detail)) => return Err(load_error(detail)),
@@ -135,7 +139,8 @@ impl LlamaEngine {
             model,
             vocabulary,
             grammars,
-            jobs,
+            jobs: Some(jobs),
+            scheduler: Some(scheduler),
             shared,
             info,
             config,
@@ -168,6 +173,19 @@ impl LlamaEngine {
             .into_iter()
             .map(|t| t.0 as u32)
             .collect()
+    }
+}
+
+impl Drop for LlamaEngine {
+    /// Closes the queue and waits for the scheduler to end its running sequences' step and
+    /// free the context (their readers are gone with the engine's last user).
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(scheduler) = self.scheduler.take()
+            && scheduler.join().is_err()
+        {
+            tracing::error!("the scheduler thread panicked");
+        }
     }
 }
 
@@ -262,7 +280,11 @@ impl Engine for LlamaEngine {
             events,
             grammar,
         };
-        if self.jobs.send(job).is_err() {
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
             self.shared.dequeued();
             return Err(EngineError::Stopped("the scheduler has stopped".into()));
         }

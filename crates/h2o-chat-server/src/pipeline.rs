@@ -104,6 +104,7 @@ pub async fn start(
 ) -> Result<Run, Failure> {
     let limits = state.config().limits;
     check_input(&plan, &limits)?;
+    ready(engine).await?;
     let context = engine.info().context_length;
     let budget = Budget::of(&plan, &limits, context);
     let Plan {
@@ -170,6 +171,20 @@ pub async fn start(
     })
 }
 
+/// Waits, off the runtime and before any permit is taken, until the engine's model is in
+/// memory (a model on demand loads on its first request): requests for other models are
+/// prepared meanwhile, and the model's own limits are known when the budget is computed.
+async fn ready(engine: &Arc<dyn Engine>) -> Result<(), Failure> {
+    if engine.is_loaded() {
+        return Ok(());
+    }
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.load())
+        .await
+        .map_err(|join| Failure::Unavailable(format!("loading the model failed: {join}")))?
+        .map_err(Failure::from)
+}
+
 /// The prompt tokens a plan comes to on `engine` (rendered, tokenised, its window fitted),
 /// without generating: Anthropic's `count_tokens`.
 pub async fn count_tokens(
@@ -179,6 +194,7 @@ pub async fn count_tokens(
 ) -> Result<usize, Failure> {
     let limits = state.config().limits;
     check_input(&plan, &limits)?;
+    ready(engine).await?;
     let budget = Budget::of(&plan, &limits, engine.info().context_length);
     let prepared = prepare(
         engine,

@@ -80,6 +80,9 @@ pub enum ValidationError {
     /// The server this one relays to refused the request (its own rules, its wording).
     #[error("{0}")]
     Refused(String),
+    /// A stop sequence longer than the server takes.
+    #[error("`stop` sequences must be at most {max} bytes. Given: {given}")]
+    StopTooLong { max: usize, given: usize },
     /// `top_n_tokens` above the server's cap.
     #[error("`top_n_tokens` must be >= 0 and <= {max}. Given: {given}")]
     TopNTokens { max: u32, given: u32 },
@@ -112,6 +115,7 @@ impl ValidationError {
             | ValidationError::Refused(_) => "inputs",
             ValidationError::Truncate { .. } => "truncate",
             ValidationError::TopNTokens { .. } => "top_n_tokens",
+            ValidationError::StopTooLong { .. } => "stop",
             ValidationError::Grammar(_) => "grammar",
             ValidationError::TotalTokens { .. } => "max_new_tokens",
         }
@@ -198,8 +202,29 @@ pub fn check_rules(
     Ok(sampling)
 }
 
-/// A prompt is given and `truncate` is in range (TGI checks both before tokenising).
+/// The longest stop sequence taken, in bytes (each is looked for at every token).
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// A prompt is given and `truncate` is in range (TGI checks both before tokenising); the
+/// stop sequences are within the server's limits, whichever front gave them.
 pub fn check_input(plan: &Plan, limits: &Limits) -> Result<(), ValidationError> {
+    if plan.stop.len() > limits.max_stop_sequences {
+        return Err(ValidationError::StopSequences {
+            max: limits.max_stop_sequences,
+            given: plan.stop.len(),
+        });
+    }
+    if let Some(long) = plan
+        .stop
+        .iter()
+        .map(String::len)
+        .find(|&n| n > MAX_STOP_BYTES)
+    {
+        return Err(ValidationError::StopTooLong {
+            max: MAX_STOP_BYTES,
+            given: long,
+        });
+    }
     let empty = match &plan.input {
         Input::Raw(text) => text.is_empty(),
         Input::Chat(turns) | Input::History(turns) => turns.is_empty(),

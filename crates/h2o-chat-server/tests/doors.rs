@@ -221,3 +221,59 @@ async fn each_door_answers_in_its_own_error_shape_and_status() {
         .unwrap();
     assert_eq!(stored.status().as_u16(), 404);
 }
+
+#[tokio::test]
+async fn stop_sequences_are_bounded_whichever_door_sends_them() {
+    let server = start().await;
+    let client = h2o_chat_test_support::http::client();
+    let url = server.url();
+    for stops in [
+        (0..7).map(|i| format!("s{i}")).collect::<Vec<_>>(),
+        vec!["x".repeat(300)],
+    ] {
+        let response = client
+            .post(format!("{url}/v1/messages"))
+            .json(
+                &json!({"model": "falcon-7b", "max_tokens": 8, "stop_sequences": stops,
+                          "messages": [{"role": "user", "content": "Hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`stop`"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_empty_answer_is_still_a_message_in_a_streamed_response() {
+    let server = start_with(
+        ServerConfig::default(),
+        Script {
+            tokens: Vec::new(),
+            ..Script::default()
+        },
+    )
+    .await;
+    let url = server.url();
+    let body = json!({"model": "falcon-7b", "input": "Hi", "stream": true});
+    let stream = tokio::task::spawn_blocking(move || curl(&url, "/v1/responses", &body))
+        .await
+        .unwrap();
+    assert!(
+        stream.contains("event: response.output_item.added"),
+        "{stream}"
+    );
+    let last = stream.trim_end().rsplit("\n\n").next().unwrap();
+    let done: Value = serde_json::from_str(last.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(done["type"], "response.completed");
+    assert_eq!(done["response"]["output"][0]["type"], "message");
+    assert_eq!(done["response"]["output"][0]["content"][0]["text"], "");
+}

@@ -100,8 +100,10 @@ pub async fn message(run: Run, shape: Shape) -> Response {
     let finish = &collected.finished.finish;
     let stop_sequence = shape.matched(finish);
     let mut text = collected.text();
-    if let Some(stop) = &stop_sequence {
-        text.truncate(text.len().saturating_sub(stop.len()));
+    if let Some(stop) = &stop_sequence
+        && let Some(kept) = text.strip_suffix(stop.as_str())
+    {
+        text = kept.to_string();
     }
     let mut content: Vec<ContentBlock> = Vec::new();
     let mut calls: Vec<(String, String)> = Vec::new();

@@ -261,31 +261,7 @@ impl Writer {
                 let open_message =
                     self.open && matches!(self.output.last(), Some(OutputItem::Message { .. }));
                 if !open_message {
-                    self.close(frames);
-                    let item = OutputItem::Message {
-                        id: id("msg"),
-                        status: "in_progress",
-                        role: "assistant",
-                        content: Vec::new(),
-                    };
-                    self.output.push(item.clone());
-                    self.open = true;
-                    let index = self.index();
-                    frames.push(self.event(
-                        "response.output_item.added",
-                        json!({"output_index": index, "item": item}),
-                    ));
-                    let item_id = match self.output.last_mut() {
-                        Some(OutputItem::Message { id, content, .. }) => {
-                            content.push(OutputText::new(String::new()));
-                            id.clone()
-                        }
-                        _ => String::new(),
-                    };
-                    frames.push(self.event(
-                        "response.content_part.added",
-                        json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": OutputText::new(String::new())}),
-                    ));
+                    self.open_message(frames);
                 }
                 let index = self.index();
                 let item_id = match self.output.last_mut() {
@@ -332,6 +308,35 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Opens a message item with its (empty) text part.
+    fn open_message(&mut self, frames: &mut Vec<Bytes>) {
+        self.close(frames);
+        let item = OutputItem::Message {
+            id: id("msg"),
+            status: "in_progress",
+            role: "assistant",
+            content: Vec::new(),
+        };
+        self.output.push(item.clone());
+        self.open = true;
+        let index = self.index();
+        frames.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        let item_id = match self.output.last_mut() {
+            Some(OutputItem::Message { id, content, .. }) => {
+                content.push(OutputText::new(String::new()));
+                id.clone()
+            }
+            _ => String::new(),
+        };
+        frames.push(self.event(
+            "response.content_part.added",
+            json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": OutputText::new(String::new())}),
+        ));
     }
 
     fn text(&mut self, text: &str, frames: &mut Vec<Bytes>) {
@@ -390,7 +395,7 @@ pub async fn stream(mut run: Run, shape: Shape, streams: &Streams) -> Response {
                 }
                 if writer.output.is_empty() {
                     // An empty answer is still a message.
-                    writer.read(Read::Text(String::new()), &mut frames);
+                    writer.open_message(&mut frames);
                 }
                 writer.close(&mut frames);
                 let (status, incomplete_details) = ending(&finished.finish);
