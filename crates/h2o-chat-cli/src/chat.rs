@@ -36,10 +36,19 @@ pub fn read_prompt(arg: Option<&str>) -> Result<Option<String>, CliError> {
 /// Events taken at once from the stream: everything already received, up to this many.
 const COALESCE: usize = 4096;
 
-/// Writes one token: its text, or its NDJSON line.
-fn write_token(out: &mut Vec<u8>, json_mode: bool, token: &h2o_chat::Token) {
+/// Writes one token: its text, or its NDJSON line (with the alternatives at its position,
+/// when `-p top_n_tokens=N` asked for them).
+fn write_token(
+    out: &mut Vec<u8>,
+    json_mode: bool,
+    token: &h2o_chat::Token,
+    top: Vec<h2o_chat::Token>,
+) {
     if json_mode {
-        let line = json!({"type": "token", "id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special});
+        let mut line = json!({"type": "token", "id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special});
+        if !top.is_empty() {
+            line["top_tokens"] = json!(top);
+        }
         let _ = serde_json::to_writer(&mut *out, &line);
         out.push(b'\n');
     } else if !token.special {
@@ -83,13 +92,15 @@ pub async fn stream_answer(
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut first_token = None;
     let mut tokens = 0usize;
+    // The alternatives of the token that comes next.
+    let mut top = Vec::new();
     while let Some(batch) = batches.next().await {
         for event in batch {
             match event {
                 Ok(Event::Token(token)) => {
                     tokens += 1;
                     first_token.get_or_insert_with(|| started.elapsed());
-                    write_token(&mut out, global.json, &token);
+                    write_token(&mut out, global.json, &token, std::mem::take(&mut top));
                     if !token.special {
                         text.push_str(&token.text);
                     }
@@ -103,7 +114,7 @@ pub async fn stream_answer(
                     text.push_str(&final_text);
                     if global.json {
                         if let Some(token) = &final_event.token {
-                            write_token(&mut out, true, token);
+                            write_token(&mut out, true, token, std::mem::take(&mut top));
                         }
                         let line = json!({"type": "final", "generated_text": final_event.generated_text, "details": final_event.details});
                         let _ = serde_json::to_writer(&mut out, &line);
@@ -129,6 +140,7 @@ pub async fn stream_answer(
                         total_ms: started.elapsed().as_millis(),
                     });
                 }
+                Ok(Event::Alternatives(given)) => top = given,
                 Ok(Event::Error(err)) => {
                     stdout.write_all(&out)?;
                     let err = Error::Stream {

@@ -3,7 +3,9 @@
 use h2o_chat::{legacy, models, params};
 use h2o_chat_server::{LOCAL_ALIAS, LOCAL_MODEL_ID};
 
-pub fn models() {
+/// The built-in ids, then the GGUFs `--gguf` names (as `serve` would offer them, each
+/// loaded on its first request).
+pub fn models(files: &crate::catalog::Files) {
     println!("{:<48} {:<11} served locally by", "id", "alias");
     for model in models::MODELS {
         let default = if model.id == models::DEFAULT_MODEL {
@@ -16,7 +18,22 @@ pub fn models() {
             model.id, model.alias
         );
     }
-    println!("{LOCAL_MODEL_ID:<48} {LOCAL_ALIAS:<11} {LOCAL_MODEL_ID} (GGUF Q4_1, llama.cpp)");
+    match &files.default {
+        Some(path) => println!(
+            "{LOCAL_MODEL_ID:<48} {LOCAL_ALIAS:<11} {} (llama.cpp)",
+            path.display()
+        ),
+        None => println!(
+            "{LOCAL_MODEL_ID:<48} {LOCAL_ALIAS:<11} {LOCAL_MODEL_ID} (GGUF Q4_1, llama.cpp)"
+        ),
+    }
+    for (name, path) in &files.named {
+        println!(
+            "{name:<48} {:<11} {} (llama.cpp, loaded on its first request by `serve`)",
+            "",
+            path.display()
+        );
+    }
     println!();
     println!(
         "With --url, the server decides which ids it serves; aliases are mapped to ids locally."

@@ -64,7 +64,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let global = &cli.global;
     match &cli.command {
         Command::Models => {
-            info::models();
+            info::models(&catalog::Files::of(&global.gguf, None)?);
             Ok(())
         }
         Command::Params => {

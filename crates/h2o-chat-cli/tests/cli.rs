@@ -89,6 +89,54 @@ fn schema_and_regex_shape_the_embedded_models_answer() {
 }
 
 #[test]
+fn json_events_carry_the_alternatives_top_n_tokens_asks_for() {
+    let output = h2o_chat()
+        .args([
+            "--json",
+            "--max-new-tokens",
+            "6",
+            "-p",
+            "top_n_tokens=3",
+            "chat",
+            "What is the capital of France?",
+        ])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tokens: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "token").collect();
+    assert!(!tokens.is_empty(), "{events:?}");
+    for token in tokens {
+        let top = token["top_tokens"]
+            .as_array()
+            .expect("alternatives on every token");
+        assert_eq!(top.len(), 3, "{token}");
+        let logprobs: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(
+            logprobs.windows(2).all(|w| w[0] >= w[1]),
+            "likeliest first: {token}"
+        );
+        // The token itself, when among them, has the logprob it was given.
+        if let Some(same) = top.iter().find(|t| t["id"] == token["id"]) {
+            let (a, b) = (
+                same["logprob"].as_f64().unwrap(),
+                token["logprob"].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-4, "{token}");
+        }
+    }
+}
+
+#[test]
 fn one_shot_against_a_url_with_a_path_prefix_prints_only_the_answer() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TestServer::start_with_prefix("/chat"));
@@ -396,6 +444,21 @@ fn models_lists_stand_ins_and_params_lists_the_legacy_string() {
         text.contains("h2oai/h2ogpt-gm-oasst1-en-2048-falcon-40b-v1")
             && text.contains("stand-in")
             && text.contains("smollm2")
+    );
+    // The files `--gguf` names are listed as `serve` would offer them.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.gguf");
+    std::fs::write(&file, b"GGUF").unwrap();
+    let named = format!("mine={}", file.display());
+    let listed = h2o_chat()
+        .args(["--gguf", &named, "models"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mine ") && l.contains("loaded on its first request")),
+        "{text}"
     );
     let params = h2o_chat().arg("params").output().unwrap();
     assert!(

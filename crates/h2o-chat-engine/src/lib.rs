@@ -25,7 +25,7 @@
 //!         GenerationEvent::Token(token) => text.push_str(&token.text),
 //!         GenerationEvent::Finished(_, finish) => { assert_eq!(finish.generated_text, "Hello!"); break }
 //!         GenerationEvent::Failed(failure) => panic!("{failure}"),
-//!         GenerationEvent::Alternatives(_) => {}
+//!         GenerationEvent::Alternatives(_) | GenerationEvent::Prefill(_) => {}
 //!     }
 //! }
 //! assert_eq!(text, "Hello!");

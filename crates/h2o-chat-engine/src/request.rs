@@ -123,6 +123,11 @@ pub struct GenerationRequest {
     /// How many likeliest alternatives to report with each token (TGI's `top_n_tokens`,
     /// OpenAI's `top_logprobs`); 0 for none.
     pub top_tokens: u8,
+    /// Report the prompt's tokens with their log-probabilities (TGI's
+    /// `decoder_input_details`): a [`GenerationEvent::Prefill`] before the first token. The
+    /// prompt is then evaluated whole, none of it reused from a cache (a cached prefix has no
+    /// logits left to read).
+    pub prompt_logprobs: bool,
 }
 
 impl GenerationRequest {
@@ -139,6 +144,7 @@ impl GenerationRequest {
             cache_scope: CacheScope::anonymous(),
             constraint: None,
             top_tokens: 0,
+            prompt_logprobs: false,
         }
     }
 }
@@ -195,4 +201,8 @@ pub enum GenerationEvent {
     /// most likely first, with their log-probabilities — sent just before that `Token` or
     /// `Finished`, only when the request asked for them.
     Alternatives(Vec<Token>),
+    /// The prompt's tokens as the model read them, each with its log-probability given the
+    /// tokens before it (the first has none) — sent once, before the first token, only when
+    /// the request asked for it ([`GenerationRequest::prompt_logprobs`]).
+    Prefill(Vec<Token>),
 }

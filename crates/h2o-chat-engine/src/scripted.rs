@@ -225,6 +225,27 @@ fn play(
         .sampling
         .is_sampling()
         .then(|| request.sampling.seed.unwrap_or(0));
+    if request.prompt_logprobs {
+        // A token per byte of the prompt (how this engine counts them), the last kept.
+        let text = request.prompt.text();
+        let bytes = &text.as_bytes()[text.len() - input_tokens as usize..];
+        let prefill = bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &byte)| Token {
+                id: u32::from(byte),
+                text: String::from_utf8_lossy(&[byte]).into_owned(),
+                logprob: (i > 0).then_some(-1.5),
+                special: false,
+            })
+            .collect();
+        if events
+            .blocking_send(GenerationEvent::Prefill(prefill))
+            .is_err()
+        {
+            return;
+        }
+    }
     let mut index = 0usize;
     loop {
         if !script.delay.is_zero() {

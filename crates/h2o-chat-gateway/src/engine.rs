@@ -97,6 +97,12 @@ impl Engine for Gateway {
                     .into(),
             ));
         }
+        if request.prompt_logprobs {
+            return Err(EngineError::Input(
+                "the prompt's log-probabilities (`decoder_input_details`) are not relayed by the gateway"
+                    .into(),
+            ));
+        }
         if let Some(constraint) = &request.constraint {
             self.check_constraint(constraint)?;
         }

@@ -357,7 +357,7 @@ fn greedy_answers(gguf: &std::path::Path, kv_cache: KvCache, tokens: u32) -> Vec
                         break;
                     }
                     GenerationEvent::Failed(failure) => panic!("{failure}"),
-                    GenerationEvent::Alternatives(_) => {}
+                    GenerationEvent::Alternatives(_) | GenerationEvent::Prefill(_) => {}
                 }
             }
             answers.push(ids);

@@ -27,7 +27,7 @@
 //!     match event {
 //!         GenerationEvent::Token(token) => print!("{}", token.text),
 //!         GenerationEvent::Finished(..) | GenerationEvent::Failed(_) => break,
-//!         GenerationEvent::Alternatives(_) => {}
+//!         GenerationEvent::Alternatives(_) | GenerationEvent::Prefill(_) => {}
 //!     }
 //! }
 //! # Ok::<(), h2o_chat_engine::EngineError>(())

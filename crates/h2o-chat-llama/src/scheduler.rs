@@ -139,11 +139,13 @@ enum Entry {
     /// The next token of a generating slot; its logits are at `index`.
     Decode { slot: usize, index: i32 },
     /// `count` prompt tokens of a slot; the logits of the last are at `index` when it is
-    /// the prompt's last token.
+    /// the prompt's last token. When the prompt is scored, every token of the chunk has its
+    /// logits, from `first` on.
     Prefill {
         slot: usize,
         count: usize,
         index: Option<i32>,
+        first: i32,
     },
 }
 
@@ -338,8 +340,13 @@ impl<'m> Scheduler<'m> {
                 return;
             };
             let slot = &mut self.slots[placement.index];
-            // Forget what follows the shared prefix in this sequence.
-            let keep = placement.reused;
+            // Forget what follows the shared prefix in this sequence. A prompt to be scored
+            // is evaluated whole: a cached prefix has no logits left to read.
+            let keep = if job.request.prompt_logprobs {
+                0
+            } else {
+                placement.reused
+            };
             let removed =
                 self.context
                     .clear_kv_cache_seq(Some(slot.seq as u32), Some(keep as u32), None);
@@ -355,7 +362,7 @@ impl<'m> Scheduler<'m> {
             slot.cache.truncate(keep);
             slot.hint = job.request.cache_hint.clone();
             slot.scope = job.request.cache_scope.clone();
-            slot.active = Some(Sequence::new(
+            let mut sequence = Sequence::new(
                 &job.request,
                 job.tokens,
                 keep,
@@ -363,7 +370,11 @@ impl<'m> Scheduler<'m> {
                 job.events,
                 arrived,
                 job.grammar,
-            ));
+            );
+            if job.request.prompt_logprobs {
+                sequence.score_prompt(self.model);
+            }
+            slot.active = Some(sequence);
             self.shared.busy.fetch_add(1, Ordering::Relaxed);
             self.shared
                 .prompt_tokens_cached
@@ -428,9 +439,11 @@ impl<'m> Scheduler<'m> {
             };
             let start = sequence.prefilled;
             let last = start + count == sequence.prompt.len();
+            let scored = sequence.scores_prompt();
+            let first = batch.n_tokens();
             let mut added = 0;
             for (offset, &token) in sequence.prompt[start..start + count].iter().enumerate() {
-                let logits = last && offset + 1 == count;
+                let logits = scored || (last && offset + 1 == count);
                 if batch
                     .add(token, (start + offset) as i32, &[slot.seq], logits)
                     .is_err()
@@ -446,6 +459,7 @@ impl<'m> Scheduler<'m> {
                 slot: index,
                 count: added,
                 index: (last && added == count).then(|| batch.n_tokens() - 1),
+                first,
             });
         }
     }
@@ -482,10 +496,27 @@ impl<'m> Scheduler<'m> {
                     }
                     (slot, Some(index))
                 }
-                Entry::Prefill { slot, count, index } => {
+                Entry::Prefill {
+                    slot,
+                    count,
+                    index,
+                    first,
+                } => {
                     let slot_ref = &mut self.slots[slot];
                     if let Some(sequence) = slot_ref.active.as_mut() {
                         let start = sequence.prefilled;
+                        if sequence.scores_prompt() {
+                            // Position p's logits score the prompt token at p + 1; the
+                            // prompt's last position is the answer's first token, sampled below.
+                            for offset in 0..count {
+                                let logits = self.context.get_logits_ith(first + offset as i32);
+                                sequence.score_next_prompt_token(
+                                    self.model,
+                                    start + offset,
+                                    logits,
+                                );
+                            }
+                        }
                         slot_ref
                             .cache
                             .extend_from_slice(&sequence.prompt[start..start + count]);

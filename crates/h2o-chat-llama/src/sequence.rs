@@ -24,9 +24,10 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::grammar::Grammar;
 
-/// Places of a reader's channel kept for a sequence's ending: its last token's
-/// alternatives and its final (or failure) event.
-pub(crate) const RESERVED: usize = 2;
+/// Places of a reader's channel kept for a sequence's ending: the prompt's scores (when a
+/// one-token answer ends at once), its last token's alternatives and its final (or failure)
+/// event.
+pub(crate) const RESERVED: usize = 3;
 
 /// Where a sequence stands after a token.
 pub(crate) enum Progress {
@@ -63,6 +64,9 @@ pub(crate) struct Sequence {
     grammar: Option<Grammar>,
     /// Alternatives reported with each token.
     top_tokens: usize,
+    /// The prompt's tokens scored so far, when the request asked for them; sent before the
+    /// first token.
+    prefill: Option<Vec<Token>>,
     /// Events that did not fit the reader's channel (sent together, in order).
     pending: Vec<GenerationEvent>,
     paused_since: Option<Instant>,
@@ -98,10 +102,42 @@ impl Sequence {
             next: None,
             grammar,
             top_tokens: usize::from(request.top_tokens),
+            prefill: None,
             pending: Vec::new(),
             paused_since: None,
             arrived,
         }
+    }
+
+    /// Scores every prompt token (the request asked for it): the prompt is evaluated
+    /// whole, with logits at every position. The first token has nothing before it.
+    pub fn score_prompt(&mut self, model: &LlamaModel) {
+        let first = self.prompt.first().map(|&token| Token {
+            id: token.0 as u32,
+            text: piece(model, token),
+            logprob: None,
+            special: is_special(model, token),
+        });
+        self.prefill = Some(first.into_iter().collect());
+    }
+
+    /// Whether the prompt's tokens are being scored.
+    pub fn scores_prompt(&self) -> bool {
+        self.prefill.is_some()
+    }
+
+    /// The logits at prompt position `position` score the prompt token that follows it.
+    pub fn score_next_prompt_token(&mut self, model: &LlamaModel, position: usize, logits: &[f32]) {
+        let (Some(prefill), Some(&token)) = (self.prefill.as_mut(), self.prompt.get(position + 1))
+        else {
+            return;
+        };
+        prefill.push(Token {
+            id: token.0 as u32,
+            text: piece(model, token),
+            logprob: log_softmax_at(logits, token.0 as usize),
+            special: is_special(model, token),
+        });
     }
 
     pub fn is_prefilling(&self) -> bool {
@@ -187,12 +223,24 @@ impl Sequence {
                 input_tokens: self.prompt.len() as u32,
                 cached_tokens: self.reused as u32,
             };
-            let mut last: Vec<GenerationEvent> = alternatives.into_iter().collect();
+            let mut last: Vec<GenerationEvent> = self
+                .prefill
+                .take()
+                .map(GenerationEvent::Prefill)
+                .into_iter()
+                .collect();
+            last.extend(alternatives);
             last.push(GenerationEvent::Finished(out, finish));
             return Progress::Ended(last);
         }
         self.next = Some(token);
-        let mut events: Vec<GenerationEvent> = alternatives.into_iter().collect();
+        let mut events: Vec<GenerationEvent> = self
+            .prefill
+            .take()
+            .map(GenerationEvent::Prefill)
+            .into_iter()
+            .collect();
+        events.extend(alternatives);
         events.push(GenerationEvent::Token(out));
         self.pending = events;
         self.flush(Instant::now())
@@ -248,6 +296,26 @@ impl Sequence {
             let _ = self.events.try_send(event);
         }
     }
+}
+
+/// A prompt token's text alone, special tokens by name.
+fn piece(model: &LlamaModel, token: LlamaToken) -> String {
+    String::from_utf8_lossy(&model.vocab().token_to_piece(token, true, None)).into_owned()
+}
+
+fn is_special(model: &LlamaModel, token: LlamaToken) -> bool {
+    let vocab = model.vocab();
+    vocab.is_eog(token) || vocab.is_control(token)
+}
+
+/// `logits[index]`'s log-probability under the softmax of `logits` (no warper: the model's
+/// own distribution, as TGI scores a prompt), or `None` when it is not a finite number.
+fn log_softmax_at(logits: &[f32], index: usize) -> Option<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let logprob = f64::from(*logits.get(index)? - max) - sum.ln();
+    let logprob = logprob as f32;
+    logprob.is_finite().then_some(logprob)
 }
 
 /// An alternative token: its text alone (special tokens by name), its log-probability.

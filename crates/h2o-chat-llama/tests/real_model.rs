@@ -53,6 +53,37 @@ fn run_on(engine: &LlamaEngine, request: GenerationRequest) -> (Vec<Token>, Fini
                 return (tokens, finish);
             }
             GenerationEvent::Failed(failure) => panic!("generation failed: {failure}"),
+            GenerationEvent::Alternatives(_) | GenerationEvent::Prefill(_) => {}
+        }
+    }
+    panic!("the generation ended without a final event")
+}
+
+/// The prompt's tokens with their log-probabilities, then the answer's.
+fn run_with_prefill(
+    engine: &LlamaEngine,
+    prompt: Prompt,
+    max_new_tokens: u32,
+) -> (Vec<Token>, Vec<Token>, Finish) {
+    let mut request = greedy(prompt, max_new_tokens);
+    request.prompt_logprobs = true;
+    let mut generation = engine.start(request).unwrap();
+    let mut prefill = None;
+    let mut tokens = Vec::new();
+    while let Some(event) = generation.events.blocking_recv() {
+        match event {
+            GenerationEvent::Prefill(given) => {
+                assert!(prefill.is_none(), "the prefill came twice");
+                assert!(tokens.is_empty(), "the prefill came after a token");
+                prefill = Some(given);
+            }
+            GenerationEvent::Token(token) => tokens.push(token),
+            GenerationEvent::Finished(token, finish) => {
+                tokens.push(token);
+                let prefill = prefill.expect("no prefill before the end");
+                return (prefill, tokens, finish);
+            }
+            GenerationEvent::Failed(failure) => panic!("generation failed: {failure}"),
             GenerationEvent::Alternatives(_) => {}
         }
     }
@@ -443,4 +474,44 @@ fn a_request_beyond_the_queue_is_overloaded() {
     ));
     drop(events);
     drop(queued);
+}
+
+#[test]
+fn prompt_logprobs_score_each_prompt_token_given_those_before_it() {
+    let engine = engine();
+    let question = "The capital of France is";
+    let (prefill, answer, finish) = run_with_prefill(&engine, Prompt::raw(question), 1);
+    assert_eq!(prefill.len(), finish.input_tokens as usize);
+    assert_eq!(
+        prefill[0].logprob, None,
+        "the first token has nothing before it"
+    );
+    for token in &prefill[1..] {
+        let logprob = token.logprob.expect("every later token is scored");
+        assert!(logprob.is_finite() && logprob <= 0.0, "{token:?}");
+    }
+    let text: String = prefill.iter().map(|t| t.text.as_str()).collect();
+    assert_eq!(text, question);
+
+    // The same question again is evaluated whole, never taken from the cache: the same
+    // scores, nothing reused.
+    let (again, _, finish_again) = run_with_prefill(&engine, Prompt::raw(question), 1);
+    assert_eq!(finish_again.cached_tokens, 0);
+    assert_eq!(again, prefill);
+
+    // The answer's token, read back as part of a longer prompt, scores what it scored when it
+    // was generated (greedy: no warper changed its distribution).
+    let generated = &answer[0];
+    let longer = format!("{question}{}", generated.text);
+    let (extended, _, _) = run_with_prefill(&engine, Prompt::raw(&longer), 1);
+    assert_eq!(extended.len(), prefill.len() + 1, "{extended:?}");
+    let last = extended.last().unwrap();
+    assert_eq!(last.id, generated.id);
+    let (scored, sampled) = (last.logprob.unwrap(), generated.logprob.unwrap());
+    assert!((scored - sampled).abs() < 1e-3, "{scored} vs {sampled}");
+    for (a, b) in prefill.iter().zip(&extended) {
+        assert_eq!(a.id, b.id);
+        let (a, b) = (a.logprob.unwrap_or(0.0), b.logprob.unwrap_or(0.0));
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    }
 }

@@ -99,7 +99,7 @@ impl Stream {
     async fn text(&mut self) -> String {
         while let Some(event) = self.next().await {
             match event {
-                Event::Token(_) => {}
+                Event::Token(_) | Event::Alternatives(_) => {}
                 Event::Final(final_event) => return final_event.generated_text,
                 Event::Error(err) => panic!("error event: {}", err.error),
             }
@@ -310,6 +310,7 @@ async fn tgi_python_client_streams_and_generates() {
         seen["refusal"].as_str().unwrap().contains("top_p"),
         "{seen}"
     );
+    assert!(seen["prefill"].as_u64().unwrap() > 5, "{seen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

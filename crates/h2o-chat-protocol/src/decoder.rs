@@ -23,7 +23,7 @@
 //! assert_eq!(token.text, "Hi");
 //! ```
 
-use crate::event::{Event, EventError, parse_ndjson_line, parse_sse_data};
+use crate::event::{Event, EventError, parse_ndjson_line, parse_sse_event};
 
 /// Why the byte stream cannot be decoded any further.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -61,6 +61,8 @@ pub struct Decoder {
     max_event_size: usize,
     /// After an error the stream is not trustworthy; every later call repeats the error.
     failed: Option<DecodeError>,
+    /// A token event whose alternatives were just yielded: it comes next.
+    held: Option<Event>,
 }
 
 impl Decoder {
@@ -75,6 +77,7 @@ impl Decoder {
             format: Format::Unknown,
             max_event_size,
             failed: None,
+            held: None,
         }
     }
 
@@ -96,6 +99,9 @@ impl Decoder {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
+        if let Some(event) = self.held.take() {
+            return Ok(Some(event));
+        }
         let result = self.decode_next();
         if let Err(err) = &result {
             self.fail(err.clone());
@@ -104,7 +110,8 @@ impl Decoder {
     }
 
     /// Ends the input: returns an event still pending without its closing blank line
-    /// (§b.5 step 4 asks for leniency), or `None`.
+    /// (§b.5 step 4 asks for leniency), or `None`. Such an unterminated event is returned
+    /// without its alternatives: its token is what the caller must not lose.
     pub fn finish(&mut self) -> Result<Option<Event>, DecodeError> {
         if let Some(event) = self.next_event()? {
             return Ok(Some(event));
@@ -112,10 +119,13 @@ impl Decoder {
         let tail = std::mem::take(&mut self.buf);
         let tail = &tail[self.start.min(tail.len())..];
         self.start = 0;
-        let result = self.decode_line(tail).and_then(|event| match event {
-            Some(event) => Ok(Some(event)),
-            None => self.dispatch_sse(),
-        });
+        let result = self
+            .decode_line(tail)
+            .and_then(|event| match event {
+                Some(event) => Ok(Some(event)),
+                None => self.dispatch_sse(),
+            })
+            .map(|event| self.held.take().or(event));
         if let Err(err) = &result {
             self.fail(err.clone());
         }
@@ -226,9 +236,14 @@ impl Decoder {
         let result = if self.data.is_empty() {
             Ok(None) // empty data: skipped (§b.5 step 4)
         } else {
-            parse_sse_data(&self.data)
-                .map(Some)
-                .map_err(DecodeError::from)
+            match parse_sse_event(&self.data) {
+                Ok((event, top)) if top.is_empty() => Ok(Some(event)),
+                Ok((event, top)) => {
+                    self.held = Some(event);
+                    Ok(Some(Event::Alternatives(top)))
+                }
+                Err(err) => Err(DecodeError::from(err)),
+            }
         };
         self.data.clear();
         result
@@ -268,8 +283,32 @@ mod tests {
                 Event::Token(t) => t.text.clone(),
                 Event::Final(f) => format!("final:{}", f.generated_text),
                 Event::Error(e) => format!("error:{}", e.error),
+                Event::Alternatives(top) => format!("top:{}", top.len()),
             })
             .collect()
+    }
+
+    #[test]
+    fn alternatives_come_just_before_their_token() {
+        let ranked = br#"data: {"token":{"id":1,"text":"a","logprob":-0.1,"special":false},"top_tokens":[{"id":1,"text":"a","logprob":-0.1,"special":false},{"id":2,"text":"b","logprob":-2.5,"special":false}],"generated_text":null,"details":null}
+
+data: {"token":{"id":3,"text":"c","logprob":-0.2,"special":false},"generated_text":null,"details":null}
+
+data: {"token":{"id":4,"text":"d","logprob":-0.3,"special":false},"top_tokens":[{"id":4,"text":"d","logprob":-0.3,"special":false}],"generated_text":"acd","details":null}
+
+"#;
+        let events = decode_all(&[ranked]).unwrap();
+        assert_eq!(texts(&events), ["top:2", "a", "c", "top:1", "final:acd"]);
+        let Event::Alternatives(top) = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((top[1].id, top[1].text.as_str()), (2, "b"));
+        // The same without the closing blank line: the token is not lost.
+        let cut = &ranked[..ranked.len() - 2];
+        assert_eq!(
+            texts(&decode_all(&[cut]).unwrap()),
+            ["top:2", "a", "c", "final:acd"]
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub enum Event {
     Final(FinalEvent),
     /// The server reported a failure; nothing follows (§b.4).
     Error(ErrorEvent),
+    /// The likeliest tokens at the position of the token that follows (its own included),
+    /// with their log-probabilities: TGI's `top_tokens`, present when the request asked for
+    /// `top_n_tokens`. A [`crate::Decoder`] yields it just before that token's event.
+    Alternatives(Vec<Token>),
 }
 
 /// The final event (§b.3).
@@ -68,40 +72,51 @@ fn malformed(err: serde_json::Error, raw: &[u8]) -> EventError {
     }
 }
 
-/// The union of the SSE event shapes. Unknown fields (`top_tokens`, …) are ignored, as §b.3
-/// requires.
+/// The union of the SSE event shapes. Unknown fields are ignored, as §b.3 requires.
 #[derive(Deserialize)]
 struct SseEvent {
     token: Option<Token>,
+    #[serde(default)]
+    top_tokens: Vec<Token>,
     generated_text: Option<String>,
     details: Option<Value>,
     error: Option<String>,
     error_type: Option<String>,
 }
 
-/// Parses the data of one SSE event (§b.5 step 5).
+/// Parses the data of one SSE event (§b.5 step 5). Its `top_tokens`, if any, are left out
+/// ([`crate::Decoder`] yields them as [`Event::Alternatives`]).
 pub fn parse_sse_data(data: &[u8]) -> Result<Event, EventError> {
+    parse_sse_event(data).map(|(event, _)| event)
+}
+
+/// Parses the data of one SSE event, with the alternatives it carries (empty when none).
+pub(crate) fn parse_sse_event(data: &[u8]) -> Result<(Event, Vec<Token>), EventError> {
     if let Some(event) = crate::fast_path::parse_token_event(data) {
-        return Ok(event);
+        return Ok((event, Vec::new()));
     }
     let event: SseEvent = serde_json::from_slice(data).map_err(|e| malformed(e, data))?;
     if let Some(error) = event.error {
-        return Ok(Event::Error(ErrorEvent {
-            error,
-            error_type: event.error_type,
-        }));
+        return Ok((
+            Event::Error(ErrorEvent {
+                error,
+                error_type: event.error_type,
+            }),
+            Vec::new(),
+        ));
     }
     let Some(token) = event.token else {
         return Err(EventError::Unexpected { raw: quote(data) });
     };
-    match event.generated_text {
-        Some(generated_text) => Ok(Event::Final(FinalEvent {
+    let parsed = match event.generated_text {
+        Some(generated_text) => Event::Final(FinalEvent {
             token: Some(token),
             generated_text,
             details: event.details.and_then(details_from),
-        })),
-        None => Ok(Event::Token(token)),
-    }
+        }),
+        None => Event::Token(token),
+    };
+    Ok((parsed, event.top_tokens))
 }
 
 /// `details` is informative: a deployment with a newer shape must not cost the user the

@@ -110,6 +110,19 @@ impl ModelRegistry {
         self.models.iter().find(|m| m.id == id)
     }
 
+    /// The model an API request names (OpenAI, Responses, Anthropic): any id or alias; none
+    /// (or an empty name) means the local model, not a stand-in.
+    pub fn for_request(&self, name: Option<&str>) -> Option<&ServedModel> {
+        match name.filter(|n| !n.is_empty()) {
+            None => self
+                .models
+                .iter()
+                .find(|m| !m.stand_in)
+                .or(self.default_model()),
+            Some(name) => self.by_name(name),
+        }
+    }
+
     /// By id or alias (TGI and OpenAI routes).
     pub fn by_name(&self, name: &str) -> Option<&ServedModel> {
         self.by_id(name).or_else(|| {

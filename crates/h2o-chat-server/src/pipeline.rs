@@ -90,6 +90,8 @@ pub struct Run {
     peeked: Option<Step>,
     /// The alternatives of the last token step.
     alternatives: Vec<Token>,
+    /// The prompt's scored tokens, when the plan asked for them.
+    prefill: Vec<Token>,
     done: bool,
     abort: Option<CancellationToken>,
     observer: Option<Box<dyn Observer>>,
@@ -117,6 +119,7 @@ pub async fn start(
         cache_scope,
         constraint,
         top_tokens,
+        prompt_logprobs,
     } = plan;
     let cache_scope = if state.config().shared_prompt_cache {
         h2o_chat_engine::CacheScope::anonymous()
@@ -152,6 +155,7 @@ pub async fn start(
         cache_scope,
         constraint,
         top_tokens,
+        prompt_logprobs,
     })?;
     Ok(Run {
         events: generation.events,
@@ -165,6 +169,7 @@ pub async fn start(
         last_token: None,
         peeked: None,
         alternatives: Vec::new(),
+        prefill: Vec::new(),
         done: false,
         abort: None,
         observer: None,
@@ -277,6 +282,8 @@ impl Run {
             match received {
                 // They belong to the token that follows at once.
                 Ok(Some(GenerationEvent::Alternatives(top))) => self.alternatives = top,
+                // Before the first token: kept for the answer's details.
+                Ok(Some(GenerationEvent::Prefill(tokens))) => self.prefill = tokens,
                 Ok(Some(GenerationEvent::Token(_) | GenerationEvent::Finished(..))) => {
                     break received;
                 }
@@ -305,7 +312,9 @@ impl Run {
                 self.done = true;
                 Step::Failed(Failure::Incomplete)
             }
-            Ok(Some(GenerationEvent::Alternatives(_))) => Step::KeepAlive,
+            Ok(Some(GenerationEvent::Alternatives(_) | GenerationEvent::Prefill(_))) => {
+                Step::KeepAlive
+            }
         }
     }
 
@@ -371,6 +380,7 @@ impl Run {
                         finished,
                         tokens,
                         alternatives,
+                        prefill: std::mem::take(&mut self.prefill),
                         echo,
                     });
                 }
@@ -417,6 +427,8 @@ pub struct Collected {
     pub tokens: Vec<Token>,
     /// Each token's alternatives (empty lists when none were asked for).
     pub alternatives: Vec<Vec<Token>>,
+    /// The prompt's tokens with their log-probabilities (empty when not asked for).
+    pub prefill: Vec<Token>,
     /// The prompt as the model saw it ([`Run::echo`]).
     pub echo: String,
 }
@@ -460,6 +472,7 @@ mod tests {
             cache_scope: h2o_chat_engine::CacheScope::anonymous(),
             constraint: None,
             top_tokens: 0,
+            prompt_logprobs: false,
         }
     }
 

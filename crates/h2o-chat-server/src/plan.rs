@@ -19,6 +19,7 @@
 //!     cache_scope: CacheScope::of("user", "user-42"),
 //!     constraint: None,
 //!     top_tokens: 0,
+//!     prompt_logprobs: false,
 //! };
 //! assert!(!plan.sampling.is_sampling());
 //! ```
@@ -63,6 +64,8 @@ pub struct Plan {
     pub constraint: Option<Constraint>,
     /// Alternatives reported with each token (0: none).
     pub top_tokens: u8,
+    /// The prompt's tokens with their log-probabilities (TGI's `decoder_input_details`).
+    pub prompt_logprobs: bool,
 }
 
 impl Plan {
@@ -85,6 +88,7 @@ impl Plan {
             constraint: parameters.grammar.as_ref().map(constraint).transpose()?,
             // Checked against the cap by the rules.
             top_tokens: parameters.top_n_tokens.unwrap_or(0).min(u32::from(u8::MAX)) as u8,
+            prompt_logprobs: parameters.decoder_input_details,
         })
     }
 }

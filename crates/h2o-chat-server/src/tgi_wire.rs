@@ -205,18 +205,38 @@ fn generated_text(prompt: &str, finished: &Finished, full_text: bool) -> String 
     }
 }
 
-/// `details` of a non-stream answer: the stream's, plus the generated tokens and an empty
-/// `prefill` (no `decoder_input_details`), as TGI's own Python client requires.
+/// `details` of a non-stream answer: the stream's, plus the generated tokens and `prefill`
+/// (the prompt's tokens with `decoder_input_details`, else empty, as TGI's own Python client
+/// requires it present).
 #[derive(serde::Serialize)]
 struct FullDetails {
     finish_reason: h2o_chat_protocol::FinishReason,
     generated_tokens: u32,
     seed: Option<u64>,
-    prefill: Vec<Token>,
+    prefill: Vec<InputToken>,
     tokens: Vec<Token>,
     /// Each token's alternatives (`top_n_tokens`); absent when not asked for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     top_tokens: Vec<Vec<Token>>,
+}
+
+/// A prompt token as TGI reports it (its `PrefillToken`): no `special`, and a `null`
+/// log-probability for the first.
+#[derive(serde::Serialize)]
+struct InputToken {
+    id: u32,
+    text: String,
+    logprob: Option<f32>,
+}
+
+impl From<Token> for InputToken {
+    fn from(token: Token) -> Self {
+        InputToken {
+            id: token.id,
+            text: token.text,
+            logprob: token.logprob,
+        }
+    }
 }
 
 /// TGI's non-stream answer. Serialised directly (not through `serde_json::Value`) so a
@@ -244,6 +264,7 @@ pub async fn collect(run: Run, shape: Shape, echo: Echo) -> Response {
             finished,
             tokens,
             alternatives,
+            prefill,
             echo: prompt,
         }) => {
             let top_tokens = if alternatives.iter().all(Vec::is_empty) {
@@ -257,7 +278,7 @@ pub async fn collect(run: Run, shape: Shape, echo: Echo) -> Response {
                     finish_reason: finished.finish.reason,
                     generated_tokens: finished.finish.generated_tokens,
                     seed: finished.finish.seed,
-                    prefill: Vec::new(),
+                    prefill: prefill.into_iter().map(InputToken::from).collect(),
                     tokens,
                     top_tokens,
                 }),

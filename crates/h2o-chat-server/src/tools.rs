@@ -550,6 +550,26 @@ impl CallReader {
         }
     }
 
+    /// A whole answer read at once: its text, and its calls as (name, arguments).
+    pub fn read_all(mut self, answer: &str) -> (String, Vec<(String, String)>) {
+        let mut reads = self.push(answer);
+        reads.extend(self.finish());
+        let mut text = String::new();
+        let mut calls: Vec<(String, String)> = Vec::new();
+        for read in reads {
+            match read {
+                Read::Text(piece) => text.push_str(&piece),
+                Read::CallStarted { name, .. } => calls.push((name, String::new())),
+                Read::Arguments { index, text } => {
+                    if let Some(call) = calls.get_mut(index) {
+                        call.1.push_str(&text);
+                    }
+                }
+            }
+        }
+        (text, calls)
+    }
+
     /// The answer ended: what was held is given out as it stands (text held because it
     /// might have opened a call; arguments cut by the length limit).
     pub fn finish(&mut self) -> Vec<Read> {

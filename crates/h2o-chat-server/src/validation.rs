@@ -316,6 +316,7 @@ mod tests {
             cache_scope: h2o_chat_engine::CacheScope::anonymous(),
             constraint: None,
             top_tokens: 0,
+            prompt_logprobs: false,
         }
     }
 

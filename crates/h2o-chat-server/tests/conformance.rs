@@ -624,6 +624,20 @@ async fn tgi_routes_generate_details_stop_and_full_text() {
         answer["details"]["tokens"][2],
         json!({"id": 2, "text": "<|im_end|>", "logprob": -0.01, "special": true})
     );
+    // decoder_input_details: TGI's prefill tokens (no `special`; the first not scored).
+    let scored: Value = client
+        .post(format!("{url}/generate"))
+        .json(&json!({"inputs": "Hi", "parameters": {"details": true, "decoder_input_details": true}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        scored["details"]["prefill"],
+        json!([{"id": 72, "text": "H", "logprob": null}, {"id": 105, "text": "i", "logprob": -1.5}])
+    );
     let stopped: Value = client
         .post(format!("{url}/generate"))
         .json(&json!({"inputs": "Hi", "parameters": {"details": true, "stop": ["lo"]}}))

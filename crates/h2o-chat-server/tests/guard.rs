@@ -175,11 +175,11 @@ async fn a_loopback_server_answers_only_to_loopback_host_names() {
 async fn allowed_hosts_and_the_public_origin_are_answered_too() {
     let config = h2o_chat_server::ServerConfig {
         allowed_hosts: vec!["chat.lan".into()],
-        public_origin: Some("https://chat.example.org".into()),
+        public_origin: Some("https://192.0.2.10".into()),
         ..Default::default()
     };
     let server = start_with(config, h2o_chat_engine::Script::default()).await;
-    for host in ["chat.lan:8080", "chat.example.org", "localhost"] {
+    for host in ["chat.lan:8080", "192.0.2.10", "localhost"] {
         let status = status_for_host(&server, Some(host)).await;
         assert!(status.contains(" 200 "), "{host}: {status}");
     }
@@ -191,7 +191,7 @@ async fn allowed_hosts_and_the_public_origin_are_answered_too() {
 async fn a_named_origin_may_call_the_apis_from_a_browser_and_preflights_need_no_key() {
     let config = h2o_chat_server::ServerConfig {
         api_key: Some(KEY.into()),
-        cors_origins: vec!["https://app.example.org".into()],
+        cors_origins: vec!["http://localhost:5173".into()],
         ..Default::default()
     };
     let server = start_with(config, h2o_chat_engine::Script::default()).await;
@@ -200,7 +200,7 @@ async fn a_named_origin_may_call_the_apis_from_a_browser_and_preflights_need_no_
     for path in ["/v1/chat/completions", "/generate", "/"] {
         let preflight = client
             .request(Method::OPTIONS, format!("{url}{path}"))
-            .header("origin", "https://app.example.org")
+            .header("origin", "http://localhost:5173")
             .header("access-control-request-method", "POST")
             .header(
                 "access-control-request-headers",
@@ -217,7 +217,7 @@ async fn a_named_origin_may_call_the_apis_from_a_browser_and_preflights_need_no_
         let headers = preflight.headers();
         assert_eq!(
             headers["access-control-allow-origin"],
-            "https://app.example.org"
+            "http://localhost:5173"
         );
         assert!(
             headers["access-control-allow-headers"]
@@ -229,7 +229,7 @@ async fn a_named_origin_may_call_the_apis_from_a_browser_and_preflights_need_no_
     // The call itself still needs the key, and says so in a way the page can read.
     let refused = client
         .post(format!("{url}/v1/chat/completions"))
-        .header("origin", "https://app.example.org")
+        .header("origin", "http://localhost:5173")
         .json(&json!({"messages": [{"role": "user", "content": "Hi"}]}))
         .send()
         .await
@@ -237,11 +237,11 @@ async fn a_named_origin_may_call_the_apis_from_a_browser_and_preflights_need_no_
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         refused.headers()["access-control-allow-origin"],
-        "https://app.example.org"
+        "http://localhost:5173"
     );
     let answered = client
         .post(format!("{url}/v1/chat/completions"))
-        .header("origin", "https://app.example.org")
+        .header("origin", "http://localhost:5173")
         .bearer_auth(KEY)
         .json(&json!({"messages": [{"role": "user", "content": "Hi"}]}))
         .send()
@@ -251,7 +251,7 @@ async fn a_named_origin_may_call_the_apis_from_a_browser_and_preflights_need_no_
     // Another origin, and chat-ui's cookie routes: no cross-origin access.
     let other = client
         .request(Method::OPTIONS, format!("{url}/v1/chat/completions"))
-        .header("origin", "https://evil.example.org")
+        .header("origin", "http://localhost:6666")
         .header("access-control-request-method", "POST")
         .send()
         .await
@@ -259,7 +259,7 @@ async fn a_named_origin_may_call_the_apis_from_a_browser_and_preflights_need_no_
     assert!(other.headers().get("access-control-allow-origin").is_none());
     let chat_ui = client
         .request(Method::OPTIONS, format!("{url}/conversation"))
-        .header("origin", "https://app.example.org")
+        .header("origin", "http://localhost:5173")
         .header("access-control-request-method", "POST")
         .send()
         .await
@@ -280,7 +280,7 @@ async fn without_cors_origins_there_is_no_cross_origin_access() {
             Method::OPTIONS,
             format!("{}/v1/chat/completions", server.url()),
         )
-        .header("origin", "https://app.example.org")
+        .header("origin", "http://localhost:5173")
         .header("access-control-request-method", "POST")
         .send()
         .await

@@ -160,6 +160,7 @@ impl RemoteH2o {
                         forward(&sender, GenerationEvent::Finished(token, finish)).await;
                         return;
                     }
+                    Some(Ok(Event::Alternatives(top))) => GenerationEvent::Alternatives(top),
                     Some(Ok(Event::Error(err))) => GenerationEvent::Failed(error_event_failure(
                         err.error,
                         err.error_type.as_deref(),

@@ -123,6 +123,11 @@ impl RemoteTgi {
                         forward(&sender, GenerationEvent::Finished(token, finish)).await;
                         return;
                     }
+                    Event::Alternatives(top) => {
+                        if !forward(&sender, GenerationEvent::Alternatives(top)).await {
+                            return;
+                        }
+                    }
                     Event::Error(err) => {
                         let failure = error_event_failure(err.error, err.error_type.as_deref());
                         forward(&sender, GenerationEvent::Failed(failure)).await;

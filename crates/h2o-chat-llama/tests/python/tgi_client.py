@@ -37,6 +37,14 @@ stopped = client.generate(prompt, max_new_tokens=24, stop_sequences=[" Paris"])
 assert stopped.details.finish_reason == "stop_sequence", stopped.details
 assert stopped.generated_text.endswith(" Paris"), stopped.generated_text
 
+# decoder_input_details: the prompt's tokens, each scored given those before it.
+scored = client.generate(prompt, max_new_tokens=1, decoder_input_details=True)
+prefill = scored.details.prefill
+assert "".join(t.text for t in prefill) == prompt, prefill
+assert prefill[0].logprob is None, prefill[0]
+assert all(t.logprob is not None and t.logprob <= 0 for t in prefill[1:]), prefill
+assert client.generate(prompt, max_new_tokens=1).details.prefill == []
+
 # Validation errors arrive as the client's typed exception.
 try:
     client.generate(prompt, max_new_tokens=4, top_p=1.0)
@@ -53,4 +61,5 @@ print(json.dumps({
     "seeded": [a.generated_text, b.generated_text],
     "stopped": [stopped.details.finish_reason, stopped.generated_text],
     "refusal": refusal,
+    "prefill": len(prefill),
 }))

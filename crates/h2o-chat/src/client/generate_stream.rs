@@ -154,6 +154,7 @@ impl GenerateStream {
                 self.finish_cleanly();
                 Ok(Event::Final(final_event))
             }
+            Event::Alternatives(top) => Ok(Event::Alternatives(top)),
             Event::Error(ErrorEvent { error, error_type }) => {
                 let err = Error::Stream {
                     error_type,

@@ -62,6 +62,7 @@ impl EventStream {
                     completion.details = final_event.details;
                     return Ok(completion);
                 }
+                Event::Alternatives(_) => {}
                 Event::Error(err) => {
                     // Generation turns error events into `Err`; kept for exhaustiveness.
                     return Err(Error::Stream {
@@ -103,7 +104,7 @@ impl TokenStream {
                     *yielded = true;
                     Some(Ok(token.text))
                 }
-                Ok(Event::Token(_)) => None,
+                Ok(Event::Token(_) | Event::Alternatives(_)) => None,
                 Ok(Event::Final(final_event)) => match final_event.token {
                     Some(token) if !token.special && !token.text.is_empty() => Some(Ok(token.text)),
                     Some(_) => None,

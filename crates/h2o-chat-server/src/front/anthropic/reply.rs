@@ -105,35 +105,19 @@ pub async fn message(run: Run, shape: Shape) -> Response {
     {
         text = kept.to_string();
     }
+    let (words, calls) = match shape.reader() {
+        None => (text, Vec::new()),
+        Some(reader) => reader.read_all(&text),
+    };
     let mut content: Vec<ContentBlock> = Vec::new();
-    let mut calls: Vec<(String, String)> = Vec::new();
-    match shape.reader() {
-        None => content.push(ContentBlock::Text { text }),
-        Some(mut reader) => {
-            let mut reads = reader.push(&text);
-            reads.extend(reader.finish());
-            let mut words = String::new();
-            for read in reads {
-                match read {
-                    Read::Text(piece) => words.push_str(&piece),
-                    Read::CallStarted { name, .. } => calls.push((name, String::new())),
-                    Read::Arguments { index, text } => {
-                        if let Some(call) = calls.get_mut(index) {
-                            call.1.push_str(&text);
-                        }
-                    }
-                }
-            }
-            if !words.is_empty() || calls.is_empty() {
-                content.push(ContentBlock::Text { text: words });
-            }
-            content.extend(calls.iter().map(|(name, arguments)| ContentBlock::ToolUse {
-                id: id("toolu"),
-                name: name.clone(),
-                input: input_of(arguments),
-            }));
-        }
+    if !words.is_empty() || calls.is_empty() {
+        content.push(ContentBlock::Text { text: words });
     }
+    content.extend(calls.iter().map(|(name, arguments)| ContentBlock::ToolUse {
+        id: id("toolu"),
+        name: name.clone(),
+        input: input_of(arguments),
+    }));
     Json(Message {
         id: id("msg"),
         kind: "message",

@@ -291,6 +291,7 @@ impl AnthropicRequest {
                 cache_hint: user,
                 constraint,
                 top_tokens: 0,
+                prompt_logprobs: false,
             },
             stream: body.stream.unwrap_or(false),
             tools,

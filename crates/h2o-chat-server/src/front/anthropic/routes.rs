@@ -20,16 +20,7 @@ use crate::pipeline;
 
 /// The model a request names: any served id or alias; none means the local model.
 fn model_of(state: &AppState, name: Option<&str>) -> Result<ServedModel, AnthropicError> {
-    let model = match name.filter(|m| !m.is_empty()) {
-        None => state
-            .models()
-            .all()
-            .iter()
-            .find(|m| !m.stand_in)
-            .or(state.models().default_model())
-            .cloned(),
-        Some(name) => state.models().by_name(name).cloned(),
-    };
+    let model = state.models().for_request(name).cloned();
     model.ok_or_else(|| AnthropicError::model_not_found(name.unwrap_or("")))
 }
 

@@ -157,29 +157,16 @@ fn chat_choice(index: u32, collected: &Collected, shape: &Shape) -> ChatChoice {
     let text = collected.text();
     let (content, calls) = match shape.reader() {
         None => (Some(text), Vec::new()),
-        Some(mut reader) => {
-            let mut reads = reader.push(&text);
-            reads.extend(reader.finish());
-            let mut content = String::new();
-            let mut calls: Vec<ToolCall> = Vec::new();
-            for read in reads {
-                match read {
-                    Read::Text(text) => content.push_str(&text),
-                    Read::CallStarted { name, .. } => calls.push(ToolCall {
-                        id: call_id(),
-                        kind: "function",
-                        function: FunctionCall {
-                            name,
-                            arguments: String::new(),
-                        },
-                    }),
-                    Read::Arguments { index, text } => {
-                        if let Some(call) = calls.get_mut(index) {
-                            call.function.arguments.push_str(&text);
-                        }
-                    }
-                }
-            }
+        Some(reader) => {
+            let (content, calls) = reader.read_all(&text);
+            let calls: Vec<ToolCall> = calls
+                .into_iter()
+                .map(|(name, arguments)| ToolCall {
+                    id: call_id(),
+                    kind: "function",
+                    function: FunctionCall { name, arguments },
+                })
+                .collect();
             (
                 (calls.is_empty() || !content.is_empty()).then_some(content),
                 calls,

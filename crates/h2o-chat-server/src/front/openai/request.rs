@@ -692,6 +692,7 @@ fn map(input: Input, common: Common<'_>) -> Result<OpenAiRequest, ApiError> {
             cache_scope,
             constraint: None,
             top_tokens: 0,
+            prompt_logprobs: false,
         },
         stream: common.stream.unwrap_or(false),
         include_usage: common

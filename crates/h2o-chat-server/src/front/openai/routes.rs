@@ -77,17 +77,10 @@ async fn respond(state: AppState, headers: &HeaderMap, body: &[u8], kind: Kind) 
     if request.plan.cache_scope.is_anonymous() {
         request.plan.cache_scope = auth::key_scope(headers);
     }
-    // No model (or an empty one) means the local model, not a stand-in.
-    let model = match request.model.as_deref().filter(|m| !m.is_empty()) {
-        None => state
-            .models()
-            .all()
-            .iter()
-            .find(|m| !m.stand_in)
-            .or(state.models().default_model())
-            .cloned(),
-        Some(name) => state.models().by_name(name).cloned(),
-    };
+    let model = state
+        .models()
+        .for_request(request.model.as_deref())
+        .cloned();
     let Some(model) = model else {
         return ApiError::model_not_found(request.model.as_deref().unwrap_or("")).into_response();
     };

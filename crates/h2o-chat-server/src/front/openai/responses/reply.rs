@@ -109,26 +109,10 @@ fn ending(finish: &Finish) -> (&'static str, Option<IncompleteDetails>) {
 
 /// The output items of a whole answer.
 fn output_of(text: &str, reader: Option<CallReader>, status: &'static str) -> Vec<OutputItem> {
-    let mut words = String::new();
-    let mut calls: Vec<(String, String)> = Vec::new();
-    match reader {
-        None => words.push_str(text),
-        Some(mut reader) => {
-            let mut reads = reader.push(text);
-            reads.extend(reader.finish());
-            for read in reads {
-                match read {
-                    Read::Text(piece) => words.push_str(&piece),
-                    Read::CallStarted { name, .. } => calls.push((name, String::new())),
-                    Read::Arguments { index, text } => {
-                        if let Some(call) = calls.get_mut(index) {
-                            call.1.push_str(&text);
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let (words, calls) = match reader {
+        None => (text.to_string(), Vec::new()),
+        Some(reader) => reader.read_all(text),
+    };
     let mut output = Vec::new();
     if !words.is_empty() || calls.is_empty() {
         output.push(OutputItem::Message {

@@ -385,6 +385,7 @@ impl ResponsesCall {
                 cache_hint: key,
                 constraint,
                 top_tokens: 0,
+                prompt_logprobs: false,
             },
             stream: body.stream.unwrap_or(false),
             tools,

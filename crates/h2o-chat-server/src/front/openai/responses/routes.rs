@@ -27,16 +27,7 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Byt
     if call.plan.cache_scope.is_anonymous() {
         call.plan.cache_scope = auth::key_scope(&headers);
     }
-    let model = match call.model.as_deref().filter(|m| !m.is_empty()) {
-        None => state
-            .models()
-            .all()
-            .iter()
-            .find(|m| !m.stand_in)
-            .or(state.models().default_model())
-            .cloned(),
-        Some(name) => state.models().by_name(name).cloned(),
-    };
+    let model = state.models().for_request(call.model.as_deref()).cloned();
     let Some(model) = model else {
         return ApiError::model_not_found(call.model.as_deref().unwrap_or("")).into_response();
     };
