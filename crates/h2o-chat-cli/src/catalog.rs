@@ -154,12 +154,18 @@ pub fn serve(
         keep_alive: args.keep_alive.0,
         max_loaded: args.max_loaded as usize,
         wait: LOAD_WAIT,
+        // Three quarters of what is free at start: the rest is the server's own and the
+        // page cache's.
+        max_bytes: args
+            .max_memory
+            .or_else(|| h2o_chat_llama::memory_available().map(|bytes| bytes / 4 * 3)),
     });
     let knobs: EngineArgs = args.engine.clone();
     let default = {
         let (knobs, path) = (knobs.clone(), files.default.clone());
-        fleet.add(
+        fleet.add_sized(
             LOCAL_MODEL_ID,
+            path.as_deref().map_or(0, file_size),
             Box::new(move || {
                 let engine = local::load_engine(path.clone(), quiet, &knobs, &cancel)
                     .map_err(|e| e.to_string())?;
@@ -171,8 +177,9 @@ pub fn serve(
     let mut named: Vec<(String, Arc<OnDemand>)> = Vec::new();
     for (name, path) in &files.named {
         let (knobs, path, model) = (knobs.clone(), path.clone(), name.clone());
-        let engine = fleet.add(
+        let engine = fleet.add_sized(
             name.clone(),
+            file_size(&path),
             Box::new(move || {
                 let engine = LlamaEngine::load(knobs.config(path.clone(), &model))
                     .map_err(|e| e.to_string())?;
@@ -245,6 +252,11 @@ pub fn serve(
         default,
         preload,
     })
+}
+
+/// A model file's size: the least it takes loaded (0 while it is still to be fetched).
+fn file_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 #[cfg(test)]

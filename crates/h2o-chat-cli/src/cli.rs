@@ -154,6 +154,12 @@ pub struct ServeArgs {
     /// model with requests running is never unloaded).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_loaded: u32,
+    /// Memory the loaded models may hold together (weights and KV caches), e.g. `12G`,
+    /// `800M`; loading another unloads least recently used idle ones until it fits, and a
+    /// model larger than the whole budget fails alone. Default: three quarters of the memory
+    /// available at start.
+    #[arg(long, value_parser = byte_size, value_name = "SIZE")]
+    pub max_memory: Option<u64>,
     /// Which model answers an H2o id, as ID=NAME (repeatable), e.g. `falcon-40b=mistral`;
     /// the default model unless said.
     #[arg(long = "stand-in", value_name = "ID=NAME")]
@@ -205,6 +211,39 @@ fn keep_alive(text: &str) -> Result<KeepAlive, String> {
     humantime::parse_duration(text)
         .map(|d| KeepAlive(Some(d)))
         .map_err(|e| format!("`{text}`: {e} (say e.g. `30s`, `5m`, `0`, or `-1` for never)"))
+}
+
+/// `--max-memory`: bytes, or a number with `K`, `M`, `G` or `T` (powers of 1,024; `B` and
+/// `iB` accepted after them).
+fn byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let number = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, unit) = match number.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&number[..at], Some(c)),
+        _ => (number, None),
+    };
+    let scale: u64 = match unit {
+        None => 1,
+        Some('k') => 1 << 10,
+        Some('m') => 1 << 20,
+        Some('g') => 1 << 30,
+        Some('t') => 1 << 40,
+        Some(other) => {
+            return Err(format!(
+                "`{trimmed}`: unknown unit `{other}` (say e.g. `12G`, `800M`)"
+            ));
+        }
+    };
+    let value: f64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{trimmed}`: not a size (say e.g. `12G`, `800M`)"))?;
+    let bytes = value * scale as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("`{trimmed}`: out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 fn retention(text: &str) -> Result<Retention, String> {
@@ -397,4 +436,22 @@ pub struct Global {
     /// Do not log this exchange (the log is `logs.sqlite3` in the cache directory).
     #[arg(long, global = true, env = "H2O_CHAT_NO_LOG", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_log: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_size;
+
+    #[test]
+    fn sizes_are_bytes_or_binary_multiples() {
+        assert_eq!(byte_size("1024"), Ok(1024));
+        assert_eq!(byte_size("800M"), Ok(800 << 20));
+        assert_eq!(byte_size("12G"), Ok(12 << 30));
+        assert_eq!(byte_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(byte_size("2gb"), Ok(2 << 30));
+        assert!(byte_size("12X").unwrap_err().contains("unknown unit"));
+        assert!(byte_size("lots").is_err());
+        assert!(byte_size("0").is_err());
+        assert!(byte_size("-1G").is_err());
+    }
 }

@@ -85,6 +85,12 @@ pub trait Engine: Send + Sync + 'static {
         true
     }
 
+    /// Bytes of memory its model holds while loaded (weights and caches), when it knows:
+    /// what a fleet's memory budget counts ([`crate::FleetConfig::max_bytes`]).
+    fn footprint(&self) -> Option<u64> {
+        None
+    }
+
     /// Its work so far; `None` for engines that keep no such figures (a relay, a gateway).
     fn stats(&self) -> Option<EngineStats> {
         None

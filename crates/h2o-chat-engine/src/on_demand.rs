@@ -6,11 +6,17 @@
 //! and tokenizer) loads it — that request waits, within [`FleetConfig::wait`], and so do
 //! others that arrive meanwhile — unless it was loaded at start ([`Fleet::preload`]). A
 //! model idle for [`FleetConfig::keep_alive`] is unloaded (its memory given back); before a
-//! load, when [`FleetConfig::max_loaded`] models are loaded, the least recently used idle one
-//! is unloaded to make room. A model with requests running is never unloaded: a load that
-//! finds no idle model to unload waits for one, then fails as overloaded. A model that cannot
-//! load fails its own requests with the reason (and is tried again after [`RETRY_FAILED`]),
-//! and the others keep serving.
+//! load, when [`FleetConfig::max_loaded`] models are loaded, or when the model would not fit
+//! beside the loaded ones in [`FleetConfig::max_bytes`], the least recently used idle one is
+//! unloaded to make room. A model with requests running is never unloaded: a load that finds
+//! no idle model to unload waits for one, then fails as overloaded. A model that cannot load
+//! (a model larger than the whole budget included) fails its own requests with the reason
+//! (and is tried again after [`RETRY_FAILED`]), and the others keep serving.
+//!
+//! A model's size is what its engine reports once loaded ([`Engine::footprint`]: weights
+//! and caches); before its first load, the size given with it ([`Fleet::add_sized`], its
+//! file's size), the least it can take. A model that turns out larger than announced makes
+//! room after its load, by the same rule.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -51,6 +57,8 @@ pub struct FleetConfig {
     pub max_loaded: usize,
     /// How long a request waits for its model to load, or for room to load it.
     pub wait: Duration,
+    /// Bytes the loaded models may hold together; `None` for no bound but `max_loaded`.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for FleetConfig {
@@ -60,6 +68,7 @@ impl Default for FleetConfig {
             keep_alive: Some(Duration::from_secs(300)),
             max_loaded: 3,
             wait: Duration::from_secs(120),
+            max_bytes: None,
         }
     }
 }
@@ -77,6 +86,8 @@ enum State {
     Failed(String, Instant),
 }
 
+const MB: u64 = 1024 * 1024;
+
 /// How long a model that failed to load answers with its failure before it is tried again
 /// (a download or memory shortage may pass; a corrupt file fails again, cheaply).
 pub const RETRY_FAILED: Duration = Duration::from_secs(30);
@@ -90,6 +101,21 @@ struct Member {
     in_flight: usize,
     /// What the model said of itself when last loaded (its limits stay known unloaded).
     info: Option<EngineInfo>,
+    /// Its size before its first load (see the module docs).
+    announced: u64,
+    /// Its size as its engine reported it when last loaded.
+    footprint: Option<u64>,
+}
+
+impl Member {
+    /// The bytes it takes, or will take, loaded.
+    fn size(&self) -> u64 {
+        self.footprint.unwrap_or(self.announced)
+    }
+
+    fn holds_memory(&self) -> bool {
+        matches!(self.state, State::Loaded(_) | State::Loading)
+    }
 }
 
 /// The models and what the fleet remembers of them. See the module docs.
@@ -124,6 +150,17 @@ impl Fleet {
 
     /// A model named `name`, loaded by `loader` when first needed.
     pub fn add(self: &Arc<Self>, name: impl Into<String>, loader: Loader) -> Arc<OnDemand> {
+        self.add_sized(name, 0, loader)
+    }
+
+    /// The same, announcing the bytes it takes at least once loaded (its file's size), for
+    /// the memory budget before it first loads.
+    pub fn add_sized(
+        self: &Arc<Self>,
+        name: impl Into<String>,
+        announced: u64,
+        loader: Loader,
+    ) -> Arc<OnDemand> {
         let mut members = self.lock();
         members.push(Member {
             name: name.into(),
@@ -132,6 +169,8 @@ impl Fleet {
             last_used: Instant::now(),
             in_flight: 0,
             info: None,
+            announced,
+            footprint: None,
         });
         Arc::new(OnDemand {
             fleet: self.clone(),
@@ -170,14 +209,34 @@ impl Fleet {
                         self.wait(members, deadline, || format!("{name} is still loading"))?;
                 }
                 State::Unloaded => {
-                    let busy = members
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, m)| {
-                            *i != index && matches!(m.state, State::Loaded(_) | State::Loading)
-                        })
-                        .count();
-                    if busy >= self.config.max_loaded.max(1) {
+                    let need = members[index].size();
+                    if let Some(budget) = self.config.max_bytes
+                        && need > budget
+                    {
+                        let reason = format!(
+                            "it takes about {} MB, more than the memory budget of {} MB",
+                            need.div_ceil(MB),
+                            budget / MB
+                        );
+                        tracing::error!(model = %members[index].name, %reason, "the model cannot be loaded");
+                        let message =
+                            format!("{} could not be loaded: {reason}", members[index].name);
+                        members[index].state = State::Failed(reason, Instant::now());
+                        return Err(EngineError::Stopped(message));
+                    }
+                    let others = || {
+                        members
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, m)| *i != index && m.holds_memory())
+                    };
+                    let busy = others().count();
+                    let held: u64 = others().map(|(_, m)| m.size()).sum();
+                    let over_budget = self
+                        .config
+                        .max_bytes
+                        .is_some_and(|budget| held.saturating_add(need) > budget);
+                    if busy >= self.config.max_loaded.max(1) || over_budget {
                         match least_recently_used_idle(&members, index) {
                             Some(victim) => {
                                 let engine = unload(&mut members[victim]);
@@ -215,9 +274,16 @@ impl Fleet {
                     match loaded {
                         Ok(engine) => {
                             member.info = Some(engine.info());
+                            member.footprint = engine.footprint().or(member.footprint);
                             member.last_used = Instant::now();
                             member.state = State::Loaded(engine);
-                            tracing::info!(model = %name, load_ms = started.elapsed().as_millis(), "model loaded");
+                            tracing::info!(model = %name, load_ms = started.elapsed().as_millis(), bytes = member.size(), "model loaded");
+                            let unloaded = self.fit_budget(&mut members, index);
+                            if !unloaded.is_empty() {
+                                drop(members);
+                                drop(unloaded);
+                                members = self.lock();
+                            }
                         }
                         Err(reason) => {
                             tracing::error!(model = %name, %reason, "the model could not be loaded");
@@ -225,6 +291,41 @@ impl Fleet {
                         }
                     }
                     self.changed.notify_all();
+                }
+            }
+        }
+    }
+
+    /// After `index` loaded larger than it was announced: unloads the least recently used
+    /// idle others until the loaded models fit the budget again (their engines, to be
+    /// dropped once the lock is released). Busy ones stay: the budget is then over until
+    /// they end, which the log says.
+    fn fit_budget(&self, members: &mut [Member], index: usize) -> Vec<Arc<dyn Engine>> {
+        let Some(budget) = self.config.max_bytes else {
+            return Vec::new();
+        };
+        let mut unloaded = Vec::new();
+        loop {
+            let held: u64 = members
+                .iter()
+                .filter(|m| m.holds_memory())
+                .map(Member::size)
+                .sum();
+            if held <= budget {
+                return unloaded;
+            }
+            match least_recently_used_idle(members, index) {
+                Some(victim) => {
+                    tracing::info!(model = %members[victim].name, "unloading the model (memory budget)");
+                    unloaded.extend(unload(&mut members[victim]));
+                }
+                None => {
+                    tracing::warn!(
+                        held_mb = held / MB,
+                        budget_mb = budget / MB,
+                        "the loaded models exceed the memory budget; none is idle to unload"
+                    );
+                    return unloaded;
                 }
             }
         }
@@ -528,6 +629,7 @@ mod tests {
             keep_alive: None,
             max_loaded: 1,
             wait: Duration::from_millis(300),
+            max_bytes: None,
         });
         let gate = ScriptGate::new();
         let loads = Arc::new(AtomicUsize::new(0));
@@ -566,6 +668,110 @@ mod tests {
         assert!(loaded.is_ok(), "{loaded:?}");
         assert!(!a.is_loaded() && b.is_loaded());
         assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    /// A scripted model that says it holds `bytes`.
+    struct Weighing(ScriptedEngine, u64);
+
+    impl Engine for Weighing {
+        fn info(&self) -> EngineInfo {
+            self.0.info()
+        }
+        fn footprint(&self) -> Option<u64> {
+            Some(self.1)
+        }
+        fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
+            self.0.render_chat(turns)
+        }
+        fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
+            self.0.tokenize(prompt)
+        }
+        fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+            self.0.start(request)
+        }
+    }
+
+    fn weighing(loads: Arc<AtomicUsize>, bytes: u64) -> Loader {
+        Box::new(move || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(
+                Arc::new(Weighing(ScriptedEngine::new(Script::default()), bytes))
+                    as Arc<dyn Engine>,
+            )
+        })
+    }
+
+    fn budget(bytes: u64) -> Arc<Fleet> {
+        Fleet::new(FleetConfig {
+            keep_alive: None,
+            max_bytes: Some(bytes),
+            ..FleetConfig::default()
+        })
+    }
+
+    #[test]
+    fn the_memory_budget_unloads_the_idle_model_the_next_does_not_fit_beside() {
+        let fleet = budget(100 * MB);
+        let loads = Arc::new(AtomicUsize::new(0));
+        let a = fleet.add("a", weighing(loads.clone(), 60 * MB));
+        // Whether a was still loaded while b loaded.
+        let beside = Arc::new(std::sync::Mutex::new(None));
+        let b = fleet.add_sized("b", 60 * MB, {
+            let (a, beside, inner) = (a.clone(), beside.clone(), weighing(loads.clone(), 60 * MB));
+            Box::new(move || {
+                *beside.lock().unwrap() = Some(a.is_loaded());
+                inner()
+            })
+        });
+        let c = fleet.add_sized("c", 30 * MB, weighing(loads.clone(), 30 * MB));
+        a.render_chat(&[]).unwrap();
+        std::thread::sleep(GRACE + Duration::from_millis(50));
+        // 60 + 60 > 100: a, idle, makes room for b before b loads (three models may be
+        // loaded by count).
+        b.render_chat(&[]).unwrap();
+        assert_eq!(*beside.lock().unwrap(), Some(false), "a was unloaded first");
+        assert!(!a.is_loaded() && b.is_loaded());
+        // 60 + 30 fits: both stay.
+        c.render_chat(&[]).unwrap();
+        assert!(b.is_loaded() && c.is_loaded());
+        assert_eq!(loads.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_model_larger_than_the_whole_budget_fails_alone_without_loading() {
+        let fleet = budget(100 * MB);
+        let loads = Arc::new(AtomicUsize::new(0));
+        let big = fleet.add_sized("big", 150 * MB, weighing(loads.clone(), 150 * MB));
+        let small = fleet.add("small", weighing(loads.clone(), 10 * MB));
+        let err = big.render_chat(&[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("more than the memory budget of 100 MB"),
+            "{err}"
+        );
+        assert!(matches!(big.health(), Health::Failed(_)));
+        assert_eq!(loads.load(Ordering::SeqCst), 0, "never tried");
+        small.render_chat(&[]).unwrap();
+        assert!(small.is_loaded());
+    }
+
+    #[test]
+    fn a_model_larger_than_announced_makes_room_after_its_load() {
+        let fleet = budget(100 * MB);
+        let loads = Arc::new(AtomicUsize::new(0));
+        let a = fleet.add("a", weighing(loads.clone(), 60 * MB));
+        // Announced as 10 MB (its file), it takes 60 once loaded.
+        let b = fleet.add_sized("b", 10 * MB, weighing(loads.clone(), 60 * MB));
+        a.render_chat(&[]).unwrap();
+        std::thread::sleep(GRACE + Duration::from_millis(50));
+        b.render_chat(&[]).unwrap();
+        assert!(b.is_loaded());
+        assert!(
+            !a.is_loaded(),
+            "a, idle, was unloaded once b's size was known"
+        );
+        // Known now: b's next load counts its 60 MB.
+        assert_eq!(fleet.lock()[1].size(), 60 * MB);
     }
 
     #[test]

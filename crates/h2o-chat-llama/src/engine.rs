@@ -19,7 +19,7 @@ use crate::backend::backend;
 use crate::config::LlamaConfig;
 use crate::grammar::Grammars;
 use crate::scheduler::{Job, Scheduler, Shared};
-use crate::sizing::{fit_to_memory, head_widths};
+use crate::sizing::{fit_to_memory, footprint, head_widths};
 use crate::template;
 use crate::vocabulary::Vocabulary;
 
@@ -43,6 +43,8 @@ pub struct LlamaEngine {
     /// The knobs as they run (sized to the machine and the model).
     config: LlamaConfig,
     load_ms: u128,
+    /// Bytes held: weights and KV caches ([`Engine::footprint`]).
+    footprint: u64,
 }
 
 impl LlamaEngine {
@@ -134,8 +136,10 @@ impl LlamaEngine {
             slots,
             batch_total_tokens: slots * context_per_slot,
         };
-        tracing::info!(model = %info.model_id, load_ms, slots, context_per_slot, "model loaded");
+        let footprint = footprint(&model, kv_cache, slots * context_per_slot);
+        tracing::info!(model = %info.model_id, load_ms, slots, context_per_slot, footprint_mb = footprint / (1024 * 1024), "model loaded");
         Ok(LlamaEngine {
+            footprint,
             model,
             vocabulary,
             grammars,
@@ -192,6 +196,10 @@ impl Drop for LlamaEngine {
 impl Engine for LlamaEngine {
     fn info(&self) -> EngineInfo {
         self.info.clone()
+    }
+
+    fn footprint(&self) -> Option<u64> {
+        Some(self.footprint)
     }
 
     fn health(&self) -> Health {

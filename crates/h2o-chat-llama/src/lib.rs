@@ -51,3 +51,4 @@ pub use backend::backend;
 pub use config::LlamaConfig;
 pub use engine::LlamaEngine;
 pub use kv_cache::KvCache;
+pub use sizing::memory_available;

@@ -36,8 +36,15 @@ pub(crate) fn head_widths(model: &LlamaModel) -> (u32, u32) {
     )
 }
 
+/// Bytes the model holds loaded: its weights and the slots' KV caches (`positions` in all).
+pub(crate) fn footprint(model: &LlamaModel, kv_cache: KvCache, positions: usize) -> u64 {
+    model
+        .size()
+        .saturating_add(kv_bytes_per_position(model, kv_cache).saturating_mul(positions as u64))
+}
+
 /// `MemAvailable` from /proc/meminfo, in bytes.
-fn memory_available() -> Option<u64> {
+pub fn memory_available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = meminfo
         .lines()

@@ -185,6 +185,47 @@ async fn the_least_recently_used_idle_model_makes_room_and_a_corrupt_one_fails_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_counts_each_models_weights_and_caches() {
+    let gguf = h2o_chat_test_support::model::local_gguf();
+    // What one model takes, as the engine reports it.
+    let one = tokio::task::spawn_blocking({
+        let gguf = gguf.clone();
+        move || loader(gguf, "probe")().unwrap().footprint().unwrap()
+    })
+    .await
+    .unwrap();
+    let file = std::fs::metadata(&gguf).unwrap().len();
+    assert!(one > file, "weights and caches: {one} vs the file's {file}");
+    // Room for one and a half: by count three may be loaded, by bytes only one.
+    let fleet = Fleet::new(FleetConfig {
+        keep_alive: None,
+        max_bytes: Some(one * 3 / 2),
+        ..FleetConfig::default()
+    });
+    let a = fleet.add_sized("a", file, loader(gguf.clone(), "a"));
+    let b = fleet.add_sized("b", file, loader(gguf.clone(), "b"));
+    let huge = fleet.add_sized("huge", one * 2, loader(gguf, "huge"));
+    let server = serve(&[("a", a.clone()), ("b", b.clone()), ("huge", huge)]).await;
+    let url = server.url();
+    assert_eq!(ask(&url, "a").await.0, 200);
+    tokio::time::sleep(h2o_chat_engine::GRACE).await;
+    // b does not fit beside a: a, idle, is unloaded first.
+    assert_eq!(ask(&url, "b").await.0, 200);
+    assert!(!a.is_loaded() && b.is_loaded());
+    // A model larger than the whole budget fails alone, with the reason.
+    let (status, error) = ask(&url, "huge").await;
+    assert_eq!(status, 503, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory budget"),
+        "{error}"
+    );
+    assert_eq!(ask(&url, "b").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_second_model_answers_with_its_own_tokenizer_when_one_is_given() {
     let Some(second) = std::env::var_os("H2O_CHAT_SECOND_GGUF") else {
         eprintln!("H2O_CHAT_SECOND_GGUF is not set: the second-model test has nothing to load");
