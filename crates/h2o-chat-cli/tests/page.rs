@@ -13,6 +13,10 @@ fn the_web_page_works_in_a_real_browser() {
     let output = Command::new("python3")
         .arg(dir.join("tests/page/test_page.py"))
         .env("H2O_CHAT_BIN", assert_cmd::cargo::cargo_bin("h2o-chat"))
+        .env(
+            "H2O_CHAT_TEST_GGUF",
+            h2o_chat_test_support::model::local_gguf(),
+        )
         .env("SCREENSHOTS", &screenshots)
         .env_remove("H2O_CHAT_URL")
         .env("NO_PROXY", "*")

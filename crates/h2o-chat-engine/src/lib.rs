@@ -43,7 +43,7 @@ pub mod sampling;
 mod scripted;
 pub mod stopping;
 
-pub use constraint::Constraint;
+pub use constraint::{Constraint, ToolUse, tool_call};
 pub use deferred::DeferredEngine;
 pub use engine::{Cleanup, Engine, EngineInfo, EngineStats, Generation, Health};
 pub use error::EngineError;

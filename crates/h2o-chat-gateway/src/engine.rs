@@ -91,12 +91,6 @@ impl Engine for Gateway {
     }
 
     fn start(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
-        if request.top_tokens > 0 {
-            return Err(EngineError::Input(
-                "alternatives per token (`logprobs`, `top_n_tokens`) are not relayed by the gateway"
-                    .into(),
-            ));
-        }
         if request.prompt_logprobs {
             return Err(EngineError::Input(
                 "the prompt's log-probabilities (`decoder_input_details`) are not relayed by the gateway"

@@ -171,7 +171,10 @@ impl Upstream {
             (
                 UpstreamKind::Tgi,
                 Constraint::JsonSchema(_) | Constraint::Regex(_)
-            ) | (UpstreamKind::OpenAi, Constraint::JsonSchema(_))
+            ) | (
+                UpstreamKind::OpenAi,
+                Constraint::JsonSchema(_) | Constraint::Tools(_)
+            )
         )
     }
 

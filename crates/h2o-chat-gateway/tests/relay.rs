@@ -386,7 +386,7 @@ async fn a_schema_reaches_a_tgi_upstream_as_its_grammar_and_what_no_upstream_car
         body["parameters"]["grammar"],
         json!({"type": "json", "value": {"type": "object"}})
     );
-    // Tool calls are this server's own grammar: no upstream protocol carries them.
+    // TGI's generate protocol has no tools (an OpenAI-kind upstream takes them natively).
     let response = post_to(
         &gateway,
         &json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}],
@@ -413,4 +413,141 @@ async fn a_schema_reaches_a_tgi_upstream_as_its_grammar_and_what_no_upstream_car
 
 async fn post_to(gateway: &RunningServer, body: &Value) -> reqwest::Response {
     post(gateway, body).await
+}
+
+#[tokio::test]
+async fn tools_reach_an_openai_upstream_natively_and_its_calls_come_back_as_calls() {
+    use axum::routing::post;
+    // An OpenAI-compatible upstream that keeps the bodies it was sent and streams a call
+    // whose arguments come in fragments, as vLLM and llama.cpp's server send them.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |body: axum::Json<Value>| async move {
+            kept.lock().unwrap().push(body.0);
+            let chunk = |delta: Value, finish: Value| {
+                format!(
+                    "data: {}\n\n",
+                    json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                )
+            };
+            let body = [
+                chunk(json!({"role": "assistant", "content": null}), Value::Null),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                           "function": {"name": "get_weather", "arguments": ""}}]}),
+                    Value::Null,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}),
+                    Value::Null,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+                    Value::Null,
+                ),
+                chunk(json!({}), json!("tool_calls")),
+                "data: [DONE]\n\n".to_string(),
+            ]
+            .concat();
+            ([("content-type", "text/event-stream")], body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gateway = gateway_of(UpstreamKind::OpenAi, &url).await;
+    let tool = json!({"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}});
+    let ask = |stream: bool| {
+        json!({"model": "smollm2", "stream": stream, "tool_choice": "required", "tools": [tool.clone()],
+               "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}]})
+    };
+    let reply: Value = post_to(&gateway, &ask(false)).await.json().await.unwrap();
+    let choice = &reply["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{reply}");
+    assert_eq!(choice["message"]["content"], Value::Null, "{reply}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{reply}");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"city": "Paris"}));
+    // What the upstream got: the tools as OpenAI's own fields, and the system message as
+    // the client wrote it (no section written for a model without tool syntax).
+    let sent = seen.lock().unwrap()[0].clone();
+    assert_eq!(sent["tools"], json!([tool]), "{sent}");
+    assert_eq!(sent["tool_choice"], "required");
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}])
+    );
+    // Streamed: the name once, then the arguments, as the fronts stream a call.
+    let body = post_to(&gateway, &ask(true)).await.text().await.unwrap();
+    let mut name = None;
+    let mut streamed = String::new();
+    let mut finish = None;
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        let choice = &chunk["choices"][0];
+        if let Some(calls) = choice["delta"]["tool_calls"].as_array() {
+            if let Some(n) = calls[0]["function"]["name"].as_str() {
+                assert!(name.is_none(), "the name comes once: {body}");
+                name = Some(n.to_string());
+            }
+            streamed.push_str(calls[0]["function"]["arguments"].as_str().unwrap_or(""));
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = Some(f.to_string());
+        }
+    }
+    assert_eq!(name.as_deref(), Some("get_weather"), "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&streamed).unwrap(),
+        json!({"city": "Paris"})
+    );
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+}
+
+#[tokio::test]
+async fn alternatives_per_token_are_relayed_from_every_upstream_kind() {
+    // The upstream: this server on a scripted model, which ranks `<alt>` second everywhere.
+    let upstream = Server::new(
+        ServerConfig::default(),
+        ModelRegistry::with_h2o_stand_ins(Arc::new(ScriptedEngine::new(Script::default()))),
+    )
+    .bind("127.0.0.1:0")
+    .await
+    .unwrap();
+    for kind in [UpstreamKind::H2o, UpstreamKind::Tgi, UpstreamKind::OpenAi] {
+        let gateway = gateway_of(kind, &upstream.url()).await;
+        let reply: Value = post(
+            &gateway,
+            &json!({"model": "falcon-40b", "messages": [{"role": "user", "content": "Hi"}],
+                    "max_tokens": 10, "logprobs": true, "top_logprobs": 2}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let content = reply["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind:?}: {reply}"));
+        let text: String = content
+            .iter()
+            .map(|e| e["token"].as_str().unwrap())
+            .collect();
+        assert_eq!(text, "Hello!", "{kind:?}: {reply}");
+        for entry in content {
+            let top = entry["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 2, "{kind:?}: {entry}");
+            assert_eq!(top[0]["token"], entry["token"], "{kind:?}: {entry}");
+            assert_eq!(top[1]["token"], "<alt>", "{kind:?}: {entry}");
+            assert_eq!(top[1]["logprob"], -3.0, "{kind:?}: {entry}");
+            assert_eq!(entry["logprob"], -0.25, "{kind:?}: {entry}");
+        }
+    }
 }

@@ -119,11 +119,11 @@ impl Grammars {
                 }
                 TopLevelGrammar::from_regex(regex)
             }
-            Constraint::Lark(lark) => {
-                if group_depth(lark) > MAX_DEPTH {
+            Constraint::Tools(tools) => {
+                if group_depth(&tools.grammar) > MAX_DEPTH {
                     return Err(format!("the grammar nests deeper than {MAX_DEPTH} groups"));
                 }
-                TopLevelGrammar::from_lark(lark.clone())
+                TopLevelGrammar::from_lark(tools.grammar.clone())
             }
         };
         let factory = self.factory.clone();
@@ -211,7 +211,7 @@ fn describe(constraint: &Constraint) -> &'static str {
     match constraint {
         Constraint::JsonSchema(_) => "JSON schema",
         Constraint::Regex(_) => "regular expression",
-        Constraint::Lark(_) => "grammar",
+        Constraint::Tools(_) => "tool-call grammar",
     }
 }
 

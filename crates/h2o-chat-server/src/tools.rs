@@ -1,16 +1,11 @@
 //! Tool calls on a model that has no tool syntax of its own, enforced by a grammar.
 //!
-//! **The format** (documented in the README, the same as the Hermes and Qwen models'): the
-//! tools are listed for the model in a system section, and a call is
-//!
-//! ```text
-//! <tool_call>
-//! {"name": "get_weather", "arguments": {"city": "Paris"}}
-//! </tool_call>
-//! ```
-//!
-//! several calls one per line. A tool's result goes back as a user turn wrapped in
-//! `<tool_response>` tags, an earlier assistant call as the text above.
+//! **The format** ([`h2o_chat_engine::tool_call`], documented in the README, the same as the
+//! Hermes and Qwen models'): the tools are listed for the model in a system section, a call
+//! is a `<tool_call>` of its name and arguments, several calls one per line. A tool's result
+//! goes back as a user turn wrapped in `<tool_response>` tags, an earlier assistant call as
+//! the model wrote it. An upstream that calls tools natively gets them as OpenAI's `tools`
+//! instead, and its calls come back in this format ([`ToolUse`]).
 //!
 //! **The grammar** ([`Tools::grammar`], llguidance's Lark syntax): the call's frame is
 //! literal, the name one of the tools', the arguments JSON valid against that tool's
@@ -51,9 +46,8 @@ pub const MAX_PARALLEL_CALLS: usize = 8;
 /// The bytes of every tool's definition together.
 pub const MAX_TOOLS_BYTES: usize = 64 * 1024;
 
-const OPEN: &str = "<tool_call>\n{\"name\": \"";
-const AFTER_NAME: &str = "\", \"arguments\": ";
-const CLOSE: &str = "}\n</tool_call>";
+use h2o_chat_engine::ToolUse;
+use h2o_chat_engine::tool_call::{AFTER_NAME, BETWEEN, CLOSE, OPEN};
 
 /// One tool as the request gives it (`{"type": "function", "function": {...}}`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,6 +76,20 @@ pub struct Tool {
     pub description: Option<String>,
     /// A JSON Schema of the arguments object.
     pub parameters: Value,
+}
+
+impl Tool {
+    /// Its OpenAI signature, `{"type": "function", "function": {...}}`.
+    pub fn signature(&self) -> Value {
+        serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description.clone().unwrap_or_default(),
+                "parameters": self.parameters,
+            },
+        })
+    }
 }
 
 /// `tool_choice`.
@@ -277,15 +285,7 @@ impl Tools {
              listed in <tools></tools> tags, one JSON signature a line:\n<tools>\n",
         );
         for tool in &self.tools {
-            let signature = serde_json::json!({
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    "description": tool.description.clone().unwrap_or_default(),
-                    "parameters": tool.parameters,
-                },
-            });
-            section.push_str(&signature.to_string());
+            section.push_str(&tool.signature().to_string());
             section.push('\n');
         }
         section.push_str(
@@ -296,12 +296,37 @@ impl Tools {
         section
     }
 
+    /// The constraint of an answer: its grammar, and the tools as an upstream that calls
+    /// tools natively takes them. `text_schema`: the JSON Schema a text answer must follow
+    /// instead of free text (`response_format` beside `auto`).
+    pub fn tool_use(&self, text_schema: Option<&Value>) -> ToolUse {
+        let choice = match &self.choice {
+            ToolChoice::Auto => Value::from("auto"),
+            ToolChoice::Required => Value::from("required"),
+            ToolChoice::Named(name) => {
+                serde_json::json!({"type": "function", "function": {"name": name}})
+            }
+        };
+        ToolUse {
+            grammar: self.grammar(text_schema),
+            section: self.system_section(),
+            tools: self.tools.iter().map(Tool::signature).collect(),
+            choice,
+            parallel: self.parallel,
+            text_schema: text_schema.cloned(),
+        }
+    }
+
     /// The grammar of an answer (see the module docs). `text_schema`: the JSON Schema a
     /// text answer must follow instead of free text (`response_format` beside `auto`).
     pub fn grammar(&self, text_schema: Option<&Value>) -> String {
         let mut lark = String::new();
         let calls = if self.parallel && !matches!(self.choice, ToolChoice::Named(_)) {
-            format!("call (\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1)
+            format!(
+                "call ({} call){{0,{}}}",
+                lark_string(BETWEEN),
+                MAX_PARALLEL_CALLS - 1
+            )
         } else {
             "call".to_string()
         };
@@ -394,21 +419,6 @@ pub fn openai_choice(
 /// A literal in Lark's syntax (a JSON string is one).
 fn lark_string(text: &str) -> String {
     Value::String(text.to_string()).to_string()
-}
-
-/// An earlier call, as the model would have written it (for the history).
-pub fn written_call(name: &str, arguments: &str) -> String {
-    let arguments = if arguments.trim().is_empty() {
-        "{}"
-    } else {
-        arguments
-    };
-    format!("{OPEN}{name}{AFTER_NAME}{arguments}{CLOSE}")
-}
-
-/// A tool's result, as the model reads it.
-pub fn written_response(content: &str) -> String {
-    format!("<tool_response>\n{content}\n</tool_response>")
 }
 
 /// What [`CallReader`] makes of the answer so far.
@@ -600,6 +610,7 @@ impl CallReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use h2o_chat_engine::tool_call;
 
     fn tools(choice: &str) -> Tools {
         Tools::parse(
@@ -628,8 +639,8 @@ mod tests {
     fn calls_are_read_whatever_the_pieces() {
         let answer = format!(
             "{}\n{}",
-            written_call("get_weather", r#"{"city": "Paris"}"#),
-            written_call("get_time", "{}")
+            tool_call::written("get_weather", r#"{"city": "Paris"}"#),
+            tool_call::written("get_time", "{}")
         );
         for piece in [1, 2, 3, 7, 1000] {
             let reads = read_all(&mut CallReader::new(false), &answer, piece);

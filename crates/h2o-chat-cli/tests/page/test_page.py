@@ -21,9 +21,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 BIN = os.environ["H2O_CHAT_BIN"]
+# The local model's GGUF, served a second time under another name.
+GGUF = os.environ["H2O_CHAT_TEST_GGUF"]
 SCREENSHOTS = os.environ.get("SCREENSHOTS", tempfile.mkdtemp())
 QUESTION = "What is the capital of France?"
 # Bounds that only turn a hang into a failure.
@@ -457,6 +459,30 @@ class ErrorsAndRecovery(unittest.TestCase):
                              ["user", "assistant", "user", "user", "assistant"], stored)
             page.shot("after-restart")
             self.assertEqual(page.console_errors(allowed=["ERR_", "network error", "Failed to fetch", "status of 405"]), [])
+        finally:
+            driver.quit()
+            serve.stop()
+
+
+class SeveralModels(unittest.TestCase):
+    def test_the_picker_offers_a_model_on_demand_which_loads_when_it_is_asked(self):
+        serve = Serve("--gguf", f"second={GGUF}")
+        driver = browser()
+        try:
+            page = Page(driver, serve.url)
+            option = lambda: page.find('#model option[value="second"]')
+            self.assertIn("not loaded", option().text, "a model on demand says so")
+            self.assertEqual(page.find("#model").get_attribute("value"),
+                             "HuggingFaceTB/SmolLM2-135M-Instruct", "the default comes first")
+            Select(page.find("#model")).select_by_value("second")
+            self.assertIn("Paris", page.ask(QUESTION))
+            page.wait(lambda d: "not loaded" not in option().text)
+            self.assertEqual(page.find("#model").get_attribute("value"), "second")
+            cid = page.current_id()
+            self.assertEqual(page.server_conversation(cid)["model"], "second",
+                             "the conversation is the chosen model's")
+            page.shot("second-model")
+            self.assertEqual(page.console_errors(allowed=["status of 405"]), [])
         finally:
             driver.quit()
             serve.stop()

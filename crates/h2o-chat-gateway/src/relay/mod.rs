@@ -297,6 +297,9 @@ pub(crate) fn tgi_parameters(request: &GenerationRequest) -> serde_json::Value {
     if let Some(p) = sampling.repetition_penalty {
         put("repetition_penalty", p.into());
     }
+    if request.top_tokens > 0 {
+        put("top_n_tokens", request.top_tokens.into());
+    }
     if let Some(seed) = sampling.seed {
         put("seed", seed.into());
     }
@@ -320,7 +323,7 @@ pub(crate) fn tgi_parameters(request: &GenerationRequest) -> serde_json::Value {
                 serde_json::json!({"type": "regex", "value": regex}),
             );
         }
-        Some(Constraint::Lark(_)) | None => {}
+        Some(Constraint::Tools(_)) | None => {}
     }
     params
 }

@@ -6,11 +6,17 @@
 //! `stop`, `max_tokens`, and `repetition_penalty` r > 1 becomes `frequency_penalty`
 //! `2 (r − 1)` (capped at 2) — the inverse of the server's own OpenAI mapping. `top_k` and
 //! `typical_p` have no OpenAI field and are not sent.
+//!
+//! Tools go as OpenAI's own `tools`, `tool_choice` and `parallel_tool_calls`: the upstream
+//! shows them to its model in its model's format, so the system section written for a model
+//! without one is taken out of the messages. The calls it streams back (`tool_calls`
+//! deltas: a name, then argument fragments) are written in the [`tool_call`] format as they
+//! arrive, which the fronts read like the local model's calls.
 
 use futures_util::StreamExt;
 use h2o_chat_engine::{
     Constraint, EngineError, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest,
-    Token,
+    Token, tool_call,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -62,25 +68,166 @@ fn body_of(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
     if !request.stop.is_empty() {
         map.insert("stop".into(), json!(request.stop));
     }
+    let top = request.top_tokens;
+    let response_format = |schema: &Value| json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}});
     // The gateway takes only what this relay can pass (`Gateway::check_constraint`).
-    if let Some(Constraint::JsonSchema(schema)) = &request.constraint {
-        map.insert(
-            "response_format".into(),
-            json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}}),
-        );
+    let mut section = None;
+    match &request.constraint {
+        Some(Constraint::JsonSchema(schema)) => {
+            map.insert("response_format".into(), response_format(schema));
+        }
+        Some(Constraint::Tools(tools)) => {
+            map.insert("tools".into(), json!(tools.tools));
+            map.insert("tool_choice".into(), tools.choice.clone());
+            map.insert("parallel_tool_calls".into(), json!(tools.parallel));
+            if let Some(schema) = &tools.text_schema {
+                map.insert("response_format".into(), response_format(schema));
+            }
+            section = Some(tools.section.as_str());
+        }
+        Some(Constraint::Regex(_)) | None => {}
     }
     match request.prompt.chat() {
         Some(turns) => {
             let messages: Vec<Value> = turns
                 .iter()
-                .map(|t| json!({"role": t.role, "content": t.content}))
+                .filter_map(|t| {
+                    let content = match section {
+                        Some(section) if t.role == "system" => without(&t.content, section)?,
+                        _ => t.content.as_str(),
+                    };
+                    Some(json!({"role": t.role, "content": content}))
+                })
                 .collect();
             map.insert("messages".into(), json!(messages));
+            if top > 0 {
+                map.insert("logprobs".into(), json!(true));
+                map.insert("top_logprobs".into(), json!(top));
+            }
             ("/v1/chat/completions", body)
         }
         None => {
             map.insert("prompt".into(), json!(request.prompt.text()));
+            if top > 0 {
+                map.insert("logprobs".into(), json!(top));
+            }
             ("/v1/completions", body)
+        }
+    }
+}
+
+/// A system message without the tools' section the front appended to it (`None`: nothing
+/// is left of it).
+fn without<'a>(content: &'a str, section: &str) -> Option<&'a str> {
+    if content == section {
+        return None;
+    }
+    Some(
+        content
+            .strip_suffix(section)
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap_or(content),
+    )
+}
+
+/// The tokens of a chunk's `logprobs`, each with its alternatives (empty when none were
+/// sent): chat's `content[]` of `{token, logprob, top_logprobs}`, or the legacy
+/// completions' parallel lists.
+fn scored_tokens(logprobs: &Value) -> Vec<(Token, Vec<Token>)> {
+    let token = |text: &str, logprob: Option<f64>| Token {
+        id: 0,
+        text: text.to_string(),
+        logprob: logprob.map(|l| l as f32),
+        special: false,
+    };
+    if let Some(content) = logprobs.get("content").and_then(Value::as_array) {
+        return content
+            .iter()
+            .map(|entry| {
+                let of = |e: &Value| {
+                    token(
+                        e.get("token").and_then(Value::as_str).unwrap_or(""),
+                        e.get("logprob").and_then(Value::as_f64),
+                    )
+                };
+                let top = entry
+                    .get("top_logprobs")
+                    .and_then(Value::as_array)
+                    .map(|top| top.iter().map(of).collect())
+                    .unwrap_or_default();
+                (of(entry), top)
+            })
+            .collect();
+    }
+    let texts = logprobs.get("tokens").and_then(Value::as_array);
+    let logprobs_of = logprobs.get("token_logprobs").and_then(Value::as_array);
+    let tops = logprobs.get("top_logprobs").and_then(Value::as_array);
+    texts
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, text)| {
+            let logprob = logprobs_of.and_then(|l| l.get(i)).and_then(Value::as_f64);
+            let mut top: Vec<Token> = tops
+                .and_then(|t| t.get(i))
+                .and_then(Value::as_object)
+                .map(|top| top.iter().map(|(t, l)| token(t, l.as_f64())).collect())
+                .unwrap_or_default();
+            top.sort_by(|a, b| {
+                b.logprob
+                    .unwrap_or(f32::MIN)
+                    .total_cmp(&a.logprob.unwrap_or(f32::MIN))
+            });
+            (token(text.as_str().unwrap_or(""), logprob), top)
+        })
+        .collect()
+}
+
+/// Writes streamed `tool_calls` deltas in the [`tool_call`] format, as they arrive.
+#[derive(Default)]
+struct CallWriter {
+    /// The index of the call being written, and whether it has arguments yet.
+    open: Option<(u64, bool)>,
+}
+
+impl CallWriter {
+    /// The text of one delta's calls.
+    fn delta(&mut self, calls: &[Value]) -> String {
+        let mut text = String::new();
+        for call in calls {
+            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let function = call.get("function");
+            let part = |key: &str| {
+                function
+                    .and_then(|f| f.get(key))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            };
+            if self.open.map(|(open, _)| open) != Some(index) {
+                if self.open.is_some() {
+                    text.push_str(&self.close());
+                    text.push_str(tool_call::BETWEEN);
+                }
+                text.push_str(tool_call::OPEN);
+                text.push_str(part("name"));
+                text.push_str(tool_call::AFTER_NAME);
+                self.open = Some((index, false));
+            }
+            let arguments = part("arguments");
+            if !arguments.is_empty() {
+                text.push_str(arguments);
+                self.open = Some((index, true));
+            }
+        }
+        text
+    }
+
+    /// Closes the call being written, if any (arguments never sent are an empty object).
+    fn close(&mut self) -> String {
+        match self.open.take() {
+            Some((_, true)) => tool_call::CLOSE.to_string(),
+            Some((_, false)) => format!("{{}}{}", tool_call::CLOSE),
+            None => String::new(),
         }
     }
 }
@@ -158,6 +305,7 @@ impl RemoteOpenAi {
             let mut generated = 0u32;
             let mut reason = None;
             let mut completion_tokens = None;
+            let mut calls = CallWriter::default();
             loop {
                 let data = match lines.next() {
                     Ok(Some(data)) => data,
@@ -189,6 +337,19 @@ impl RemoteOpenAi {
                     }
                 };
                 if data.trim() == "[DONE]" {
+                    let rest = calls.close();
+                    if !rest.is_empty() {
+                        text.push_str(&rest);
+                        let token = Token {
+                            id: 0,
+                            text: rest,
+                            logprob: None,
+                            special: false,
+                        };
+                        if !forward(&sender, GenerationEvent::Token(token)).await {
+                            return;
+                        }
+                    }
                     let finish = crate::relay::finish(
                         match reason.as_deref() {
                             Some("length") => FinishReason::Length,
@@ -237,11 +398,19 @@ impl RemoteOpenAi {
                 if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
                     reason = Some(finish.to_string());
                 }
+                let written;
                 let piece = if chat {
-                    choice
-                        .get("delta")
-                        .and_then(|d| d.get("content"))
-                        .and_then(Value::as_str)
+                    let delta = choice.get("delta");
+                    match delta
+                        .and_then(|d| d.get("tool_calls"))
+                        .and_then(Value::as_array)
+                    {
+                        Some(deltas) => {
+                            written = calls.delta(deltas);
+                            Some(written.as_str())
+                        }
+                        None => delta.and_then(|d| d.get("content")).and_then(Value::as_str),
+                    }
                 } else {
                     choice.get("text").and_then(Value::as_str)
                 };
@@ -252,14 +421,33 @@ impl RemoteOpenAi {
                         return;
                     }
                     text.push_str(piece);
-                    let token = Token {
-                        id: 0,
-                        text: piece.to_string(),
-                        logprob: None,
-                        special: false,
+                    // The piece's tokens with their scores when the upstream sent them (and
+                    // they spell the piece), else the piece as one token.
+                    let scored = choice
+                        .get("logprobs")
+                        .map(scored_tokens)
+                        .unwrap_or_default();
+                    let spelled: String = scored.iter().map(|(t, _)| t.text.as_str()).collect();
+                    let tokens = if !scored.is_empty() && spelled == piece {
+                        scored
+                    } else {
+                        let whole = Token {
+                            id: 0,
+                            text: piece.to_string(),
+                            logprob: None,
+                            special: false,
+                        };
+                        vec![(whole, Vec::new())]
                     };
-                    if !forward(&sender, GenerationEvent::Token(token)).await {
-                        return;
+                    for (token, top) in tokens {
+                        if !top.is_empty()
+                            && !forward(&sender, GenerationEvent::Alternatives(top)).await
+                        {
+                            return;
+                        }
+                        if !forward(&sender, GenerationEvent::Token(token)).await {
+                            return;
+                        }
                     }
                 }
             }
@@ -299,6 +487,65 @@ mod tests {
         assert_eq!(body["temperature"], 0.5);
         assert_eq!(body["frequency_penalty"], 1.0);
         assert_eq!(body["seed"], 3);
+    }
+
+    #[test]
+    fn tools_go_natively_without_the_section_written_for_the_local_model() {
+        let section = "You can call functions: get_weather.";
+        let prompt = chatml(&[
+            ChatTurn::new("system", format!("Be brief.\n\n{section}")),
+            ChatTurn::new("user", "Weather in Paris?"),
+        ]);
+        let mut request = GenerationRequest::new(prompt, 8);
+        let tool = json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}});
+        request.constraint = Some(Constraint::Tools(h2o_chat_engine::ToolUse {
+            grammar: "start: call".into(),
+            section: section.into(),
+            tools: vec![tool.clone()],
+            choice: json!("required"),
+            parallel: false,
+            text_schema: None,
+        }));
+        let (_, body) = body_of("m", &request);
+        assert_eq!(body["tools"], json!([tool]));
+        assert_eq!(body["tool_choice"], "required");
+        assert_eq!(body["parallel_tool_calls"], false);
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}])
+        );
+        // A system message that was only the section is left out.
+        let prompt = chatml(&[
+            ChatTurn::new("system", section),
+            ChatTurn::new("user", "Hi"),
+        ]);
+        request.prompt = prompt;
+        let (_, body) = body_of("m", &request);
+        assert_eq!(body["messages"], json!([{"role": "user", "content": "Hi"}]));
+    }
+
+    #[test]
+    fn streamed_tool_calls_are_written_as_the_local_model_writes_them() {
+        let mut calls = CallWriter::default();
+        let mut text = String::new();
+        for delta in [
+            json!([{"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]),
+            json!([{"index": 0, "function": {"arguments": "{\"city\": "}}]),
+            json!([{"index": 0, "function": {"arguments": "\"Paris\"}"}}]),
+            json!([{"index": 1, "id": "c2", "type": "function", "function": {"name": "get_time"}}]),
+        ] {
+            text.push_str(&calls.delta(delta.as_array().unwrap()));
+        }
+        text.push_str(&calls.close());
+        assert_eq!(
+            text,
+            format!(
+                "{}\n{}",
+                tool_call::written("get_weather", r#"{"city": "Paris"}"#),
+                tool_call::written("get_time", "")
+            )
+        );
+        assert_eq!(calls.close(), "", "closed once");
     }
 
     #[test]

@@ -26,13 +26,13 @@
 //! assert_eq!((turns[0].role.as_str(), turns[1].content.as_str()), ("system", "Hi"));
 //! ```
 
-use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams};
+use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams, tool_call};
 use serde_json::Value;
 
 use crate::front::anthropic::error::AnthropicError;
 use crate::front::anthropic::wire::MessagesRequest;
 use crate::plan::{Input, MaxNewTokens, Plan};
-use crate::tools::{Tool, ToolChoice, Tools, parameters_or_empty, written_call, written_response};
+use crate::tools::{Tool, ToolChoice, Tools, parameters_or_empty};
 
 /// A request, mapped.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ fn turn_of(i: usize, role: &str, content: &Value) -> Result<Vec<ChatTurn>, Anthr
                     AnthropicError::invalid(format!("{here}.name: a string is required"))
                 })?;
                 let input = block.get("input").cloned().unwrap_or(Value::Null);
-                text.push(written_call(name, &input.to_string()));
+                text.push(tool_call::written(name, &input.to_string()));
             }
             Some("tool_result") if role == "user" => {
                 let mut result = text_or_blocks(
@@ -112,7 +112,7 @@ fn turn_of(i: usize, role: &str, content: &Value) -> Result<Vec<ChatTurn>, Anthr
                 if block.get("is_error").and_then(Value::as_bool) == Some(true) {
                     result = format!("Error: {result}");
                 }
-                text.push(written_response(&result));
+                text.push(tool_call::response(&result));
             }
             // A client sending back what a thinking model wrote: this one does not think.
             Some("thinking" | "redacted_thinking") => {}
@@ -276,7 +276,7 @@ impl AnthropicRequest {
             .and_then(|m| m.user_id.clone())
             .filter(|u| !u.is_empty())
             .map(|u| u.chars().take(256).collect::<String>());
-        let constraint = tools.as_ref().map(|t| Constraint::Lark(t.grammar(None)));
+        let constraint = tools.as_ref().map(|t| Constraint::Tools(t.tool_use(None)));
         Ok(AnthropicRequest {
             model: body.model,
             plan: Plan {
@@ -334,12 +334,15 @@ mod tests {
             turns[2].content,
             format!(
                 "Let me look.\n{}",
-                written_call("get_weather", r#"{"city":"Paris"}"#)
+                tool_call::written("get_weather", r#"{"city":"Paris"}"#)
             )
         );
-        assert_eq!(turns[3].content, written_response("18 C"));
+        assert_eq!(turns[3].content, tool_call::response("18 C"));
         assert_eq!(request.tools.unwrap().choice, ToolChoice::Required);
-        assert!(matches!(request.plan.constraint, Some(Constraint::Lark(_))));
+        assert!(matches!(
+            request.plan.constraint,
+            Some(Constraint::Tools(_))
+        ));
     }
 
     #[test]

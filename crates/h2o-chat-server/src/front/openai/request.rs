@@ -31,7 +31,7 @@
 //! assert!(matches!(request.plan.input, Input::Chat(ref turns) if turns[0].content == "Hi"));
 //! ```
 
-use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams};
+use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams, tool_call};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -41,7 +41,7 @@ use crate::front::openai::wire::{
     ChatCompletionRequest, CompletionRequest, RequestMessage, Stop, StreamOptions,
 };
 use crate::plan::{Input, MaxNewTokens, Plan};
-use crate::tools::{Tools, written_call, written_response};
+use crate::tools::Tools;
 
 /// `max_tokens` when the request gives none (and the room after the prompt allows).
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
@@ -201,7 +201,7 @@ fn chat_turns(
             ));
         };
         match role {
-            "tool" => turns.push(ChatTurn::new("user", written_response(&content))),
+            "tool" => turns.push(ChatTurn::new("user", tool_call::response(&content))),
             "assistant" if !is_unset(message.tool_calls.as_ref()) => {
                 let calls = earlier_calls(i, message.tool_calls.as_ref())?;
                 let mut text = content;
@@ -255,7 +255,7 @@ fn earlier_calls(i: usize, calls: Option<&Value>) -> Result<Vec<String>, ApiErro
                 Some(object @ Value::Object(_)) => object.to_string(),
                 Some(_) => return Err(invalid()),
             };
-            Ok(written_call(name, &arguments))
+            Ok(tool_call::written(name, &arguments))
         })
         .collect()
 }
@@ -377,7 +377,7 @@ impl OpenAiRequest {
                 match (&tools, schema) {
                     (Some(tools), schema) => {
                         request.plan.constraint =
-                            Some(Constraint::Lark(tools.grammar(schema.as_ref())));
+                            Some(Constraint::Tools(tools.tool_use(schema.as_ref())));
                         request.constraint_param = "tools";
                     }
                     (None, Some(schema)) => {
@@ -814,7 +814,7 @@ mod tests {
         }))
         .unwrap();
         assert!(
-            matches!(request.plan.constraint, Some(Constraint::Lark(ref g)) if g.contains("get_weather"))
+            matches!(request.plan.constraint, Some(Constraint::Tools(ref t)) if t.grammar.contains("get_weather"))
         );
         assert_eq!(request.constraint_param, "tools");
         assert_eq!((request.n, request.plan.top_tokens), (2, 3));
@@ -840,7 +840,7 @@ mod tests {
         assert_eq!(turns[1].role, "assistant");
         assert_eq!(
             turns[1].content,
-            written_call("get_weather", r#"{"city": "Paris"}"#)
+            tool_call::written("get_weather", r#"{"city": "Paris"}"#)
         );
         assert_eq!(turns[2].role, "user");
         assert!(turns[2].content.contains("<tool_response>\n18 C, sunny"));

@@ -417,18 +417,32 @@
     $("settings-note").textContent = "Saved.";
   }
 
+  // A model's name in the picker: stand-ins say who serves them, a model on demand that is
+  // not in memory says its first answer waits for it to load.
+  function modelLabel(m) {
+    const label = m.stand_in ? `${m.id} (stand-in, served by ${m.served_by})` : m.id;
+    return m.loaded === false ? `${label} (not loaded: loads on first use)` : label;
+  }
+
   function fillModels(models) {
     state.models = models;
     const select = $("model");
-    select.replaceChildren(
-      ...models.map((m) => {
-        const label = m.stand_in ? `${m.id} (stand-in, served by ${m.served_by})` : m.id;
-        return el("option", { value: m.id }, label);
-      }),
-    );
+    select.replaceChildren(...models.map((m) => el("option", { value: m.id }, modelLabel(m))));
     // The model that is really served comes first to hand: the page answers as the CLI does.
     const own = models.find((m) => !m.stand_in) || models[0];
     if (own) select.value = own.id;
+  }
+
+  // After an answer: which models are loaded now (the selection stays).
+  async function refreshModels() {
+    const response = await api("GET", "info");
+    const info = await response.json();
+    const models = info.served_models || [];
+    state.models = models;
+    for (const option of $("model").options) {
+      const m = models.find((model) => model.id === option.value);
+      if (m) option.textContent = modelLabel(m);
+    }
   }
 
   // ---- Conversations ---------------------------------------------------------
@@ -704,6 +718,7 @@
     setBusy(false);
     addRetryToLastAnswer();
     await afterAnswer(conversation).catch(() => {});
+    await refreshModels().catch(() => {});
   }
 
   // A new conversation is named after its first question (chat-ui's title).

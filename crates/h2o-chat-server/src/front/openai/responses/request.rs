@@ -26,16 +26,14 @@
 //! assert_eq!((turns[0].role.as_str(), turns[1].content.as_str()), ("system", "Hi"));
 //! ```
 
-use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams};
+use h2o_chat_engine::{CacheScope, ChatTurn, Constraint, SamplingParams, tool_call};
 use serde_json::Value;
 
 use crate::front::openai::error::ApiError;
 use crate::front::openai::request::DEFAULT_MAX_TOKENS;
 use crate::front::openai::responses::wire::ResponsesRequest;
 use crate::plan::{Input, MaxNewTokens, Plan};
-use crate::tools::{
-    Tool, Tools, openai_choice, parallel_of, parameters_or_empty, written_call, written_response,
-};
+use crate::tools::{Tool, Tools, openai_choice, parallel_of, parameters_or_empty};
 
 /// What the `response` object repeats of the request.
 #[derive(Debug, Clone, Default)]
@@ -143,7 +141,7 @@ fn turns_of(input: Option<&Value>) -> Result<Vec<ChatTurn>, ApiError> {
                     .get("arguments")
                     .and_then(Value::as_str)
                     .unwrap_or("{}");
-                let call = written_call(name, arguments);
+                let call = tool_call::written(name, arguments);
                 // Calls of one turn go together, one per line, as the model writes them.
                 match turns.last_mut() {
                     Some(last)
@@ -166,7 +164,7 @@ fn turns_of(input: Option<&Value>) -> Result<Vec<ChatTurn>, ApiError> {
                         ));
                     }
                 };
-                turns.push(ChatTurn::new("user", written_response(&output)));
+                turns.push(ChatTurn::new("user", tool_call::response(&output)));
             }
             // What a reasoning model wrote: this one does not reason.
             Some("reasoning") => {}
@@ -347,7 +345,7 @@ impl ResponsesCall {
             .map(|k| k.chars().take(256).collect::<String>());
         let (constraint, constraint_param) = match (&tools, &schema) {
             (Some(tools), schema) => (
-                Some(Constraint::Lark(tools.grammar(schema.as_ref()))),
+                Some(Constraint::Tools(tools.tool_use(schema.as_ref()))),
                 "tools",
             ),
             (None, Some(schema)) => (Some(Constraint::JsonSchema(schema.clone())), "text"),
@@ -425,7 +423,7 @@ mod tests {
         };
         assert_eq!(turns[0].role, "system");
         assert_eq!(turns[2].content.matches("<tool_call>").count(), 2);
-        assert_eq!(turns[3].content, written_response("18 C"));
+        assert_eq!(turns[3].content, tool_call::response("18 C"));
         assert_eq!(turns.len(), 4);
         assert_eq!(call.constraint_param, "tools");
     }
