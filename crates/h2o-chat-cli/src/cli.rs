@@ -213,38 +213,49 @@ fn keep_alive(text: &str) -> Result<KeepAlive, String> {
         .map_err(|e| format!("`{text}`: {e} (say e.g. `30s`, `5m`, `0`, or `-1` for never)"))
 }
 
-/// `--max-memory`: bytes, or a number with `K`, `M`, `G` or `T` (powers of 1,024; `B` and
-/// `iB` accepted after them).
+/// `--max-memory`: a number with `K`, `M`, `G` or `T` (powers of 1,024), each optionally
+/// followed by `iB` or `B` once, or a whole number of bytes; at least [`MIN_MEMORY`].
 fn byte_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
+    let wrong = || format!("`{trimmed}`: not a size (say e.g. `12G`, `800M`, `1.5GiB`)");
     let lower = trimmed.to_ascii_lowercase();
-    let number = lower.trim_end_matches("ib").trim_end_matches('b');
-    let (digits, unit) = match number.char_indices().last() {
-        Some((at, c)) if c.is_ascii_alphabetic() => (&number[..at], Some(c)),
-        _ => (number, None),
-    };
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
     let scale: u64 = match unit {
-        None => 1,
-        Some('k') => 1 << 10,
-        Some('m') => 1 << 20,
-        Some('g') => 1 << 30,
-        Some('t') => 1 << 40,
-        Some(other) => {
-            return Err(format!(
-                "`{trimmed}`: unknown unit `{other}` (say e.g. `12G`, `800M`)"
-            ));
-        }
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(wrong()),
     };
-    let value: f64 = digits
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{trimmed}`: not a size (say e.g. `12G`, `800M`)"))?;
+    if scale == 1 && number.contains('.') {
+        return Err(format!(
+            "`{trimmed}`: a whole number of bytes, or a unit (`K`, `M`, `G`, `T`)"
+        ));
+    }
+    if number.is_empty() || number.matches('.').count() > 1 {
+        return Err(wrong());
+    }
+    let value: f64 = number.parse().map_err(|_| wrong())?;
     let bytes = value * scale as f64;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
         return Err(format!("`{trimmed}`: out of range"));
     }
-    Ok(bytes as u64)
+    let bytes = bytes as u64;
+    if bytes < MIN_MEMORY {
+        return Err(format!(
+            "`{trimmed}`: at least {} MiB (no model loads in less)",
+            MIN_MEMORY >> 20
+        ));
+    }
+    Ok(bytes)
 }
+
+/// The smallest `--max-memory` taken.
+const MIN_MEMORY: u64 = 64 << 20;
 
 fn retention(text: &str) -> Result<Retention, String> {
     if text == "keep" {
@@ -444,14 +455,17 @@ mod tests {
 
     #[test]
     fn sizes_are_bytes_or_binary_multiples() {
-        assert_eq!(byte_size("1024"), Ok(1024));
+        assert_eq!(byte_size("134217728"), Ok(128 << 20));
         assert_eq!(byte_size("800M"), Ok(800 << 20));
         assert_eq!(byte_size("12G"), Ok(12 << 30));
         assert_eq!(byte_size("1.5GiB"), Ok(3 << 29));
         assert_eq!(byte_size("2gb"), Ok(2 << 30));
-        assert!(byte_size("12X").unwrap_err().contains("unknown unit"));
-        assert!(byte_size("lots").is_err());
-        assert!(byte_size("0").is_err());
-        assert!(byte_size("-1G").is_err());
+        assert_eq!(byte_size(" 1T "), Ok(1 << 40));
+        for nonsense in [
+            "12X", "lots", "1bbb", "5ibib", "1.2.3G", "G", "-1G", "3.7", "1e9",
+        ] {
+            assert!(byte_size(nonsense).is_err(), "{nonsense} was taken");
+        }
+        assert!(byte_size("1K").unwrap_err().contains("at least 64 MiB"));
     }
 }

@@ -209,13 +209,16 @@ impl Fleet {
                         self.wait(members, deadline, || format!("{name} is still loading"))?;
                 }
                 State::Unloaded => {
-                    let need = members[index].size();
+                    // Refused outright only when its file alone exceeds the budget: a model
+                    // that has loaded before but whose caches took it over the budget still
+                    // loads alone (every other model idle unloaded first), as it did then.
+                    let announced = members[index].announced;
                     if let Some(budget) = self.config.max_bytes
-                        && need > budget
+                        && announced > budget
                     {
                         let reason = format!(
-                            "it takes about {} MB, more than the memory budget of {} MB",
-                            need.div_ceil(MB),
+                            "its file takes {} MB, more than the memory budget of {} MB",
+                            announced.div_ceil(MB),
                             budget / MB
                         );
                         tracing::error!(model = %members[index].name, %reason, "the model cannot be loaded");
@@ -232,10 +235,10 @@ impl Fleet {
                     };
                     let busy = others().count();
                     let held: u64 = others().map(|(_, m)| m.size()).sum();
-                    let over_budget = self
-                        .config
-                        .max_bytes
-                        .is_some_and(|budget| held.saturating_add(need) > budget);
+                    let need = members[index].size();
+                    let over_budget = self.config.max_bytes.is_some_and(|budget| {
+                        held > 0 && held.saturating_add(need.min(budget)) > budget
+                    });
                     if busy >= self.config.max_loaded.max(1) || over_budget {
                         match least_recently_used_idle(&members, index) {
                             Some(victim) => {
@@ -753,6 +756,28 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 0, "never tried");
         small.render_chat(&[]).unwrap();
         assert!(small.is_loaded());
+    }
+
+    #[test]
+    fn a_model_whose_caches_exceed_the_budget_loads_again_alone() {
+        let fleet = Fleet::new(FleetConfig {
+            keep_alive: Some(Duration::ZERO),
+            max_bytes: Some(100 * MB),
+            ..FleetConfig::default()
+        });
+        let loads = Arc::new(AtomicUsize::new(0));
+        // Its file fits; with its caches it takes more than the whole budget.
+        let a = fleet.add_sized("a", 50 * MB, weighing(loads.clone(), 150 * MB));
+        let b = fleet.add("b", weighing(loads.clone(), 10 * MB));
+        a.render_chat(&[]).unwrap();
+        std::thread::sleep(GRACE + Duration::from_millis(50));
+        assert_eq!(fleet.unload_idle(), 1);
+        b.render_chat(&[]).unwrap();
+        std::thread::sleep(GRACE + Duration::from_millis(50));
+        // Not refused for good: it loads again, alone (b, idle, unloaded first).
+        a.render_chat(&[]).unwrap();
+        assert!(a.is_loaded() && !b.is_loaded());
+        assert_eq!(loads.load(Ordering::SeqCst), 3);
     }
 
     #[test]

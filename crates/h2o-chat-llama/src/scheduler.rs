@@ -149,6 +149,9 @@ enum Entry {
     },
 }
 
+/// Prompt tokens of a scored prompt (`decoder_input_details`) evaluated in one step.
+const SCORED_PER_STEP: usize = 32;
+
 pub(crate) struct Scheduler<'m> {
     model: &'m LlamaModel,
     context: LlamaContext<'m>,
@@ -437,9 +440,17 @@ impl<'m> Scheduler<'m> {
             let Some(sequence) = &slot.active else {
                 continue;
             };
+            let scored = sequence.scores_prompt();
+            // A scored prompt's tokens each bring their logits back (a vocabulary's worth
+            // of floats) and a softmax on this thread: a bounded number a step keeps that
+            // memory and time small, and the other slots' steps coming between.
+            let count = if scored {
+                count.min(SCORED_PER_STEP)
+            } else {
+                count
+            };
             let start = sequence.prefilled;
             let last = start + count == sequence.prompt.len();
-            let scored = sequence.scores_prompt();
             let first = batch.n_tokens();
             let mut added = 0;
             for (offset, &token) in sequence.prompt[start..start + count].iter().enumerate() {

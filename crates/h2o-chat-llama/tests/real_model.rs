@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use h2o_chat_engine::{
     ChatTurn, Engine, Finish, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest,
-    Piece, Prompt, SamplingParams, Token,
+    Piece, Prompt, SamplingParams, Token, Tokenized,
 };
 use h2o_chat_llama::{KvCache, LlamaConfig, LlamaEngine};
 
@@ -513,5 +513,44 @@ fn prompt_logprobs_score_each_prompt_token_given_those_before_it() {
         assert_eq!(a.id, b.id);
         let (a, b) = (a.logprob.unwrap_or(0.0), b.logprob.unwrap_or(0.0));
         assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn a_long_prompt_is_scored_over_several_steps_as_the_model_reads_each_position() {
+    let engine = engine();
+    // ~120 tokens: several steps of scored prompt.
+    let text = (1..=60)
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ids = engine.tokenize(&Prompt::raw(&text)).unwrap().ids.unwrap();
+    assert!(ids.len() > 100, "{} tokens", ids.len());
+    let (scored, _, _) = run_with_prefill(&engine, Prompt::raw(&text), 1);
+    assert_eq!(scored.len(), ids.len());
+    // Each score, read independently: the alternatives a generation reports after the
+    // prompt's first p + 1 tokens include the token at p + 1, with the same log-probability.
+    for position in [30, 31, 32, 33, 63, 64, 97] {
+        let prefix = ids[..=position].to_vec();
+        let mut request = greedy(Prompt::raw(""), 1);
+        request.tokens = Some(Tokenized::ids(prefix));
+        request.top_tokens = 20;
+        let mut generation = engine.start(request).unwrap();
+        let mut top = None;
+        while let Some(event) = generation.events.blocking_recv() {
+            match event {
+                GenerationEvent::Alternatives(given) => top = Some(given),
+                GenerationEvent::Finished(..) | GenerationEvent::Failed(_) => break,
+                _ => {}
+            }
+        }
+        let next = &scored[position + 1];
+        let same = top
+            .unwrap()
+            .into_iter()
+            .find(|t| t.id == next.id)
+            .unwrap_or_else(|| panic!("token {position} + 1 is among the likeliest 20"));
+        let (a, b) = (same.logprob.unwrap(), next.logprob.unwrap());
+        assert!((a - b).abs() < 1e-3, "position {position}: {a} vs {b}");
     }
 }

@@ -499,14 +499,32 @@ impl CallReader {
                 }
             }
             Phase::Text => {
-                if !self.held.is_empty() {
-                    out.push(Read::Text(std::mem::take(&mut self.held)));
+                // Text, until a call opens (a relayed upstream may write words before its
+                // calls; the local model's grammar never lets text open one).
+                if let Some(open) = self.held.find(OPEN) {
+                    let text: String = self.held.drain(..open).collect();
+                    if !text.is_empty() {
+                        out.push(Read::Text(text));
+                    }
+                    self.phase = Phase::Opening;
+                } else {
+                    let keep = (1..OPEN.len())
+                        .rev()
+                        .find(|&n| self.held.ends_with(&OPEN[..n]))
+                        .unwrap_or(0);
+                    let cut = self.held.len() - keep;
+                    if cut > 0 && self.held.is_char_boundary(cut) {
+                        out.push(Read::Text(self.held.drain(..cut).collect()));
+                    }
                 }
             }
             Phase::Opening => {
                 if self.held.len() >= OPEN.len() && self.held.starts_with(OPEN) {
                     self.held.drain(..OPEN.len());
                     self.phase = Phase::Name;
+                } else if !self.held.is_empty() && !OPEN.starts_with(self.held.as_str()) {
+                    // Words where a call was due: they are text.
+                    self.phase = Phase::Text;
                 }
             }
             Phase::Name => {
@@ -554,6 +572,7 @@ impl CallReader {
                     self.held = rest.to_string();
                 }
                 if !self.held.is_empty() {
+                    // Another call, or words after the calls.
                     self.phase = Phase::Opening;
                 }
             }
@@ -633,6 +652,40 @@ mod tests {
         }
         out.extend(reader.finish());
         out
+    }
+
+    #[test]
+    fn words_around_calls_are_text_and_the_calls_still_calls() {
+        let call = tool_call::written("get_weather", r#"{"city": "Paris"}"#);
+        // Words first (a relayed upstream may write them), split anywhere.
+        for expected in [false, true] {
+            let answer = format!("Let me look.{call}");
+            let mut reader = CallReader::new(expected);
+            let mut reads = Vec::new();
+            for piece in answer.as_bytes().chunks(3) {
+                reads.extend(reader.push(std::str::from_utf8(piece).unwrap()));
+            }
+            reads.extend(reader.finish());
+            let text: String = reads
+                .iter()
+                .filter_map(|r| match r {
+                    Read::Text(t) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(text, "Let me look.", "calls expected: {expected}");
+            assert_eq!(reader.calls(), 1, "calls expected: {expected}");
+        }
+        // Words after a call.
+        let (text, calls) = CallReader::new(true).read_all(&format!("{call}\nDone."));
+        assert_eq!(text, "Done.");
+        assert_eq!(
+            calls,
+            [(
+                "get_weather".to_string(),
+                r#"{"city": "Paris"}"#.to_string()
+            )]
+        );
     }
 
     #[test]

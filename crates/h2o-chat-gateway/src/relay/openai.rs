@@ -89,16 +89,13 @@ fn body_of(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
     }
     match request.prompt.chat() {
         Some(turns) => {
-            let messages: Vec<Value> = turns
-                .iter()
-                .filter_map(|t| {
-                    let content = match section {
-                        Some(section) if t.role == "system" => without(&t.content, section)?,
-                        _ => t.content.as_str(),
-                    };
-                    Some(json!({"role": t.role, "content": content}))
-                })
-                .collect();
+            let messages = match section {
+                Some(section) => native_messages(turns, section),
+                None => turns
+                    .iter()
+                    .map(|t| json!({"role": t.role, "content": t.content}))
+                    .collect(),
+            };
             map.insert("messages".into(), json!(messages));
             if top > 0 {
                 map.insert("logprobs".into(), json!(true));
@@ -114,6 +111,62 @@ fn body_of(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
             ("/v1/completions", body)
         }
     }
+}
+
+/// The messages for an upstream that takes the tools natively: the system message without
+/// the tools' section, earlier calls as the assistant's `tool_calls` and their results as
+/// `tool` messages answering them in order (ids made up here, as the history written for
+/// the model keeps none). A turn that does not read back whole stays text.
+fn native_messages(turns: &[h2o_chat_engine::ChatTurn], section: &str) -> Vec<Value> {
+    let mut messages = Vec::with_capacity(turns.len());
+    // The ids of the last assistant turn's calls not answered yet.
+    let mut unanswered: std::collections::VecDeque<String> = Default::default();
+    for (i, turn) in turns.iter().enumerate() {
+        match turn.role.as_str() {
+            "system" => {
+                if let Some(content) = without(&turn.content, section) {
+                    messages.push(json!({"role": "system", "content": content}));
+                }
+                continue;
+            }
+            "assistant" => {
+                if let Some((words, calls)) = tool_call::read_written(&turn.content) {
+                    let calls: Vec<Value> = calls
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, (name, arguments))| {
+                            json!({"id": format!("call_{i}_{k}"), "type": "function",
+                                   "function": {"name": name, "arguments": arguments}})
+                        })
+                        .collect();
+                    unanswered = calls
+                        .iter()
+                        .filter_map(|c| c["id"].as_str().map(str::to_string))
+                        .collect();
+                    let content = (!words.is_empty()).then_some(words);
+                    messages.push(
+                        json!({"role": "assistant", "content": content, "tool_calls": calls}),
+                    );
+                    continue;
+                }
+            }
+            "user" => {
+                if let Some(results) = tool_call::read_responses(&turn.content)
+                    && results.len() <= unanswered.len()
+                {
+                    for result in results {
+                        let id = unanswered.pop_front();
+                        messages
+                            .push(json!({"role": "tool", "tool_call_id": id, "content": result}));
+                    }
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        messages.push(json!({"role": turn.role, "content": turn.content}));
+    }
+    messages
 }
 
 /// A system message without the tools' section the front appended to it (`None`: nothing
@@ -183,39 +236,53 @@ fn scored_tokens(logprobs: &Value) -> Vec<(Token, Vec<Token>)> {
         .collect()
 }
 
-/// Writes streamed `tool_calls` deltas in the [`tool_call`] format, as they arrive.
+/// Writes a streamed answer's content and `tool_calls` deltas in the [`tool_call`] format,
+/// as they arrive.
 #[derive(Default)]
 struct CallWriter {
-    /// The index of the call being written, and whether it has arguments yet.
-    open: Option<(u64, bool)>,
+    /// The call being written: its index, and whether it has arguments yet.
+    open: Option<(Option<u64>, bool)>,
 }
 
 impl CallWriter {
-    /// The text of one delta's calls.
-    fn delta(&mut self, calls: &[Value]) -> String {
+    /// The text of one delta: its words (closing a call first), then its calls. A call
+    /// begins at a new `index`, or at a name while one is open (servers that number every
+    /// call 0, or none).
+    fn delta(&mut self, delta: &Value) -> String {
         let mut text = String::new();
-        for call in calls {
-            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        if let Some(content) = delta.get("content").and_then(Value::as_str)
+            && !content.is_empty()
+        {
+            text.push_str(&self.close());
+            text.push_str(content);
+        }
+        let calls = delta.get("tool_calls").and_then(Value::as_array);
+        for call in calls.into_iter().flatten() {
+            let index = call.get("index").and_then(Value::as_u64);
             let function = call.get("function");
-            let part = |key: &str| {
-                function
-                    .and_then(|f| f.get(key))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
+            let name = function
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let arguments = match function.and_then(|f| f.get("arguments")) {
+                Some(Value::String(fragment)) => fragment.clone(),
+                // Some servers send the arguments as an object, whole.
+                Some(object @ Value::Object(_)) => object.to_string(),
+                _ => String::new(),
             };
-            if self.open.map(|(open, _)| open) != Some(index) {
+            let same = matches!(self.open, Some((open, _)) if open == index) && name.is_empty();
+            if !same {
                 if self.open.is_some() {
                     text.push_str(&self.close());
                     text.push_str(tool_call::BETWEEN);
                 }
                 text.push_str(tool_call::OPEN);
-                text.push_str(part("name"));
+                text.push_str(name);
                 text.push_str(tool_call::AFTER_NAME);
                 self.open = Some((index, false));
             }
-            let arguments = part("arguments");
             if !arguments.is_empty() {
-                text.push_str(arguments);
+                text.push_str(&arguments);
                 self.open = Some((index, true));
             }
         }
@@ -400,17 +467,11 @@ impl RemoteOpenAi {
                 }
                 let written;
                 let piece = if chat {
-                    let delta = choice.get("delta");
-                    match delta
-                        .and_then(|d| d.get("tool_calls"))
-                        .and_then(Value::as_array)
-                    {
-                        Some(deltas) => {
-                            written = calls.delta(deltas);
-                            Some(written.as_str())
-                        }
-                        None => delta.and_then(|d| d.get("content")).and_then(Value::as_str),
-                    }
+                    written = choice
+                        .get("delta")
+                        .map(|d| calls.delta(d))
+                        .unwrap_or_default();
+                    Some(written.as_str())
                 } else {
                     choice.get("text").and_then(Value::as_str)
                 };
@@ -525,24 +586,69 @@ mod tests {
     }
 
     #[test]
+    fn earlier_calls_and_their_results_go_as_openais_own_messages() {
+        let section = "You can call functions.";
+        let turns = [
+            ChatTurn::new("system", section),
+            ChatTurn::new("user", "Weather in Paris and Rome?"),
+            ChatTurn::new(
+                "assistant",
+                format!(
+                    "Let me look.\n{}\n{}",
+                    tool_call::written("get_weather", r#"{"city": "Paris"}"#),
+                    tool_call::written("get_weather", r#"{"city": "Rome"}"#)
+                ),
+            ),
+            ChatTurn::new(
+                "user",
+                format!(
+                    "{}\n{}",
+                    tool_call::response("18 C"),
+                    tool_call::response("21 C")
+                ),
+            ),
+            ChatTurn::new("assistant", "Paris 18 C, Rome 21 C."),
+            ChatTurn::new("user", "Thanks!"),
+        ];
+        assert_eq!(
+            json!(native_messages(&turns, section)),
+            json!([
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                    {"id": "call_2_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+                    {"id": "call_2_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_2_0", "content": "18 C"},
+                {"role": "tool", "tool_call_id": "call_2_1", "content": "21 C"},
+                {"role": "assistant", "content": "Paris 18 C, Rome 21 C."},
+                {"role": "user", "content": "Thanks!"},
+            ])
+        );
+    }
+
+    #[test]
     fn streamed_tool_calls_are_written_as_the_local_model_writes_them() {
         let mut calls = CallWriter::default();
         let mut text = String::new();
         for delta in [
-            json!([{"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]),
-            json!([{"index": 0, "function": {"arguments": "{\"city\": "}}]),
-            json!([{"index": 0, "function": {"arguments": "\"Paris\"}"}}]),
-            json!([{"index": 1, "id": "c2", "type": "function", "function": {"name": "get_time"}}]),
+            json!({"role": "assistant", "content": "Let me look."}),
+            json!({"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+            json!({"tool_calls": [{"index": 1, "id": "c2", "type": "function", "function": {"name": "get_time"}}]}),
+            // Numbered 1 again, but a name: a call of its own (its arguments an object).
+            json!({"tool_calls": [{"index": 1, "id": "c3", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]}),
+            json!({"content": "Done."}),
         ] {
-            text.push_str(&calls.delta(delta.as_array().unwrap()));
+            text.push_str(&calls.delta(&delta));
         }
         text.push_str(&calls.close());
         assert_eq!(
             text,
             format!(
-                "{}\n{}",
+                "Let me look.{}\n{}\n{}Done.",
                 tool_call::written("get_weather", r#"{"city": "Paris"}"#),
-                tool_call::written("get_time", "")
+                tool_call::written("get_time", ""),
+                tool_call::written("get_weather", r#"{"city":"Rome"}"#),
             )
         );
         assert_eq!(calls.close(), "", "closed once");
