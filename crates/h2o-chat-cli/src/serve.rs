@@ -94,6 +94,13 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
     }
     if pool.is_some() {
         eprintln!("gateway ready");
+    } else if args.preload.is_empty() {
+        eprintln!("loading now: the default model (the others load on their first request)");
+    } else {
+        eprintln!(
+            "loading now: the default model, {}",
+            args.preload.join(", ")
+        );
     }
     // The default model, and those `--preload` names, load now; the others on their first
     // request. Each load's failure is its own model's (said once, here or in the log).
