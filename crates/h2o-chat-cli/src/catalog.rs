@@ -154,11 +154,15 @@ pub fn serve(
         keep_alive: args.keep_alive.0,
         max_loaded: args.max_loaded as usize,
         wait: LOAD_WAIT,
-        // Three quarters of what is free at start: the rest is the server's own and the
-        // page cache's.
-        max_bytes: args
-            .max_memory
-            .or_else(|| h2o_chat_llama::memory_available().map(|bytes| bytes / 4 * 3)),
+        // By default, with several models, three quarters of what is free at start (the
+        // rest is the server's own and the page cache's). One model alone has nothing to make
+        // room for: a default could only refuse it, where the OS might still page it in.
+        max_bytes: args.max_memory.or_else(|| {
+            (!files.named.is_empty())
+                .then(h2o_chat_llama::memory_available)
+                .flatten()
+                .map(|bytes| bytes / 4 * 3)
+        }),
     });
     let knobs: EngineArgs = args.engine.clone();
     let default = {

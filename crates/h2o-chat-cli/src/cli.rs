@@ -156,8 +156,8 @@ pub struct ServeArgs {
     pub max_loaded: u32,
     /// Memory the loaded models may hold together (weights and KV caches), e.g. `12G`,
     /// `800M`; loading another unloads least recently used idle ones until it fits, and a
-    /// model larger than the whole budget fails alone. Default: three quarters of the memory
-    /// available at start.
+    /// model larger than the whole budget fails alone. Default, when several models are
+    /// served: three quarters of the memory available at start (none for one model alone).
     #[arg(long, value_parser = byte_size, value_name = "SIZE")]
     pub max_memory: Option<u64>,
     /// Which model answers an H2o id, as ID=NAME (repeatable), e.g. `falcon-40b=mistral`;

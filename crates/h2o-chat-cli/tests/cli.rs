@@ -539,6 +539,19 @@ fn an_unknown_kv_cache_type_is_a_usage_error() {
 }
 
 #[test]
+fn a_malformed_or_tiny_memory_budget_is_a_usage_error() {
+    for (given, said) in [("12X", "not a size"), ("1K", "at least 64 MiB")] {
+        let output = h2o_chat()
+            .args(["serve", "--addr", "127.0.0.1:0", "--max-memory", given])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{given}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(said), "{given}: {stderr}");
+    }
+}
+
+#[test]
 fn sigint_shuts_serve_down_like_sigterm() {
     let serve = Serve::start(&[]);
     serve.signal("INT");
