@@ -51,6 +51,31 @@ pub struct ToolUse {
     pub text_schema: Option<Value>,
 }
 
+impl ToolUse {
+    /// `turns` without the generic section the front appended to the system message (for
+    /// an engine or an upstream that shows the model its tools its own way); a system
+    /// message that was only the section is left out.
+    pub fn without_section(&self, turns: &[crate::ChatTurn]) -> Vec<crate::ChatTurn> {
+        turns
+            .iter()
+            .filter_map(|turn| {
+                if turn.role != "system" {
+                    return Some(turn.clone());
+                }
+                if turn.content == self.section {
+                    return None;
+                }
+                let content = turn
+                    .content
+                    .strip_suffix(&self.section)
+                    .and_then(|rest| rest.strip_suffix("\n\n"))
+                    .unwrap_or(&turn.content);
+                Some(crate::ChatTurn::new("system", content))
+            })
+            .collect()
+    }
+}
+
 /// The format of tool calls in an answer (the Hermes and Qwen models' own):
 ///
 /// ```text

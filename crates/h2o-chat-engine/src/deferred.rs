@@ -98,6 +98,14 @@ impl Engine for DeferredEngine {
         self.ready()?.render_chat(turns)
     }
 
+    fn render_chat_with_tools(
+        &self,
+        turns: &[ChatTurn],
+        tools: &crate::ToolUse,
+    ) -> Result<Option<Prompt>, EngineError> {
+        self.ready()?.render_chat_with_tools(turns, tools)
+    }
+
     fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
         self.ready()?.tokenize(prompt)
     }

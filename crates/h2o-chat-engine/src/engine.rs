@@ -7,7 +7,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::constraint::Constraint;
+use crate::constraint::{Constraint, ToolUse};
 use crate::error::EngineError;
 use crate::prompt::{ChatTurn, Prompt};
 use crate::request::{GenerationEvent, GenerationRequest, Tokenized};
@@ -106,6 +106,19 @@ pub trait Engine: Send + Sync + 'static {
     /// Renders a conversation with the model's own chat template, ending with the open
     /// assistant turn. Message text becomes [`crate::Piece::Content`].
     fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError>;
+
+    /// Renders a conversation with tools the model's own way, when its template shows
+    /// tools itself in the call format the server enforces ([`crate::tool_call`]); `None`
+    /// when it does not, and the caller renders the turns, generic section included, with
+    /// [`Engine::render_chat`]. `turns` come without the generic section
+    /// ([`ToolUse::without_section`]).
+    fn render_chat_with_tools(
+        &self,
+        _turns: &[ChatTurn],
+        _tools: &ToolUse,
+    ) -> Result<Option<Prompt>, EngineError> {
+        Ok(None)
+    }
 
     /// The prompt's tokens for this model (for TGI's length rules, and handed back to
     /// [`Engine::start`] so the work is done once).

@@ -544,6 +544,14 @@ impl Engine for OnDemand {
         self.engine()?.render_chat(turns)
     }
 
+    fn render_chat_with_tools(
+        &self,
+        turns: &[ChatTurn],
+        tools: &crate::ToolUse,
+    ) -> Result<Option<Prompt>, EngineError> {
+        self.engine()?.render_chat_with_tools(turns, tools)
+    }
+
     fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
         self.engine()?.tokenize(prompt)
     }

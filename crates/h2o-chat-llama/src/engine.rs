@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use h2o_chat_engine::{
     ChatTurn, Constraint, Engine, EngineError, EngineInfo, EngineStats, Generation,
-    GenerationRequest, Health, Prompt, Tokenized,
+    GenerationRequest, Health, Prompt, Tokenized, ToolUse,
 };
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -214,6 +214,35 @@ impl Engine for LlamaEngine {
     /// (see `template.rs`).
     fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
         template::render(&self.model, turns)
+    }
+
+    /// The GGUF's Jinja template itself, when it has a tool section in the enforced format
+    /// (see `template.rs`). A template this renderer cannot run is said in the log, and the
+    /// generic section serves instead.
+    fn render_chat_with_tools(
+        &self,
+        turns: &[ChatTurn],
+        tools: &ToolUse,
+    ) -> Result<Option<Prompt>, EngineError> {
+        let Some(template) = self
+            .model
+            .chat_template(None)
+            .ok()
+            .and_then(|t| t.to_string().ok())
+        else {
+            return Ok(None);
+        };
+        let vocab = self.model.vocab();
+        let special =
+            |token| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned();
+        let (bos, eos) = (special(vocab.bos()), special(vocab.eos()));
+        match template::render_with_tools(&template, turns, tools, (&bos, &eos)) {
+            Ok(prompt) => Ok(prompt),
+            Err(err) => {
+                tracing::warn!(%err, "the model's own template cannot show the tools; the generic section is used");
+                Ok(None)
+            }
+        }
     }
 
     fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {

@@ -2,9 +2,15 @@
 //! kept apart from markup: the template is rendered around markers, and what stands at each
 //! marker is content. Content is then tokenised as plain text, so a message that spells a
 //! special token cannot forge a turn (`vocabulary.rs`).
+//!
+//! With tools, a template that has its own tool section in the call format the server
+//! enforces (`<tool_call>`: Hermes, Qwen and their kin) is rendered itself, as Hugging Face
+//! renders it (Jinja), with the tools: the model reads its tools the way it was trained to.
+//! Other templates get the server's generic section ([`render_with_tools`] says `None`).
 
-use h2o_chat_engine::{ChatTurn, EngineError, Prompt};
+use h2o_chat_engine::{ChatTurn, EngineError, Prompt, ToolUse, tool_call};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use serde_json::{Value, json};
 
 /// Marks message content in a rendered template. Private-use characters no message can
 /// collide with in practice; a content that contains them is refused.
@@ -38,8 +44,13 @@ pub(crate) fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<Prompt, E
     let rendered = model
         .apply_chat_template(&template, &messages, true)
         .map_err(|e| EngineError::Input(format!("the chat template failed: {e}")))?;
+    split(&rendered, turns)
+}
+
+/// The rendered template's markup and, at each marker, its message's content.
+fn split(rendered: &str, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
     let mut prompt = Prompt::new();
-    let mut rest = rendered.as_str();
+    let mut rest = rendered;
     let mut next = 0usize;
     while let Some(open) = rest.find(SENTINEL_OPEN) {
         prompt.push_markup(&rest[..open]);
@@ -66,4 +77,137 @@ pub(crate) fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<Prompt, E
         ));
     }
     Ok(prompt.with_chat(turns))
+}
+
+/// Whether `template` shows the model its tools itself, in the call format the server
+/// enforces.
+fn has_own_tool_section(template: &str) -> bool {
+    template.contains("tools") && template.contains("<tool_call>")
+}
+
+/// `turns` rendered by the model's own Jinja `template` with `tools` (see the module docs);
+/// `None` when the template has no tool section in the enforced format. `turns` are without
+/// the server's generic section ([`ToolUse::without_section`]).
+pub(crate) fn render_with_tools(
+    template: &str,
+    turns: &[ChatTurn],
+    tools: &ToolUse,
+    specials: (&str, &str),
+) -> Result<Option<Prompt>, EngineError> {
+    if !has_own_tool_section(template) {
+        return Ok(None);
+    }
+    if turns.iter().any(|t| {
+        t.content.contains([SENTINEL_OPEN, SENTINEL_CLOSE])
+            || t.role.contains([SENTINEL_OPEN, SENTINEL_CLOSE])
+    }) {
+        return Err(EngineError::Input(
+            "a message contains a reserved private-use character (U+F8F0 or U+F8F1)".into(),
+        ));
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                message,
+            ))
+        },
+    );
+    let compiled = env.template_from_str(template).map_err(|e| {
+        EngineError::Input(format!("the model's chat template does not compile: {e}"))
+    })?;
+    let messages: Vec<Value> = turns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"role": t.role, "content": format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}")}))
+        .collect();
+    let (bos, eos) = specials;
+    let rendered = compiled
+        .render(minijinja::context! {
+            messages => messages,
+            tools => tools.tools,
+            add_generation_prompt => true,
+            bos_token => bos,
+            eos_token => eos,
+        })
+        .map_err(|e| EngineError::Input(format!("the model's chat template failed: {e}")))?;
+    // The calls are enforced in the server's format: the template must teach that one.
+    if !rendered.contains(tool_call::OPEN.lines().next().unwrap_or_default()) {
+        return Ok(None);
+    }
+    split(&rendered, turns).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Qwen2.5-Instruct's chat template, as its tokenizer_config.json has it.
+    const QWEN: &str = include_str!("../tests/templates/qwen2.5-instruct.jinja");
+
+    fn weather() -> ToolUse {
+        ToolUse {
+            grammar: String::new(),
+            section: "generic section".into(),
+            tools: vec![
+                json!({"type": "function", "function": {"name": "get_weather",
+                "description": "The weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}),
+            ],
+            choice: json!("auto"),
+            parallel: false,
+            text_schema: None,
+        }
+    }
+
+    #[test]
+    fn a_template_with_its_own_tool_section_shows_the_tools_its_way() {
+        let turns = [
+            ChatTurn::new("system", "Be brief."),
+            ChatTurn::new("user", "Weather in Paris?"),
+        ];
+        let prompt = render_with_tools(QWEN, &turns, &weather(), ("", "<|im_end|>"))
+            .unwrap()
+            .expect("Qwen's template has a tool section");
+        let text = prompt.text();
+        assert!(
+            text.starts_with("<|im_start|>system\nBe brief.\n\n# Tools\n"),
+            "{text}"
+        );
+        assert!(text.contains(r#""name":"get_weather""#), "{text}");
+        assert!(
+            text.contains("within <tool_call></tool_call> XML tags"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("generic section"));
+        // The messages are content, the rest markup.
+        let content: Vec<&str> = prompt
+            .pieces()
+            .iter()
+            .filter_map(|p| match p {
+                h2o_chat_engine::Piece::Content(c) => Some(c.as_str()),
+                h2o_chat_engine::Piece::Markup(_) => None,
+            })
+            .collect();
+        assert_eq!(content, ["Be brief.", "Weather in Paris?"]);
+    }
+
+    #[test]
+    fn a_template_without_one_gets_the_generic_section() {
+        let chatml = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}";
+        let turns = [ChatTurn::new("user", "Hi")];
+        assert_eq!(
+            render_with_tools(chatml, &turns, &weather(), ("", "")).unwrap(),
+            None
+        );
+    }
 }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use h2o_chat_engine::{ChatTurn, Constraint, Engine, EngineError, Prompt, Tokenized};
+use h2o_chat_engine::{ChatTurn, Constraint, Engine, EngineError, Prompt, Tokenized, ToolUse};
 use tokio::sync::Semaphore;
 
 use crate::failure::Failure;
@@ -56,7 +56,11 @@ pub async fn prepare(
                     other => Failure::from(other),
                 })?;
         }
-        prepare_now(engine.as_ref(), input, budget).map_err(|err| match err {
+        let tools = match &constraint {
+            Some(Constraint::Tools(tools)) => Some(tools),
+            _ => None,
+        };
+        prepare_now(engine.as_ref(), input, budget, tools).map_err(|err| match err {
             EngineError::Input(message) => Failure::Invalid(ValidationError::Prompt(message)),
             other => Failure::from(other),
         })
@@ -82,6 +86,7 @@ fn prepare_now(
     engine: &dyn Engine,
     input: Input,
     budget: Budget,
+    tools: Option<&ToolUse>,
 ) -> Result<(Prompt, Tokenized, usize), EngineError> {
     match input {
         Input::Raw(text) => {
@@ -90,15 +95,28 @@ fn prepare_now(
             Ok((prompt, tokens, 0))
         }
         Input::Chat(turns) => {
-            let (prompt, tokens) = measure(engine, &turns)?;
+            let (prompt, tokens) = measure(engine, &turns, tools)?;
             Ok((prompt, tokens, 0))
         }
-        Input::History(turns) => fit(engine, &turns, budget),
+        Input::History(turns) => fit(engine, &turns, budget, tools),
     }
 }
 
-fn measure(engine: &dyn Engine, turns: &[ChatTurn]) -> Result<(Prompt, Tokenized), EngineError> {
-    let prompt = engine.render_chat(turns)?;
+/// Renders and tokenises `turns`: with tools, the model's own way when its template has one
+/// ([`Engine::render_chat_with_tools`]), else with the generic section the front wrote.
+fn measure(
+    engine: &dyn Engine,
+    turns: &[ChatTurn],
+    tools: Option<&ToolUse>,
+) -> Result<(Prompt, Tokenized), EngineError> {
+    let own = match tools {
+        Some(tools) => engine.render_chat_with_tools(&tools.without_section(turns), tools)?,
+        None => None,
+    };
+    let prompt = match own {
+        Some(prompt) => prompt,
+        None => engine.render_chat(turns)?,
+    };
     let tokens = engine.tokenize(&prompt)?;
     Ok((prompt, tokens))
 }
@@ -108,9 +126,10 @@ fn fit(
     engine: &dyn Engine,
     turns: &[ChatTurn],
     Budget(budget): Budget,
+    tools: Option<&ToolUse>,
 ) -> Result<(Prompt, Tokenized, usize), EngineError> {
     let last = turns.len().saturating_sub(1);
-    let (prompt, tokens) = measure(engine, turns)?;
+    let (prompt, tokens) = measure(engine, turns, tools)?;
     if tokens.count <= budget || last == 0 {
         return Ok((prompt, tokens, 0));
     }
@@ -120,7 +139,7 @@ fn fit(
     let mut best: Option<(Prompt, Tokenized)> = None;
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        let (prompt, tokens) = measure(engine, &turns[mid..])?;
+        let (prompt, tokens) = measure(engine, &turns[mid..], tools)?;
         if tokens.count <= budget {
             hi = mid;
             best = Some((prompt, tokens));
@@ -130,7 +149,7 @@ fn fit(
     }
     let (prompt, tokens) = match best {
         Some(found) => found,
-        None => measure(engine, &turns[hi..])?,
+        None => measure(engine, &turns[hi..], tools)?,
     };
     Ok((prompt, tokens, hi))
 }

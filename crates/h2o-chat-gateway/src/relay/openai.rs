@@ -16,7 +16,7 @@
 use futures_util::StreamExt;
 use h2o_chat_engine::{
     Constraint, EngineError, FinishReason, GenerationEvent, GenerationFailure, GenerationRequest,
-    Token, tool_call,
+    Token, ToolUse, tool_call,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -71,7 +71,7 @@ fn body_of(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
     let top = request.top_tokens;
     let response_format = |schema: &Value| json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}});
     // The gateway takes only what this relay can pass (`Gateway::check_constraint`).
-    let mut section = None;
+    let mut native = None;
     match &request.constraint {
         Some(Constraint::JsonSchema(schema)) => {
             map.insert("response_format".into(), response_format(schema));
@@ -83,14 +83,14 @@ fn body_of(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
             if let Some(schema) = &tools.text_schema {
                 map.insert("response_format".into(), response_format(schema));
             }
-            section = Some(tools.section.as_str());
+            native = Some(tools);
         }
         Some(Constraint::Regex(_)) | None => {}
     }
     match request.prompt.chat() {
         Some(turns) => {
-            let messages = match section {
-                Some(section) => native_messages(turns, section),
+            let messages = match native {
+                Some(tools) => native_messages(turns, tools),
                 None => turns
                     .iter()
                     .map(|t| json!({"role": t.role, "content": t.content}))
@@ -117,18 +117,13 @@ fn body_of(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
 /// the tools' section, earlier calls as the assistant's `tool_calls` and their results as
 /// `tool` messages answering them in order (ids made up here, as the history written for
 /// the model keeps none). A turn that does not read back whole stays text.
-fn native_messages(turns: &[h2o_chat_engine::ChatTurn], section: &str) -> Vec<Value> {
+fn native_messages(turns: &[h2o_chat_engine::ChatTurn], tools: &ToolUse) -> Vec<Value> {
+    let turns = tools.without_section(turns);
     let mut messages = Vec::with_capacity(turns.len());
     // The ids of the last assistant turn's calls not answered yet.
     let mut unanswered: std::collections::VecDeque<String> = Default::default();
     for (i, turn) in turns.iter().enumerate() {
         match turn.role.as_str() {
-            "system" => {
-                if let Some(content) = without(&turn.content, section) {
-                    messages.push(json!({"role": "system", "content": content}));
-                }
-                continue;
-            }
             "assistant" => {
                 if let Some((words, calls)) = tool_call::read_written(&turn.content) {
                     let calls: Vec<Value> = calls
@@ -167,20 +162,6 @@ fn native_messages(turns: &[h2o_chat_engine::ChatTurn], section: &str) -> Vec<Va
         messages.push(json!({"role": turn.role, "content": turn.content}));
     }
     messages
-}
-
-/// A system message without the tools' section the front appended to it (`None`: nothing
-/// is left of it).
-fn without<'a>(content: &'a str, section: &str) -> Option<&'a str> {
-    if content == section {
-        return None;
-    }
-    Some(
-        content
-            .strip_suffix(section)
-            .and_then(|rest| rest.strip_suffix("\n\n"))
-            .unwrap_or(content),
-    )
 }
 
 /// The tokens of a chunk's `logprobs`, each with its alternatives (empty when none were
@@ -611,14 +592,24 @@ mod tests {
             ChatTurn::new("user", "Thanks!"),
         ];
         assert_eq!(
-            json!(native_messages(&turns, section)),
+            json!(native_messages(
+                &turns,
+                &ToolUse {
+                    grammar: String::new(),
+                    section: section.into(),
+                    tools: Vec::new(),
+                    choice: json!("auto"),
+                    parallel: false,
+                    text_schema: None,
+                }
+            )),
             json!([
                 {"role": "user", "content": "Weather in Paris and Rome?"},
                 {"role": "assistant", "content": "Let me look.", "tool_calls": [
-                    {"id": "call_2_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
-                    {"id": "call_2_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
-                {"role": "tool", "tool_call_id": "call_2_0", "content": "18 C"},
-                {"role": "tool", "tool_call_id": "call_2_1", "content": "21 C"},
+                    {"id": "call_1_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+                    {"id": "call_1_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1_0", "content": "18 C"},
+                {"role": "tool", "tool_call_id": "call_1_1", "content": "21 C"},
                 {"role": "assistant", "content": "Paris 18 C, Rome 21 C."},
                 {"role": "user", "content": "Thanks!"},
             ])
