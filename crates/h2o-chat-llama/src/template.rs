@@ -107,6 +107,7 @@ pub(crate) fn render_with_tools(
     }
     let mut env = minijinja::Environment::new();
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_filter("tojson", python_json);
     env.add_function(
         "raise_exception",
         |message: String| -> Result<String, minijinja::Error> {
@@ -139,6 +140,73 @@ pub(crate) fn render_with_tools(
         return Ok(None);
     }
     split(&rendered, turns).map(Some)
+}
+
+/// Jinja's `tojson` as Hugging Face's templates get it (Python's `json.dumps`): `", "` and
+/// `": "` between items, or `indent` spaces a level, no HTML escaping — the text the model was
+/// trained on, where minijinja's own filter writes compact, HTML-safe JSON.
+fn python_json(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let invalid = |e: serde_json::Error| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    };
+    let json = serde_json::to_value(&value).map_err(invalid)?;
+    let mut out = Vec::new();
+    match indent {
+        Some(n) => {
+            let spaces = vec![b' '; n];
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+            serde::Serialize::serialize(&json, &mut serializer).map_err(invalid)?;
+        }
+        None => {
+            let mut serializer = serde_json::Serializer::with_formatter(&mut out, Spaced);
+            serde::Serialize::serialize(&json, &mut serializer).map_err(invalid)?;
+        }
+    }
+    Ok(minijinja::Value::from_safe_string(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// Python's default `json.dumps` separators.
+struct Spaced;
+
+impl serde_json::ser::Formatter for Spaced {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
 }
 
 #[cfg(test)]
@@ -177,7 +245,10 @@ mod tests {
             text.starts_with("<|im_start|>system\nBe brief.\n\n# Tools\n"),
             "{text}"
         );
-        assert!(text.contains(r#""name":"get_weather""#), "{text}");
+        assert!(
+            text.contains(r#"{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.""#),
+            "{text}"
+        );
         assert!(
             text.contains("within <tool_call></tool_call> XML tags"),
             "{text}"

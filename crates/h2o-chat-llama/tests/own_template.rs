@@ -69,7 +69,7 @@ async fn a_template_with_its_own_tool_section_shows_the_tools_its_way_and_calls_
         .expect("the copy's template shows the tools");
     let text = shown.text();
     assert!(text.contains("# Tools"), "{text}");
-    assert!(text.contains(r#""name":"get_weather""#), "{text}");
+    assert!(text.contains(r#""name": "get_weather""#), "{text}");
     assert_eq!(plain.render_chat_with_tools(&turns, &tools).unwrap(), None);
 
     // Over the server: both answer with an enforced call, from different prompts.
