@@ -191,7 +191,11 @@ class Page:
             cid)
 
     def sidebar_titles(self):
-        return [b.text for b in self.all("#conversations li .open")]
+        # Read in one script: the list is re-drawn whenever the page reloads it, and an
+        # element found before a redraw is gone by the time its text is asked for.
+        return self.d.execute_script(
+            "return [...document.querySelectorAll('#conversations li .open')]"
+            ".map(b => b.innerText)")
 
     def console_errors(self, allowed=()):
         entries = self.d.get_log("browser")
