@@ -233,9 +233,21 @@ impl Engine for LlamaEngine {
             return Ok(None);
         };
         let vocab = self.model.vocab();
-        let special =
-            |token| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned();
-        let (bos, eos) = (special(vocab.bos()), special(vocab.eos()));
+        // A model without one has no valid id for it (asking its text would throw).
+        let special = |token: llama_cpp_2::token::LlamaToken| {
+            if (0..self.model.n_vocab()).contains(&token.0) {
+                String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
+            } else {
+                String::new()
+            }
+        };
+        // The tokenizer adds the BOS itself when the model wants one: not twice.
+        let bos = if vocab.should_add_bos() {
+            String::new()
+        } else {
+            special(vocab.bos())
+        };
+        let eos = special(vocab.eos());
         match template::render_with_tools(&template, turns, tools, (&bos, &eos)) {
             Ok(prompt) => Ok(prompt),
             Err(err) => {

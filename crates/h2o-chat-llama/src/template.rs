@@ -7,6 +7,11 @@
 //! enforces (`<tool_call>`: Hermes, Qwen and their kin) is rendered itself, as Hugging Face
 //! renders it (Jinja), with the tools: the model reads its tools the way it was trained to.
 //! Other templates get the server's generic section ([`render_with_tools`] says `None`).
+//! The template sees each message as its marker, not its text: logic that looks into a
+//! message (Qwen3 telling a tool's result from a question by its first characters,
+//! stripping earlier reasoning) does not apply, and such a template may render a little
+//! differently from Hugging Face's rendering; the tools' section, the turns' markup and the
+//! order are the template's.
 
 use h2o_chat_engine::{ChatTurn, EngineError, Prompt, ToolUse, tool_call};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
@@ -16,17 +21,29 @@ use serde_json::{Value, json};
 /// collide with in practice; a content that contains them is refused.
 const SENTINEL_OPEN: char = '\u{F8F0}';
 const SENTINEL_CLOSE: char = '\u{F8F1}';
+/// Marks the JSON a template writes with `tojson` (the tools' definitions, earlier calls'
+/// arguments): the client's text, so content too — a tool's description that spells a
+/// special token must not become one.
+const JSON_OPEN: char = '\u{F8F2}';
+const JSON_CLOSE: char = '\u{F8F3}';
+const RESERVED: [char; 4] = [SENTINEL_OPEN, SENTINEL_CLOSE, JSON_OPEN, JSON_CLOSE];
+
+/// Refuses a chat that holds a reserved character.
+fn check_reserved(turns: &[ChatTurn]) -> Result<(), EngineError> {
+    if turns
+        .iter()
+        .any(|t| t.content.contains(RESERVED) || t.role.contains(RESERVED))
+    {
+        return Err(EngineError::Input(
+            "a message contains a reserved private-use character (U+F8F0 to U+F8F3)".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// Renders `turns`, ending with the open assistant turn.
 pub(crate) fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
-    if turns.iter().any(|t| {
-        t.content.contains([SENTINEL_OPEN, SENTINEL_CLOSE])
-            || t.role.contains([SENTINEL_OPEN, SENTINEL_CLOSE])
-    }) {
-        return Err(EngineError::Input(
-            "a message contains a reserved private-use character (U+F8F0 or U+F8F1)".into(),
-        ));
-    }
+    check_reserved(turns)?;
     let template = model
         .chat_template(None)
         .map_err(|e| EngineError::Input(format!("the model has no chat template: {e}")))?;
@@ -47,13 +64,23 @@ pub(crate) fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<Prompt, E
     split(&rendered, turns)
 }
 
-/// The rendered template's markup and, at each marker, its message's content.
+/// The rendered template's markup and, at each marker, its message's content (and the JSON
+/// it wrote with `tojson`, content too).
 fn split(rendered: &str, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
     let mut prompt = Prompt::new();
     let mut rest = rendered;
     let mut next = 0usize;
-    while let Some(open) = rest.find(SENTINEL_OPEN) {
+    while let Some(open) = rest.find([SENTINEL_OPEN, JSON_OPEN]) {
         prompt.push_markup(&rest[..open]);
+        if rest[open..].starts_with(JSON_OPEN) {
+            let after = &rest[open + JSON_OPEN.len_utf8()..];
+            let close = after
+                .find(JSON_CLOSE)
+                .ok_or_else(|| EngineError::Input("the chat template mangled its JSON".into()))?;
+            prompt.push_content(&after[..close]);
+            rest = &after[close + JSON_CLOSE.len_utf8()..];
+            continue;
+        }
         let after = &rest[open + SENTINEL_OPEN.len_utf8()..];
         let close = after
             .find(SENTINEL_CLOSE)
@@ -97,12 +124,10 @@ pub(crate) fn render_with_tools(
     if !has_own_tool_section(template) {
         return Ok(None);
     }
-    if turns.iter().any(|t| {
-        t.content.contains([SENTINEL_OPEN, SENTINEL_CLOSE])
-            || t.role.contains([SENTINEL_OPEN, SENTINEL_CLOSE])
-    }) {
+    check_reserved(turns)?;
+    if tools.tools.iter().any(|t| t.to_string().contains(RESERVED)) {
         return Err(EngineError::Input(
-            "a message contains a reserved private-use character (U+F8F0 or U+F8F1)".into(),
+            "a tool's definition contains a reserved private-use character".into(),
         ));
     }
     let mut env = minijinja::Environment::new();
@@ -135,8 +160,9 @@ pub(crate) fn render_with_tools(
             eos_token => eos,
         })
         .map_err(|e| EngineError::Input(format!("the model's chat template failed: {e}")))?;
-    // The calls are enforced in the server's format: the template must teach that one.
-    if !rendered.contains(tool_call::OPEN.lines().next().unwrap_or_default()) {
+    // The calls are enforced in the server's format: the template must teach that one
+    // (`<tool_call>` alone is not enough: Qwen3-Coder's holds XML in it).
+    if !rendered.contains(tool_call::OPEN.trim_end_matches('"')) {
         return Ok(None);
     }
     split(&rendered, turns).map(Some)
@@ -150,6 +176,10 @@ fn python_json(
     kwargs: minijinja::value::Kwargs,
 ) -> Result<minijinja::Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    // Python's other arguments: the defaults are what is written here anyway.
+    for ignored in ["ensure_ascii", "sort_keys", "separators"] {
+        let _: Option<minijinja::Value> = kwargs.get(ignored)?;
+    }
     kwargs.assert_all_used()?;
     let invalid = |e: serde_json::Error| {
         minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
@@ -168,9 +198,10 @@ fn python_json(
             serde::Serialize::serialize(&json, &mut serializer).map_err(invalid)?;
         }
     }
-    Ok(minijinja::Value::from_safe_string(
-        String::from_utf8_lossy(&out).into_owned(),
-    ))
+    Ok(minijinja::Value::from_safe_string(format!(
+        "{JSON_OPEN}{}{JSON_CLOSE}",
+        String::from_utf8_lossy(&out)
+    )))
 }
 
 /// Python's default `json.dumps` separators.
@@ -269,7 +300,24 @@ mod tests {
                 h2o_chat_engine::Piece::Markup(_) => None,
             })
             .collect();
-        assert_eq!(content, ["Be brief.", "Weather in Paris?"]);
+        assert_eq!(content.len(), 3, "{content:?}");
+        assert_eq!((content[0], content[2]), ("Be brief.", "Weather in Paris?"));
+        // The tool's definition is content too: its text cannot become special tokens.
+        assert!(
+            content[1].starts_with(r#"{"type": "function""#),
+            "{content:?}"
+        );
+    }
+
+    #[test]
+    fn a_template_teaching_another_call_syntax_gets_the_generic_section() {
+        // Qwen3-Coder's calls are XML inside `<tool_call>`: not what the grammar enforces.
+        let coder = include_str!("../tests/templates/qwen3-coder.jinja");
+        let turns = [ChatTurn::new("user", "Weather in Paris?")];
+        assert_eq!(
+            render_with_tools(coder, &turns, &weather(), ("", "")).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -159,6 +159,8 @@ fn native_messages(turns: &[h2o_chat_engine::ChatTurn], tools: &ToolUse) -> Vec<
             }
             _ => {}
         }
+        // Results answer only the calls just before them.
+        unanswered.clear();
         messages.push(json!({"role": turn.role, "content": turn.content}));
     }
     messages
@@ -590,6 +592,8 @@ mod tests {
             ),
             ChatTurn::new("assistant", "Paris 18 C, Rome 21 C."),
             ChatTurn::new("user", "Thanks!"),
+            // No call is waiting for it: text, not a `tool` message.
+            ChatTurn::new("user", tool_call::response("late")),
         ];
         assert_eq!(
             json!(native_messages(
@@ -612,8 +616,44 @@ mod tests {
                 {"role": "tool", "tool_call_id": "call_1_1", "content": "21 C"},
                 {"role": "assistant", "content": "Paris 18 C, Rome 21 C."},
                 {"role": "user", "content": "Thanks!"},
+                {"role": "user", "content": "<tool_response>\nlate\n</tool_response>"},
             ])
         );
+    }
+
+    #[test]
+    fn a_result_answers_only_the_calls_just_before_it() {
+        let turns = [
+            ChatTurn::new("user", "Weather?"),
+            ChatTurn::new(
+                "assistant",
+                format!(
+                    "{}\n{}",
+                    tool_call::written("get_weather", r#"{"city": "Paris"}"#),
+                    tool_call::written("get_weather", r#"{"city": "Rome"}"#)
+                ),
+            ),
+            ChatTurn::new("user", tool_call::response("18 C")),
+            ChatTurn::new("assistant", "Rome is still to come."),
+            // The Rome call was not answered in its turn: this is text now.
+            ChatTurn::new("user", tool_call::response("21 C")),
+        ];
+        let messages = native_messages(
+            &turns,
+            &ToolUse {
+                grammar: String::new(),
+                section: String::new(),
+                tools: Vec::new(),
+                choice: json!("auto"),
+                parallel: false,
+                text_schema: None,
+            },
+        );
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "tool", "assistant", "user"]);
     }
 
     #[test]
