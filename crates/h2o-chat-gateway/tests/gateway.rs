@@ -459,10 +459,15 @@ async fn metrics_report_per_upstream_requests_errors_and_latency() {
     );
 }
 
+/// User information in an upstream's loopback URL (basic auth).
+const CREDENTIALS: &str = "user:s3cret";
+
 #[tokio::test]
 async fn credentials_in_an_upstream_url_are_shown_to_nobody() {
     let a = upstream(Script::default()).await;
-    let with_password = a.url().replace("http://", "http://user:s3cret@");
+    let with_password = a
+        .url()
+        .replace("http://", &format!("http://{CREDENTIALS}@"));
     let (front, _) = gateway(vec![UpstreamSpec::new(UpstreamKind::Tgi, &with_password)]).await;
     // Answered, with the password sent (user information is basic auth)…
     let answer = generate(&front.url()).await;
@@ -482,7 +487,7 @@ async fn credentials_in_an_upstream_url_are_shown_to_nobody() {
     // …and a failure whose message names the URL: a closed loopback port.
     let (unreachable, _) = gateway(vec![UpstreamSpec::new(
         UpstreamKind::OpenAi,
-        "http://user:s3cret@127.0.0.1:9/v1",
+        format!("http://{CREDENTIALS}@127.0.0.1:9/v1"),
     )])
     .await;
     let failed = http()

@@ -79,6 +79,20 @@ pub struct Tool {
 }
 
 impl Tool {
+    /// A tool named `name` from its definition's object: its `description`, and its
+    /// arguments' schema under `schema` (`parameters` for OpenAI, `input_schema` for
+    /// Anthropic).
+    pub fn from_definition(name: &str, definition: &Value, schema: &str) -> Tool {
+        Tool {
+            name: name.to_string(),
+            description: definition
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            parameters: parameters_or_empty(definition.get(schema).cloned()),
+        }
+    }
+
     /// Its OpenAI signature, `{"type": "function", "function": {...}}`.
     pub fn signature(&self) -> Value {
         serde_json::json!({
@@ -370,7 +384,7 @@ impl Tools {
 }
 
 /// A tool without `parameters` takes an empty object.
-pub fn parameters_or_empty(parameters: Option<Value>) -> Value {
+fn parameters_or_empty(parameters: Option<Value>) -> Value {
     match parameters {
         None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
         Some(schema) => schema,
@@ -654,26 +668,38 @@ mod tests {
         out
     }
 
+    fn text_of(reads: &[Read]) -> String {
+        reads
+            .iter()
+            .filter_map(|r| match r {
+                Read::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn arguments_of(reads: &[Read]) -> String {
+        reads
+            .iter()
+            .filter_map(|r| match r {
+                Read::Arguments { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn words_around_calls_are_text_and_the_calls_still_calls() {
         let call = tool_call::written("get_weather", r#"{"city": "Paris"}"#);
         // Words first (a relayed upstream may write them), split anywhere.
         for expected in [false, true] {
-            let answer = format!("Let me look.{call}");
             let mut reader = CallReader::new(expected);
-            let mut reads = Vec::new();
-            for piece in answer.as_bytes().chunks(3) {
-                reads.extend(reader.push(std::str::from_utf8(piece).unwrap()));
-            }
-            reads.extend(reader.finish());
-            let text: String = reads
-                .iter()
-                .filter_map(|r| match r {
-                    Read::Text(t) => Some(t.as_str()),
-                    _ => None,
-                })
-                .collect();
-            assert_eq!(text, "Let me look.", "calls expected: {expected}");
+            let reads = read_all(&mut reader, &format!("Let me look.{call}"), 3);
+            assert_eq!(
+                text_of(&reads),
+                "Let me look.",
+                "calls expected: {expected}"
+            );
             assert_eq!(reader.calls(), 1, "calls expected: {expected}");
         }
         // Words after a call.
@@ -745,13 +771,7 @@ mod tests {
             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa",
             4,
         );
-        let arguments: String = reads
-            .iter()
-            .filter_map(|r| match r {
-                Read::Arguments { text, .. } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
+        let arguments = arguments_of(&reads);
         assert_eq!(arguments, r#"{"city": "Pa"#);
     }
 
@@ -762,13 +782,7 @@ mod tests {
             "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</too",
             3,
         );
-        let arguments: String = reads
-            .iter()
-            .filter_map(|r| match r {
-                Read::Arguments { text, .. } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
+        let arguments = arguments_of(&reads);
         assert_eq!(arguments, r#"{"a": 1}"#);
     }
 

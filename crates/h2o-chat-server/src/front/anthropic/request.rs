@@ -32,7 +32,7 @@ use serde_json::Value;
 use crate::front::anthropic::error::AnthropicError;
 use crate::front::anthropic::wire::MessagesRequest;
 use crate::plan::{Input, MaxNewTokens, Plan};
-use crate::tools::{Tool, ToolChoice, Tools, parameters_or_empty};
+use crate::tools::{Tool, ToolChoice, Tools};
 
 /// A request, mapped.
 #[derive(Debug, Clone)]
@@ -177,14 +177,7 @@ fn tools_of(
         let name = tool.get("name").and_then(Value::as_str).ok_or_else(|| {
             AnthropicError::invalid(format!("tools.{i}.name: a string is required"))
         })?;
-        parsed.push(Tool {
-            name: name.to_string(),
-            description: tool
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            parameters: parameters_or_empty(tool.get("input_schema").cloned()),
-        });
+        parsed.push(Tool::from_definition(name, tool, "input_schema"));
     }
     Tools::new(parsed, choice, parallel).map_err(AnthropicError::from)
 }

@@ -271,13 +271,7 @@ impl Writer {
                     arguments: String::new(),
                     status: "in_progress",
                 };
-                self.output.push(item.clone());
-                self.open = true;
-                let index = self.index();
-                frames.push(self.event(
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                ));
+                self.add_item(item, frames);
             }
             Read::Arguments { text, .. } => {
                 let index = self.index();
@@ -294,6 +288,15 @@ impl Writer {
         }
     }
 
+    /// Opens an output item and says so.
+    fn add_item(&mut self, item: OutputItem, frames: &mut Vec<Bytes>) {
+        self.output.push(item);
+        self.open = true;
+        let index = self.index();
+        let added = json!({"output_index": index, "item": self.output.last()});
+        frames.push(self.event("response.output_item.added", added));
+    }
+
     /// Opens a message item with its (empty) text part.
     fn open_message(&mut self, frames: &mut Vec<Bytes>) {
         self.close(frames);
@@ -303,13 +306,8 @@ impl Writer {
             role: "assistant",
             content: Vec::new(),
         };
-        self.output.push(item.clone());
-        self.open = true;
+        self.add_item(item, frames);
         let index = self.index();
-        frames.push(self.event(
-            "response.output_item.added",
-            json!({"output_index": index, "item": item}),
-        ));
         let item_id = match self.output.last_mut() {
             Some(OutputItem::Message { id, content, .. }) => {
                 content.push(OutputText::new(String::new()));

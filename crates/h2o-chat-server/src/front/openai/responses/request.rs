@@ -33,7 +33,7 @@ use crate::front::openai::error::ApiError;
 use crate::front::openai::request::DEFAULT_MAX_TOKENS;
 use crate::front::openai::responses::wire::ResponsesRequest;
 use crate::plan::{Input, MaxNewTokens, Plan};
-use crate::tools::{Tool, Tools, openai_choice, parallel_of, parameters_or_empty};
+use crate::tools::{Tool, Tools, openai_choice, parallel_of};
 
 /// What the `response` object repeats of the request.
 #[derive(Debug, Clone, Default)]
@@ -207,14 +207,7 @@ fn tools_of(
         let name = tool.get("name").and_then(Value::as_str).ok_or_else(|| {
             ApiError::invalid(format!("tools[{i}].name must be a string"), "tools")
         })?;
-        parsed.push(Tool {
-            name: name.to_string(),
-            description: tool
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            parameters: parameters_or_empty(tool.get("parameters").cloned()),
-        });
+        parsed.push(Tool::from_definition(name, tool, "parameters"));
     }
     Ok(Tools::new(parsed, choice, parallel_of(parallel)?)?)
 }
