@@ -42,8 +42,9 @@ mod request;
 pub mod sampling;
 mod scripted;
 pub mod stopping;
+pub mod tool_call;
 
-pub use constraint::{Constraint, ToolUse, tool_call};
+pub use constraint::{Constraint, ToolUse};
 pub use deferred::DeferredEngine;
 pub use engine::{Cleanup, Engine, EngineInfo, EngineStats, Generation, Health};
 pub use error::EngineError;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use h2o_chat_engine::{
     ChatTurn, Constraint, Engine, EngineError, EngineInfo, EngineStats, Generation,
-    GenerationRequest, Health, Prompt, Tokenized, ToolUse,
+    GenerationRequest, Health, Prompt, Tokenized, ToolUse, tool_call,
 };
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -19,8 +19,9 @@ use crate::backend::backend;
 use crate::config::LlamaConfig;
 use crate::grammar::Grammars;
 use crate::scheduler::{Job, Scheduler, Shared};
+use crate::sequence::Constrained;
 use crate::sizing::{fit_to_memory, footprint, head_widths};
-use crate::template;
+use crate::template::{self, ToolTemplate};
 use crate::vocabulary::Vocabulary;
 
 /// Events buffered between the scheduler and one reader. The last place is kept for the
@@ -33,6 +34,8 @@ pub struct LlamaEngine {
     model: Arc<LlamaModel>,
     vocabulary: Arc<Vocabulary>,
     grammars: Arc<Grammars>,
+    /// The model's own template with tools, when it teaches a call syntax the server knows.
+    tool_template: Option<ToolTemplate>,
     /// `None` once dropping: the scheduler then ends.
     jobs: Option<mpsc::Sender<Job>>,
     /// The scheduler thread, joined when the engine is dropped (unloaded, or at exit), so
@@ -64,7 +67,11 @@ impl LlamaEngine {
             .map_err(|e| load_error(format!("{e} (is it a GGUF model?)")))?;
         let model = Arc::new(model);
         let vocabulary = Arc::new(Vocabulary::of(&model));
-        let grammars = Arc::new(Grammars::of(&model).map_err(&load_error)?);
+        let tool_template = ToolTemplate::of(&model);
+        let syntax = tool_template
+            .as_ref()
+            .map_or(tool_call::HERMES, |t| t.syntax);
+        let grammars = Arc::new(Grammars::of(&model, syntax).map_err(&load_error)?);
         let load_ms = started.elapsed().as_millis();
         let slots = config.slots.clamp(1, 256);
         let (key_width, value_width) = head_widths(&model);
@@ -117,7 +124,7 @@ impl LlamaEngine {
         let info = EngineInfo {
             model_id: config.model_id.clone(),
             backend: format!(
-                "llama.cpp via llama-cpp-2 0.1.160, {threads} threads, {slots} slots × {context_per_slot} positions, {kv_cache} KV cache{}{}",
+                "llama.cpp via llama-cpp-2 0.1.160, {threads} threads, {slots} slots × {context_per_slot} positions, {kv_cache} KV cache{}{}{}",
                 if config.kv_unified {
                     ", unified KV"
                 } else {
@@ -127,6 +134,11 @@ impl LlamaEngine {
                     ", fast mode (answers may depend on the batch and the prompt cache)"
                 } else {
                     ""
+                },
+                match &tool_template {
+                    Some(own) =>
+                        format!(", tool calls in the template's {} syntax", own.syntax.name),
+                    None => String::new(),
                 }
             ),
             compute_type: "cpu+llama.cpp".into(),
@@ -137,12 +149,13 @@ impl LlamaEngine {
             batch_total_tokens: slots * context_per_slot,
         };
         let footprint = footprint(&model, kv_cache, slots * context_per_slot);
-        tracing::info!(model = %info.model_id, load_ms, slots, context_per_slot, footprint_mb = footprint / (1024 * 1024), "model loaded");
+        tracing::info!(model = %info.model_id, load_ms, slots, context_per_slot, footprint_mb = footprint / (1024 * 1024), tool_calls = syntax.name, "model loaded");
         Ok(LlamaEngine {
             footprint,
             model,
             vocabulary,
             grammars,
+            tool_template,
             jobs: Some(jobs),
             scheduler: Some(scheduler),
             shared,
@@ -156,6 +169,14 @@ impl LlamaEngine {
     /// the model, the KV cache the model's heads allow.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// The call syntax tool calls are enforced in: the one the model's template teaches,
+    /// else the shared one (with the generic section).
+    pub fn tool_syntax(&self) -> tool_call::Syntax {
+        self.tool_template
+            .as_ref()
+            .map_or(tool_call::HERMES, |t| t.syntax)
     }
 
     /// The model's grammars (to measure a constraint's masks apart from the model).
@@ -216,44 +237,28 @@ impl Engine for LlamaEngine {
         template::render(&self.model, turns)
     }
 
-    /// The GGUF's Jinja template itself, when it has a tool section in the enforced format
-    /// (see `template.rs`). A template this renderer cannot run is said in the log, and the
-    /// generic section serves instead.
+    /// The GGUF's Jinja template itself, when it teaches a call syntax the server knows
+    /// (see `template.rs`). For Hermes's syntax — the shared one — a chat this renderer
+    /// cannot run is said in the log and the generic section serves instead; for another,
+    /// whose calls the grammar enforces in the model's syntax, it is the client's error.
     fn render_chat_with_tools(
         &self,
         turns: &[ChatTurn],
         tools: &ToolUse,
     ) -> Result<Option<Prompt>, EngineError> {
-        let Some(template) = self
-            .model
-            .chat_template(None)
-            .ok()
-            .and_then(|t| t.to_string().ok())
-        else {
+        let Some(own) = &self.tool_template else {
             return Ok(None);
         };
-        let vocab = self.model.vocab();
-        // A model without one has no valid id for it (asking its text would throw).
-        let special = |token: llama_cpp_2::token::LlamaToken| {
-            if (0..self.model.n_vocab()).contains(&token.0) {
-                String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
-            } else {
-                String::new()
-            }
-        };
-        // The tokenizer adds the BOS itself when the model wants one: not twice.
-        let bos = if vocab.should_add_bos() {
-            String::new()
-        } else {
-            special(vocab.bos())
-        };
-        let eos = special(vocab.eos());
-        match template::render_with_tools(&template, turns, tools, (&bos, &eos)) {
-            Ok(prompt) => Ok(prompt),
-            Err(err) => {
+        match own.render(turns, tools) {
+            Ok(prompt) => Ok(Some(prompt)),
+            Err(err) if own.syntax.is_shared() => {
                 tracing::warn!(%err, "the model's own template cannot show the tools; the generic section is used");
                 Ok(None)
             }
+            Err(EngineError::Input(message)) => Err(EngineError::Input(format!(
+                "the model's chat template cannot show this chat with tools: {message}"
+            ))),
+            Err(other) => Err(other),
         }
     }
 
@@ -323,11 +328,21 @@ impl Engine for LlamaEngine {
             return Err(EngineError::Overloaded);
         }
         let (events, receiver) = channel::channel(EVENT_BUFFER);
+        // Calls in the model's own syntax are read in the shared one.
+        let translator = match (&request.constraint, &self.tool_template) {
+            (Some(Constraint::Tools(_)), Some(own)) if !own.syntax.is_shared() => {
+                Some(tool_call::Translator::new(own.syntax))
+            }
+            _ => None,
+        };
         let job = Job {
             request,
             tokens,
             events,
-            grammar,
+            constrained: Constrained {
+                grammar,
+                translator,
+            },
         };
         let sent = match &self.jobs {
             Some(jobs) => jobs.send(job).is_ok(),

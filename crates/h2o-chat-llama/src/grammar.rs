@@ -14,6 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use h2o_chat_engine::Constraint;
+use h2o_chat_engine::tool_call::Syntax;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use llguidance::api::TopLevelGrammar;
@@ -44,6 +45,12 @@ fn json_layout() -> Value {
 /// The model's token table and the compiled constraints. See the module docs.
 pub struct Grammars {
     factory: Arc<ParserFactory>,
+    /// The model's call syntax, in which tool calls are enforced.
+    syntax: Syntax,
+    /// The syntax's frame literals that are one special token of the vocabulary
+    /// (Mistral's `[TOOL_CALLS]`), with its id: the grammar asks for the token, as the
+    /// model was trained to write it, not for its name spelled out.
+    special_literals: Vec<(String, i32)>,
     /// Most recently used last.
     cache: Mutex<Vec<(String, Matcher)>>,
 }
@@ -54,13 +61,27 @@ pub struct Grammar {
 }
 
 impl Grammars {
-    /// The token table of `model` (49,152 tokens for SmolLM2: ~50 ms, once).
-    pub(crate) fn of(model: &LlamaModel) -> Result<Self, String> {
+    /// The token table of `model` (49,152 tokens for SmolLM2: ~50 ms, once); tool calls
+    /// are enforced in `syntax`.
+    pub(crate) fn of(model: &LlamaModel, syntax: Syntax) -> Result<Self, String> {
         let mut factory = ParserFactory::new_simple(&token_table(model))
             .map_err(|e| format!("cannot build the grammar engine's token table: {e}"))?;
         factory.quiet();
+        let vocab = model.vocab();
+        let special_literals = [syntax.open, syntax.after_name, syntax.close, syntax.between]
+            .into_iter()
+            .filter(|literal| !literal.is_empty())
+            .filter_map(
+                |literal| match vocab.tokenize(literal.as_bytes(), false, true)[..] {
+                    [token] if vocab.is_control(token) => Some((literal.to_string(), token.0)),
+                    _ => None,
+                },
+            )
+            .collect();
         Ok(Grammars {
             factory: Arc::new(factory),
+            syntax,
+            special_literals,
             cache: Mutex::new(Vec::new()),
         })
     }
@@ -120,10 +141,11 @@ impl Grammars {
                 TopLevelGrammar::from_regex(regex)
             }
             Constraint::Tools(tools) => {
-                if group_depth(&tools.grammar) > MAX_DEPTH {
+                let lark = tools.grammar(&self.syntax, &|literal| self.literal(literal));
+                if group_depth(&lark) > MAX_DEPTH {
                     return Err(format!("the grammar nests deeper than {MAX_DEPTH} groups"));
                 }
-                TopLevelGrammar::from_lark(tools.grammar.clone())
+                TopLevelGrammar::from_lark(lark)
             }
         };
         let factory = self.factory.clone();
@@ -145,6 +167,20 @@ impl Grammars {
         let mut matcher = compiled.map_err(|err| tidy(&err))?;
         matcher.reset().map_err(|err| tidy(&err.to_string()))?;
         Ok(matcher)
+    }
+}
+
+impl Grammars {
+    /// A frame literal in Lark: the special token it is, or the text.
+    fn literal(&self, text: &str) -> String {
+        match self
+            .special_literals
+            .iter()
+            .find(|(literal, _)| literal == text)
+        {
+            Some((_, id)) => format!("<[{id}]>"),
+            None => Value::String(text.to_string()).to_string(),
+        }
     }
 }
 

@@ -37,9 +37,8 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::Sender;
 
 use crate::config::LlamaConfig;
-use crate::grammar::Grammar;
 use crate::prompt_cache::{FreeSlot, place};
-use crate::sequence::{Progress, Sequence};
+use crate::sequence::{Constrained, Progress, Sequence};
 use crate::sizing::context_positions;
 use crate::step::{self, SlotState};
 
@@ -52,8 +51,8 @@ pub(crate) struct Job {
     /// The prompt, tokenised and truncated.
     pub tokens: Vec<LlamaToken>,
     pub events: Sender<GenerationEvent>,
-    /// The request's constraint, compiled.
-    pub grammar: Option<Grammar>,
+    /// The request's constraint, compiled, and how its calls are read.
+    pub constrained: Constrained,
 }
 
 /// What the engine's callers can see of the thread: health and counters.
@@ -372,7 +371,7 @@ impl<'m> Scheduler<'m> {
                 self.n_vocab,
                 job.events,
                 arrived,
-                job.grammar,
+                job.constrained,
             );
             if job.request.prompt_logprobs {
                 sequence.score_prompt(self.model);

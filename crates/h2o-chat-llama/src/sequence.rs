@@ -23,6 +23,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::grammar::Grammar;
+use h2o_chat_engine::tool_call::Translator;
 
 /// Places of a reader's channel kept for a sequence's ending: the prompt's scores (when a
 /// one-token answer ends at once), its last token's alternatives and its final (or failure)
@@ -45,6 +46,14 @@ impl Progress {
     }
 }
 
+/// What a constrained request's answer goes through.
+pub(crate) struct Constrained {
+    /// What the answer must follow.
+    pub grammar: Option<Grammar>,
+    /// For tool calls in the model's own syntax: their translation into the shared format.
+    pub translator: Option<Translator>,
+}
+
 pub(crate) struct Sequence {
     events: Sender<GenerationEvent>,
     /// The prompt, after truncation.
@@ -62,6 +71,9 @@ pub(crate) struct Sequence {
     pub next: Option<LlamaToken>,
     /// What the answer must follow.
     grammar: Option<Grammar>,
+    /// Rewrites tool calls in the model's own syntax into the shared format as they are
+    /// sampled (`h2o_chat_engine::tool_call`); the text reported is the rewritten one.
+    translator: Option<Translator>,
     /// Alternatives reported with each token.
     top_tokens: usize,
     /// The prompt's tokens scored so far, when the request asked for them; sent before the
@@ -82,7 +94,10 @@ impl Sequence {
         n_vocab: usize,
         events: Sender<GenerationEvent>,
         arrived: Instant,
-        grammar: Option<Grammar>,
+        Constrained {
+            grammar,
+            translator,
+        }: Constrained,
     ) -> Self {
         let mut sampler = Sampler::new(&request.sampling, n_vocab);
         // TGI's repetition penalty looks at every distinct prompt token.
@@ -101,6 +116,7 @@ impl Sequence {
             generated: 0,
             next: None,
             grammar,
+            translator,
             top_tokens: usize::from(request.top_tokens),
             prefill: None,
             pending: Vec::new(),
@@ -193,13 +209,23 @@ impl Sequence {
         let token = LlamaToken(id as i32);
         self.generated += 1;
         let is_eos = vocab.is_eog(token);
-        let special = is_eos || vocab.is_control(token);
+        // A control token that is part of a call's frame (Mistral's `[TOOL_CALLS]`) is text
+        // to the translator.
+        let framing = self.translator.is_some() && !is_eos && vocab.is_control(token);
+        let special = !framing && (is_eos || vocab.is_control(token));
         let text = if special {
             String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
         } else {
-            let piece = self
-                .assembler
-                .push(&vocab.token_to_piece(token, false, None));
+            let piece = if framing {
+                String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
+            } else {
+                self.assembler
+                    .push(&vocab.token_to_piece(token, false, None))
+            };
+            let piece = match &mut self.translator {
+                Some(translator) => translator.push(&piece),
+                None => piece,
+            };
             self.text.push_str(&piece);
             piece
         };
@@ -210,9 +236,19 @@ impl Sequence {
             special,
         };
         if let Some(reason) = self.criteria.check(self.generated, is_eos, &self.text) {
-            let rest = self.assembler.finish();
+            let mut rest = self.assembler.finish();
+            if let Some(translator) = &mut self.translator {
+                rest = translator.push(&rest);
+                rest.push_str(&translator.finish());
+            }
             if !special {
                 out.text.push_str(&rest);
+            } else if !rest.is_empty() && self.translator.is_some() {
+                // Words the translator held (they began like a call) end with the end of
+                // sequence: they go out as the last token's text, or a stream would lose
+                // them.
+                out.text = rest.clone();
+                out.special = false;
             }
             self.text.push_str(&rest);
             let finish = Finish {

@@ -3,17 +3,24 @@
 //! marker is content. Content is then tokenised as plain text, so a message that spells a
 //! special token cannot forge a turn (`vocabulary.rs`).
 //!
-//! With tools, a template that has its own tool section in the call format the server
-//! enforces (`<tool_call>`: Hermes, Qwen and their kin) is rendered itself, as Hugging Face
-//! renders it (Jinja), with the tools: the model reads its tools the way it was trained to.
-//! Other templates get the server's generic section ([`render_with_tools`] says `None`).
+//! With tools, a template that teaches a call syntax the server knows ([`Syntax`]:
+//! Hermes/Qwen's `<tool_call>`, Llama 3.x's JSON with `"parameters"`, Mistral's
+//! `[TOOL_CALLS]name[ARGS]`) is rendered itself, as Hugging Face renders it (Jinja), with
+//! the tools and the history's calls and results as structured messages: the model reads
+//! its tools and its earlier calls the way it was trained to. Which syntax a template
+//! teaches is found once, by rendering a call with it ([`tool_syntax`]). Other templates
+//! get the server's generic section.
+//!
 //! The template sees each message as its marker, not its text: logic that looks into a
 //! message (Qwen3 telling a tool's result from a question by its first characters,
-//! stripping earlier reasoning) does not apply, and such a template may render a little
-//! differently from Hugging Face's rendering; the tools' section, the turns' markup and the
-//! order are the template's.
+//! stripping earlier reasoning, Llama's `trim`) does not apply, and such a template may
+//! render a little differently from Hugging Face's rendering; the tools' section, the
+//! turns' markup and the order are the template's. Names of earlier calls are markup there
+//! (templates write them bare), so they must be tool names; their arguments are JSON the
+//! template writes with `tojson`, content like a message.
 
-use h2o_chat_engine::{ChatTurn, EngineError, Prompt, ToolUse, tool_call};
+use h2o_chat_engine::tool_call::{self, SYNTAXES, Syntax};
+use h2o_chat_engine::{ChatTurn, EngineError, Prompt, ToolUse};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use serde_json::{Value, json};
 
@@ -41,32 +48,48 @@ fn check_reserved(turns: &[ChatTurn]) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The contents a rendering's markers stand for.
+#[derive(Default)]
+struct Contents(Vec<Content>);
+
+struct Content {
+    text: String,
+    /// Words beside calls, which some templates leave out (Llama 3.x's).
+    may_drop: bool,
+}
+
+impl Contents {
+    /// A marker for `text`, to stand in the message the template sees.
+    fn marker(&mut self, text: &str, may_drop: bool) -> String {
+        self.0.push(Content {
+            text: text.to_string(),
+            may_drop,
+        });
+        format!("{SENTINEL_OPEN}{}{SENTINEL_CLOSE}", self.0.len() - 1)
+    }
+}
+
 /// Renders `turns`, ending with the open assistant turn.
 pub(crate) fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
     check_reserved(turns)?;
     let template = model
         .chat_template(None)
         .map_err(|e| EngineError::Input(format!("the model has no chat template: {e}")))?;
+    let mut contents = Contents::default();
     let messages = turns
         .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            LlamaChatMessage::new(
-                t.role.clone(),
-                format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}"),
-            )
-        })
+        .map(|t| LlamaChatMessage::new(t.role.clone(), contents.marker(&t.content, false)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Input(format!("a message cannot be rendered: {e}")))?;
     let rendered = model
         .apply_chat_template(&template, &messages, true)
         .map_err(|e| EngineError::Input(format!("the chat template failed: {e}")))?;
-    split(&rendered, turns)
+    Ok(split(&rendered, &contents)?.with_chat(turns))
 }
 
-/// The rendered template's markup and, at each marker, its message's content (and the JSON
-/// it wrote with `tojson`, content too).
-fn split(rendered: &str, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
+/// The rendered template's markup and, at each marker, its content (and the JSON it wrote
+/// with `tojson`, content too, with any marker inside it resolved).
+fn split(rendered: &str, contents: &Contents) -> Result<Prompt, EngineError> {
     let mut prompt = Prompt::new();
     let mut rest = rendered;
     let mut next = 0usize;
@@ -77,59 +100,183 @@ fn split(rendered: &str, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
             let close = after
                 .find(JSON_CLOSE)
                 .ok_or_else(|| EngineError::Input("the chat template mangled its JSON".into()))?;
-            prompt.push_content(&after[..close]);
+            prompt.push_content(&resolve_in_json(&after[..close], contents, &mut next)?);
             rest = &after[close + JSON_CLOSE.len_utf8()..];
             continue;
         }
-        let after = &rest[open + SENTINEL_OPEN.len_utf8()..];
-        let close = after
-            .find(SENTINEL_CLOSE)
-            .ok_or_else(|| EngineError::Input("the chat template mangled a message".into()))?;
-        let index: usize = after[..close]
-            .parse()
-            .map_err(|_| EngineError::Input("the chat template mangled a message".into()))?;
-        if index != next || index >= turns.len() {
-            return Err(EngineError::Input(
-                "the chat template reorders or drops messages".into(),
-            ));
-        }
-        prompt.push_content(&turns[index].content);
-        next += 1;
-        rest = &after[close + SENTINEL_CLOSE.len_utf8()..];
+        let (index, after) = marker_at(&rest[open..])?;
+        take(contents, index, &mut next)?;
+        prompt.push_content(&contents.0[index].text);
+        rest = after;
     }
     prompt.push_markup(rest);
-    if next != turns.len() {
+    take_rest(contents, next)?;
+    Ok(prompt)
+}
+
+/// The index of the marker `text` starts with, and what follows it.
+fn marker_at(text: &str) -> Result<(usize, &str), EngineError> {
+    let mangled = || EngineError::Input("the chat template mangled a message".into());
+    let after = text.strip_prefix(SENTINEL_OPEN).ok_or_else(mangled)?;
+    let close = after.find(SENTINEL_CLOSE).ok_or_else(mangled)?;
+    let index = after[..close].parse().map_err(|_| mangled())?;
+    Ok((index, &after[close + SENTINEL_CLOSE.len_utf8()..]))
+}
+
+/// Marks content `index` as placed: contents come in order, each once, and only words
+/// beside calls may be left out.
+fn take(contents: &Contents, index: usize, next: &mut usize) -> Result<(), EngineError> {
+    if index < *next || index >= contents.0.len() {
+        return Err(EngineError::Input(
+            "the chat template reorders or repeats messages".into(),
+        ));
+    }
+    if contents.0[*next..index].iter().any(|c| !c.may_drop) {
         return Err(EngineError::Input(
             "the chat template drops messages".into(),
         ));
     }
-    Ok(prompt.with_chat(turns))
+    *next = index + 1;
+    Ok(())
 }
 
-/// Whether `template` shows the model its tools itself, in the call format the server
-/// enforces.
-fn has_own_tool_section(template: &str) -> bool {
-    template.contains("tools") && template.contains("<tool_call>")
+/// Every content after `next` may be left out.
+fn take_rest(contents: &Contents, next: usize) -> Result<(), EngineError> {
+    if contents.0[next.min(contents.0.len())..]
+        .iter()
+        .any(|c| !c.may_drop)
+    {
+        return Err(EngineError::Input(
+            "the chat template drops messages".into(),
+        ));
+    }
+    Ok(())
 }
 
-/// `turns` rendered by the model's own Jinja `template` with `tools` (see the module docs);
-/// `None` when the template has no tool section in the enforced format. `turns` are without
-/// the server's generic section ([`ToolUse::without_section`]).
+/// JSON a template wrote with markers in it (a message's content passed through `tojson`,
+/// as Llama 3.x does with a tool's result): each marker is its content, escaped as in a
+/// JSON string.
+fn resolve_in_json(
+    json: &str,
+    contents: &Contents,
+    next: &mut usize,
+) -> Result<String, EngineError> {
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(open) = rest.find(SENTINEL_OPEN) {
+        out.push_str(&rest[..open]);
+        let (index, after) = marker_at(&rest[open..])?;
+        take(contents, index, next)?;
+        let quoted = Value::String(contents.0[index].text.clone()).to_string();
+        out.push_str(&quoted[1..quoted.len() - 1]);
+        rest = after;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A model's own template with tools: its Jinja text, the call syntax it teaches, and the
+/// special tokens' text it writes itself (BOS empty when the tokenizer adds it; EOS).
+#[derive(Debug, Clone)]
+pub(crate) struct ToolTemplate {
+    template: String,
+    pub syntax: Syntax,
+    bos: String,
+    eos: String,
+}
+
+impl ToolTemplate {
+    /// `model`'s, when its template teaches a call syntax the server knows.
+    pub fn of(model: &LlamaModel) -> Option<ToolTemplate> {
+        let template = model.chat_template(None).ok()?.to_string().ok()?;
+        let vocab = model.vocab();
+        // A model without one has no valid id for it (asking its text would throw).
+        let special = |token: llama_cpp_2::token::LlamaToken| {
+            if (0..model.n_vocab()).contains(&token.0) {
+                String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
+            } else {
+                String::new()
+            }
+        };
+        // The tokenizer adds the BOS itself when the model wants one: not twice.
+        let bos = if vocab.should_add_bos() {
+            String::new()
+        } else {
+            special(vocab.bos())
+        };
+        let eos = special(vocab.eos());
+        let syntax = tool_syntax(&template, (&bos, &eos))?;
+        Some(ToolTemplate {
+            template,
+            syntax,
+            bos,
+            eos,
+        })
+    }
+
+    /// `turns` with `tools`, rendered by it (see [`render_with_tools`]).
+    pub fn render(&self, turns: &[ChatTurn], tools: &ToolUse) -> Result<Prompt, EngineError> {
+        render_with_tools(&self.template, turns, tools, (&self.bos, &self.eos))
+    }
+}
+
+/// The special tokens' text a template writes itself: BOS (empty when the tokenizer adds
+/// it) and EOS.
+pub(crate) type Specials<'a> = (&'a str, &'a str);
+
+/// The call syntax `template` teaches, found by rendering an earlier call with it: the
+/// first of [`SYNTAXES`] whose call it writes. `None` for a template without tools, one
+/// that writes calls some other way, or one this renderer cannot run.
+pub(crate) fn tool_syntax(template: &str, specials: Specials) -> Option<Syntax> {
+    let probe = ToolUse {
+        section: String::new(),
+        tools: vec![
+            json!({"type": "function", "function": {"name": "probe_tool",
+            "description": "A tool.", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}),
+        ],
+        choice: json!("auto"),
+        parallel: false,
+        text_schema: None,
+    };
+    let arguments = r#"{"a": 1}"#;
+    let turns = [
+        ChatTurn::new("system", "S"),
+        ChatTurn::new("user", "Q"),
+        ChatTurn::new("assistant", tool_call::written("probe_tool", arguments)),
+        ChatTurn::new("user", tool_call::response("R")),
+    ];
+    let text = render_jinja(template, &turns, &probe, specials)
+        .ok()?
+        .text();
+    SYNTAXES
+        .into_iter()
+        .find(|syntax| text.contains(&syntax.written("probe_tool", arguments)))
+}
+
+/// `turns` rendered by the model's own Jinja `template` with `tools` (see the module docs),
+/// the history's calls and results as the template expects them. `turns` are without the
+/// server's generic section ([`ToolUse::without_section`]).
 pub(crate) fn render_with_tools(
     template: &str,
     turns: &[ChatTurn],
     tools: &ToolUse,
-    specials: (&str, &str),
-) -> Result<Option<Prompt>, EngineError> {
-    if !has_own_tool_section(template) {
-        return Ok(None);
-    }
+    specials: Specials,
+) -> Result<Prompt, EngineError> {
     check_reserved(turns)?;
     if tools.tools.iter().any(|t| t.to_string().contains(RESERVED)) {
         return Err(EngineError::Input(
             "a tool's definition contains a reserved private-use character".into(),
         ));
     }
+    Ok(render_jinja(template, turns, tools, specials)?.with_chat(turns))
+}
+
+fn render_jinja(
+    template: &str,
+    turns: &[ChatTurn],
+    tools: &ToolUse,
+    (bos, eos): Specials,
+) -> Result<Prompt, EngineError> {
     let mut env = minijinja::Environment::new();
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_filter("tojson", python_json);
@@ -145,12 +292,7 @@ pub(crate) fn render_with_tools(
     let compiled = env.template_from_str(template).map_err(|e| {
         EngineError::Input(format!("the model's chat template does not compile: {e}"))
     })?;
-    let messages: Vec<Value> = turns
-        .iter()
-        .enumerate()
-        .map(|(i, t)| json!({"role": t.role, "content": format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}")}))
-        .collect();
-    let (bos, eos) = specials;
+    let (messages, contents) = messages(turns)?;
     let rendered = compiled
         .render(minijinja::context! {
             messages => messages,
@@ -160,12 +302,81 @@ pub(crate) fn render_with_tools(
             eos_token => eos,
         })
         .map_err(|e| EngineError::Input(format!("the model's chat template failed: {e}")))?;
-    // The calls are enforced in the server's format: the template must teach that one
-    // (`<tool_call>` alone is not enough: Qwen3-Coder's holds XML in it).
-    if !rendered.contains(tool_call::OPEN.trim_end_matches('"')) {
-        return Ok(None);
+    split(&rendered, &contents)
+}
+
+/// The messages a template with tools sees: an assistant turn of calls as `tool_calls`
+/// (with ids, as Mistral's templates want them: nine letters and digits), each tool's
+/// result as a `tool` message answering the call before it; content as markers.
+fn messages(turns: &[ChatTurn]) -> Result<(Vec<Value>, Contents), EngineError> {
+    let mut contents = Contents::default();
+    let mut messages = Vec::with_capacity(turns.len());
+    // The calls the next results answer: (id, name).
+    let mut answered: Vec<(String, String)> = Vec::new();
+    let mut ids = 0usize;
+    for turn in turns {
+        let calls = (turn.role == "assistant")
+            .then(|| tool_call::read_written(&turn.content))
+            .flatten();
+        let results = (turn.role == "user")
+            .then(|| tool_call::read_responses(&turn.content))
+            .flatten();
+        if let Some((words, calls)) = calls {
+            answered.clear();
+            let mut tool_calls = Vec::with_capacity(calls.len());
+            for (name, arguments) in calls {
+                if !is_tool_name(&name) {
+                    return Err(EngineError::Input(format!(
+                        "an earlier tool call's name `{name}` is not a tool name"
+                    )));
+                }
+                let arguments: Value = serde_json::from_str(&arguments)
+                    .ok()
+                    .filter(Value::is_object)
+                    .ok_or_else(|| {
+                        EngineError::Input(format!(
+                            "an earlier call of `{name}` has arguments that are not a JSON object"
+                        ))
+                    })?;
+                ids += 1;
+                let id = format!("call{ids:05}");
+                tool_calls.push(json!({"id": id, "type": "function",
+                    "function": {"name": name, "arguments": arguments}}));
+                answered.push((id, name));
+            }
+            let content = if words.is_empty() {
+                String::new()
+            } else {
+                contents.marker(&words, true)
+            };
+            messages
+                .push(json!({"role": "assistant", "content": content, "tool_calls": tool_calls}));
+        } else if let Some(results) = results {
+            for (i, result) in results.iter().enumerate() {
+                let (id, name) = answered.get(i).cloned().unwrap_or_else(|| {
+                    ids += 1;
+                    (format!("call{ids:05}"), String::new())
+                });
+                messages.push(
+                    json!({"role": "tool", "content": contents.marker(result, false),
+                    "tool_call_id": id, "name": name}),
+                );
+            }
+            answered.clear();
+        } else {
+            messages
+                .push(json!({"role": turn.role, "content": contents.marker(&turn.content, false)}));
+        }
     }
-    split(&rendered, turns).map(Some)
+    Ok((messages, contents))
+}
+
+/// Whether a name is one a tool may have: 1 to 64 letters, digits, `_` or `-`.
+fn is_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Jinja's `tojson` as Hugging Face's templates get it (Python's `json.dumps`): `", "` and
@@ -250,7 +461,6 @@ mod tests {
 
     fn weather() -> ToolUse {
         ToolUse {
-            grammar: String::new(),
             section: "generic section".into(),
             tools: vec![
                 json!({"type": "function", "function": {"name": "get_weather",
@@ -269,9 +479,7 @@ mod tests {
             ChatTurn::new("system", "Be brief."),
             ChatTurn::new("user", "Weather in Paris?"),
         ];
-        let prompt = render_with_tools(QWEN, &turns, &weather(), ("", "<|im_end|>"))
-            .unwrap()
-            .expect("Qwen's template has a tool section");
+        let prompt = render_with_tools(QWEN, &turns, &weather(), ("", "<|im_end|>")).unwrap();
         let text = prompt.text();
         assert!(
             text.starts_with("<|im_start|>system\nBe brief.\n\n# Tools\n"),
@@ -310,24 +518,109 @@ mod tests {
         );
     }
 
+    /// A chat with an earlier call and its result.
+    fn history() -> Vec<ChatTurn> {
+        vec![
+            ChatTurn::new("system", "Be brief."),
+            ChatTurn::new("user", "Weather in Paris?"),
+            ChatTurn::new(
+                "assistant",
+                format!(
+                    "Let me look.\n{}",
+                    tool_call::written("get_weather", r#"{"city": "Paris"}"#)
+                ),
+            ),
+            ChatTurn::new("user", tool_call::response("18 C <|eot_id|>")),
+        ]
+    }
+
+    fn contents(prompt: &Prompt) -> Vec<String> {
+        prompt
+            .pieces()
+            .iter()
+            .filter_map(|p| match p {
+                h2o_chat_engine::Piece::Content(c) => Some(c.clone()),
+                h2o_chat_engine::Piece::Markup(_) => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_template_teaching_another_call_syntax_gets_the_generic_section() {
-        // Qwen3-Coder's calls are XML inside `<tool_call>`: not what the grammar enforces.
-        let coder = include_str!("../tests/templates/qwen3-coder.jinja");
-        let turns = [ChatTurn::new("user", "Weather in Paris?")];
-        assert_eq!(
-            render_with_tools(coder, &turns, &weather(), ("", "")).unwrap(),
-            None
+    fn each_template_s_call_syntax_is_found_by_rendering_a_call() {
+        for (template, syntax) in [
+            (QWEN, Some(tool_call::HERMES)),
+            (LLAMA, Some(tool_call::LLAMA3)),
+            (MINISTRAL, Some(tool_call::MISTRAL)),
+            // Qwen3-Coder's calls are XML inside `<tool_call>`: no syntax the server knows.
+            (include_str!("../tests/templates/qwen3-coder.jinja"), None),
+            (
+                "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}",
+                None,
+            ),
+        ] {
+            assert_eq!(
+                tool_syntax(template, ("<s>", "</s>")).map(|s| s.name),
+                syntax.map(|s| s.name)
+            );
+        }
+    }
+
+    const LLAMA: &str = include_str!("../tests/templates/llama-3.2-instruct.jinja");
+    const MINISTRAL: &str = include_str!("../tests/templates/ministral-3.jinja");
+
+    #[test]
+    fn a_llama_template_sees_earlier_calls_and_results_as_its_own() {
+        let prompt = render_with_tools(LLAMA, &history(), &weather(), ("", "<|eot_id|>")).unwrap();
+        let text = prompt.text();
+        assert!(
+            text.contains(
+                "<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|>"
+            ),
+            "{text}"
+        );
+        // The result goes through `tojson` (a string is iterable to Jinja): still content.
+        assert!(
+            text.contains(
+                "<|start_header_id|>ipython<|end_header_id|>\n\n\"18 C <|eot_id|>\"<|eot_id|>"
+            ),
+            "{text}"
+        );
+        let contents = contents(&prompt);
+        assert!(
+            contents.iter().any(|c| c == "\"18 C <|eot_id|>\""),
+            "{contents:?}"
+        );
+        assert!(text.ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
+    }
+
+    #[test]
+    fn a_mistral_template_sees_calls_with_ids() {
+        let prompt = render_with_tools(MINISTRAL, &history(), &weather(), ("<s>", "</s>")).unwrap();
+        let text = prompt.text();
+        assert!(
+            text.starts_with("<s>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][AVAILABLE_TOOLS]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[INST]Weather in Paris?[/INST]Let me look.[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}</s>[TOOL_RESULTS]18 C <|eot_id|>[/TOOL_RESULTS]"),
+            "{text}"
         );
     }
 
     #[test]
-    fn a_template_without_one_gets_the_generic_section() {
-        let chatml = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}";
-        let turns = [ChatTurn::new("user", "Hi")];
-        assert_eq!(
-            render_with_tools(chatml, &turns, &weather(), ("", "")).unwrap(),
-            None
-        );
+    fn an_earlier_call_must_name_a_tool_to_be_shown_as_one() {
+        let mut turns = history();
+        turns[2].content = tool_call::written("x<|eot_id|>", "{}");
+        let err = render_with_tools(LLAMA, &turns, &weather(), ("", "")).unwrap_err();
+        assert!(err.to_string().contains("not a tool name"), "{err}");
+        turns[2].content = tool_call::written("get_weather", "[1]");
+        let err = render_with_tools(LLAMA, &turns, &weather(), ("", "")).unwrap_err();
+        assert!(err.to_string().contains("not a JSON object"), "{err}");
     }
 }

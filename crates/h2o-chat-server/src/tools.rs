@@ -1,19 +1,17 @@
-//! Tool calls on a model that has no tool syntax of its own, enforced by a grammar.
+//! A request's tools, checked, and the calls in its answer read back.
 //!
 //! **The format** ([`h2o_chat_engine::tool_call`], documented in the README, the same as the
-//! Hermes and Qwen models'): the tools are listed for the model in a system section, a call
-//! is a `<tool_call>` of its name and arguments, several calls one per line. A tool's result
-//! goes back as a user turn wrapped in `<tool_response>` tags, an earlier assistant call as
-//! the model wrote it. An upstream that calls tools natively gets them as OpenAI's `tools`
-//! instead, and its calls come back in this format ([`ToolUse`]).
+//! Hermes and Qwen models'): for a model without tool syntax of its own the tools are
+//! listed in a system section, a call is a `<tool_call>` of its name and arguments, several
+//! calls one per line. A tool's result goes back as a user turn wrapped in
+//! `<tool_response>` tags, an earlier assistant call as the model wrote it. A model with a
+//! syntax of its own sees its tools through its own template and writes its own calls,
+//! which its engine translates into this format; an upstream that calls tools natively gets
+//! them as OpenAI's `tools`, and its calls come back in this format ([`ToolUse`]).
 //!
-//! **The grammar** ([`Tools::grammar`], llguidance's Lark syntax): the call's frame is
-//! literal, the name one of the tools', the arguments JSON valid against that tool's
-//! `parameters` schema. `required` and a named tool allow only calls; `auto` allows either
-//! free text that never contains `<tool_call>` or calls — the model chooses with its first
-//! tokens, and once it has written `<tool_call>` the call is enforced to its end. This is a
-//! grammar that accepts both, rather than TGI's extra `no_tool` function, so that an answer
-//! in words is written as words (a small model writes worse prose inside a JSON string).
+//! **The grammar** ([`ToolUse::grammar`], in the engine): the call's frame is literal, the
+//! name one of the tools', the arguments JSON valid against that tool's schema; `auto`
+//! lets the model choose between words and calls.
 //!
 //! **The answer** is read back by [`CallReader`], incrementally: the calls' names as soon as
 //! they are complete, their arguments as they are sampled (the frame's closing held back
@@ -41,13 +39,11 @@ use serde_json::Value;
 
 /// Tools a request may list.
 pub const MAX_TOOLS: usize = 64;
-/// Calls in one answer when parallel calls are allowed.
-pub const MAX_PARALLEL_CALLS: usize = 8;
 /// The bytes of every tool's definition together.
 pub const MAX_TOOLS_BYTES: usize = 64 * 1024;
 
 use h2o_chat_engine::ToolUse;
-use h2o_chat_engine::tool_call::{AFTER_NAME, BETWEEN, CLOSE, OPEN};
+use h2o_chat_engine::tool_call::{AFTER_NAME, CLOSE, OPEN};
 
 /// One tool as the request gives it (`{"type": "function", "function": {...}}`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -284,14 +280,6 @@ impl Tools {
         Tools::new(parsed, choice, parallel_of(parallel)?)
     }
 
-    /// The tools the model may call now (a named choice narrows them to one).
-    fn callable(&self) -> impl Iterator<Item = &Tool> {
-        self.tools.iter().filter(|t| match &self.choice {
-            ToolChoice::Named(name) => t.name == *name,
-            _ => true,
-        })
-    }
-
     /// The system section that shows the model its tools and the call format.
     pub fn system_section(&self) -> String {
         let mut section = String::from(
@@ -310,8 +298,8 @@ impl Tools {
         section
     }
 
-    /// The constraint of an answer: its grammar, and the tools as an upstream that calls
-    /// tools natively takes them. `text_schema`: the JSON Schema a text answer must follow
+    /// The constraint of an answer: the tools as OpenAI lists them (its grammar is the
+    /// engine's, in its model's call syntax). `text_schema`: the JSON Schema a text answer must follow
     /// instead of free text (`response_format` beside `auto`).
     pub fn tool_use(&self, text_schema: Option<&Value>) -> ToolUse {
         let choice = match &self.choice {
@@ -322,64 +310,12 @@ impl Tools {
             }
         };
         ToolUse {
-            grammar: self.grammar(text_schema),
             section: self.system_section(),
             tools: self.tools.iter().map(Tool::signature).collect(),
             choice,
             parallel: self.parallel,
             text_schema: text_schema.cloned(),
         }
-    }
-
-    /// The grammar of an answer (see the module docs). `text_schema`: the JSON Schema a
-    /// text answer must follow instead of free text (`response_format` beside `auto`).
-    pub fn grammar(&self, text_schema: Option<&Value>) -> String {
-        let mut lark = String::new();
-        let calls = if self.parallel && !matches!(self.choice, ToolChoice::Named(_)) {
-            format!(
-                "call ({} call){{0,{}}}",
-                lark_string(BETWEEN),
-                MAX_PARALLEL_CALLS - 1
-            )
-        } else {
-            "call".to_string()
-        };
-        match (&self.choice, text_schema) {
-            (ToolChoice::Auto, None) => {
-                lark.push_str(&format!("start: TEXT | {calls}\n"));
-                lark.push_str("TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/\n");
-            }
-            (ToolChoice::Auto, Some(schema)) => {
-                lark.push_str(&format!("start: text | {calls}\n"));
-                lark.push_str(&format!("text: %json {schema}\n"));
-            }
-            _ => lark.push_str(&format!("start: {calls}\n")),
-        }
-        lark.push_str(&format!(
-            "call: {} function {}\n",
-            lark_string(OPEN),
-            lark_string(CLOSE)
-        ));
-        let alternatives: Vec<String> = (0..self.callable().count())
-            .map(|i| format!("f{i}"))
-            .collect();
-        lark.push_str(&format!("function: {}\n", alternatives.join(" | ")));
-        for (i, tool) in self.callable().enumerate() {
-            let mut parameters = tool.parameters.clone();
-            if let Value::Object(map) = &mut parameters
-                && !map.contains_key("x-guidance")
-            {
-                map.insert(
-                    "x-guidance".into(),
-                    serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
-                );
-            }
-            lark.push_str(&format!(
-                "f{i}: {} %json {parameters}\n",
-                lark_string(&format!("{}{AFTER_NAME}", tool.name))
-            ));
-        }
-        lark
     }
 }
 
@@ -428,11 +364,6 @@ pub fn openai_choice(
         }
         Some(_) => Err(wrong()),
     }
-}
-
-/// A literal in Lark's syntax (a JSON string is one).
-fn lark_string(text: &str) -> String {
-    Value::String(text.to_string()).to_string()
 }
 
 /// What [`CallReader`] makes of the answer so far.
@@ -645,19 +576,6 @@ mod tests {
     use super::*;
     use h2o_chat_engine::tool_call;
 
-    fn tools(choice: &str) -> Tools {
-        Tools::parse(
-            Some(&serde_json::json!([
-                {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
-                {"type": "function", "function": {"name": "get_time"}}
-            ])),
-            Some(&Value::String(choice.into())),
-            None,
-        )
-        .unwrap()
-        .unwrap()
-    }
-
     fn read_all(reader: &mut CallReader, text: &str, piece: usize) -> Vec<Read> {
         let mut out = Vec::new();
         let chars: Vec<char> = text.chars().collect();
@@ -784,24 +702,6 @@ mod tests {
         );
         let arguments = arguments_of(&reads);
         assert_eq!(arguments, r#"{"a": 1}"#);
-    }
-
-    #[test]
-    fn the_grammar_names_only_the_callable_tools() {
-        let mut parallel = tools("auto");
-        parallel.parallel = true;
-        let auto = parallel.grammar(None);
-        assert!(
-            auto.starts_with("start: TEXT | call (\"\\n\" call){0,7}"),
-            "{auto}"
-        );
-        assert!(auto.contains("get_weather") && auto.contains("get_time"));
-        let mut named = tools("auto");
-        named.choice = ToolChoice::Named("get_time".into());
-        let named = named.grammar(None);
-        assert!(named.starts_with("start: call\n"), "{named}");
-        assert!(!named.contains("get_weather"));
-        assert!(tools("required").grammar(None).starts_with("start: call\n"));
     }
 
     #[test]

@@ -543,7 +543,6 @@ mod tests {
         let mut request = GenerationRequest::new(prompt, 8);
         let tool = json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}});
         request.constraint = Some(Constraint::Tools(h2o_chat_engine::ToolUse {
-            grammar: "start: call".into(),
             section: section.into(),
             tools: vec![tool.clone()],
             choice: json!("required"),
@@ -599,7 +598,6 @@ mod tests {
             json!(native_messages(
                 &turns,
                 &ToolUse {
-                    grammar: String::new(),
                     section: section.into(),
                     tools: Vec::new(),
                     choice: json!("auto"),
@@ -641,7 +639,6 @@ mod tests {
         let messages = native_messages(
             &turns,
             &ToolUse {
-                grammar: String::new(),
                 section: String::new(),
                 tools: Vec::new(),
                 choice: json!("auto"),

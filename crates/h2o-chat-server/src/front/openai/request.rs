@@ -814,7 +814,7 @@ mod tests {
         }))
         .unwrap();
         assert!(
-            matches!(request.plan.constraint, Some(Constraint::Tools(ref t)) if t.grammar.contains("get_weather"))
+            matches!(request.plan.constraint, Some(Constraint::Tools(ref t)) if t.tools[0]["function"]["name"] == "get_weather")
         );
         assert_eq!(request.constraint_param, "tools");
         assert_eq!((request.n, request.plan.top_tokens), (2, 3));
