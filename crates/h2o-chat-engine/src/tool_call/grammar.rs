@@ -101,14 +101,21 @@ impl ToolUse {
             .collect();
         lark.push_str(&format!("function: {}\n", alternatives.join(" | ")));
         for (i, (name, parameters)) in self.callable().enumerate() {
+            // Arguments are laid out as the frame's readers expect, whatever layout the
+            // schema asks for (no white space around the value: a translator finds its end).
             let mut parameters = parameters.clone();
-            if let Value::Object(map) = &mut parameters
-                && !map.contains_key("x-guidance")
-            {
-                map.insert(
-                    "x-guidance".into(),
-                    serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
-                );
+            if let Value::Object(map) = &mut parameters {
+                let guidance = map
+                    .entry("x-guidance")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if !guidance.is_object() {
+                    *guidance = Value::Object(Default::default());
+                }
+                if let Value::Object(guidance) = guidance {
+                    guidance.insert("whitespace_flexible".into(), false.into());
+                    guidance.insert("item_separator".into(), ", ".into());
+                    guidance.insert("key_separator".into(), ": ".into());
+                }
             }
             lark.push_str(&format!(
                 "f{i}: {} {} %json {parameters}\n",

@@ -43,6 +43,11 @@ pub struct Translator {
     phase: Phase,
     /// Model text not yet translated (a possible frame literal, a name).
     held: String,
+    /// A call's opening whose name is not confirmed yet: as the model wrote it, and in the
+    /// shared format. An answer in words may begin like a call (a JSON answer `{"name":
+    /// "Bo…` under Llama's syntax): it is words again if what follows is not a name and the
+    /// frame.
+    opening: (String, &'static str),
     arguments: JsonEnd,
 }
 
@@ -52,6 +57,7 @@ impl Translator {
             syntax,
             phase: Phase::Undecided,
             held: String::new(),
+            opening: (String::new(), ""),
             arguments: JsonEnd::default(),
         }
     }
@@ -76,6 +82,9 @@ impl Translator {
         let held = std::mem::take(&mut self.held);
         match self.phase {
             Phase::Close => String::new(),
+            // A number or literal ends only where something follows it: here, the answer.
+            Phase::Arguments if self.arguments.scalar => HERMES.close.to_string(),
+            Phase::Name => std::mem::take(&mut self.opening.0) + &held,
             _ => held,
         }
     }
@@ -84,8 +93,8 @@ impl Translator {
         match self.phase {
             Phase::Undecided => match starts(&self.held, self.syntax.open) {
                 Start::Whole => {
-                    self.held.drain(..self.syntax.open.len());
-                    out.push_str(HERMES.open);
+                    let raw = self.held.drain(..self.syntax.open.len()).collect();
+                    self.opening = (raw, FIRST_OPENING);
                     self.phase = Phase::Name;
                 }
                 Start::Partial => {}
@@ -93,12 +102,27 @@ impl Translator {
             },
             Phase::Text => out.push_str(&std::mem::take(&mut self.held)),
             Phase::Name => {
-                if let Some(end) = self.held.find(self.syntax.after_name) {
-                    out.push_str(&self.held[..end]);
-                    out.push_str(HERMES.after_name);
-                    self.held.drain(..end + self.syntax.after_name.len());
-                    self.arguments = JsonEnd::default();
-                    self.phase = Phase::Arguments;
+                // A name is letters, digits, `_` and `-`; the frame follows it.
+                let end = self
+                    .held
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                    .unwrap_or(self.held.len());
+                match starts(&self.held[end..], self.syntax.after_name) {
+                    Start::Whole if end > 0 => {
+                        out.push_str(self.opening.1);
+                        self.opening.0.clear();
+                        out.push_str(&self.held[..end]);
+                        out.push_str(HERMES.after_name);
+                        self.held.drain(..end + self.syntax.after_name.len());
+                        self.arguments = JsonEnd::default();
+                        self.phase = Phase::Arguments;
+                    }
+                    Start::Partial if end <= MAX_NAME => {}
+                    _ => {
+                        // Not a call after all: words, as the model wrote them.
+                        out.push_str(&std::mem::take(&mut self.opening.0));
+                        self.phase = Phase::Text;
+                    }
                 }
             }
             Phase::Arguments => match self.arguments.feed(&self.held) {
@@ -128,9 +152,8 @@ impl Translator {
                 let opens = self.held.starts_with(self.syntax.between)
                     && self.held[self.syntax.between.len()..].starts_with(self.syntax.open);
                 if opens {
-                    self.held.drain(..next);
-                    out.push_str(HERMES.between);
-                    out.push_str(HERMES.open);
+                    let raw = self.held.drain(..next).collect();
+                    self.opening = (raw, NEXT_OPENING);
                     self.phase = Phase::Name;
                 } else if !format!("{}{}", self.syntax.between, self.syntax.open)
                     .starts_with(self.held.as_str())
@@ -142,6 +165,14 @@ impl Translator {
         }
     }
 }
+
+/// The shared format's opening of a first call, and of a call after another (its
+/// `between` and `open`, checked by a test).
+const FIRST_OPENING: &str = HERMES.open;
+const NEXT_OPENING: &str = "\n<tool_call>\n{\"name\": \"";
+
+/// The longest name a tool may have.
+const MAX_NAME: usize = 64;
 
 enum Start {
     Whole,
@@ -179,6 +210,9 @@ impl JsonEnd {
         for (at, c) in text.char_indices() {
             let after = at + c.len_utf8();
             if !self.started {
+                if c.is_whitespace() {
+                    continue;
+                }
                 self.started = true;
                 match c {
                     '{' | '[' => self.depth = 1,
@@ -300,6 +334,36 @@ mod tests {
                 tool_call::AFTER_NAME,
                 r#"{"q": "Pa"#
             )
+        );
+    }
+
+    #[test]
+    fn the_next_call_s_opening_is_the_shared_format_s() {
+        assert_eq!(NEXT_OPENING, format!("{}{}", HERMES.between, HERMES.open));
+    }
+
+    #[test]
+    fn a_json_answer_that_begins_like_a_llama_call_stays_words() {
+        for words in [
+            r#"{"name": "Bob", "age": 3}"#,
+            r#"{"name": "Bob Smith", "parameters": 1}"#,
+            r#"{"name": ""#,
+        ] {
+            for size in [1, 3, 1000] {
+                assert_eq!(translated(LLAMA3, words, size), words, "pieces of {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_scalar_at_the_end_and_white_space_before_arguments_are_still_a_call() {
+        assert_eq!(
+            translated(MISTRAL, "[TOOL_CALLS]f[ARGS]42", 2),
+            tool_call::written("f", "42")
+        );
+        assert_eq!(
+            translated(LLAMA3, r#"{"name": "f", "parameters":  {"a": 1}}"#, 2),
+            tool_call::written("f", r#" {"a": 1}"#)
         );
     }
 
