@@ -349,7 +349,7 @@ fn messages(turns: &[ChatTurn]) -> Result<(Vec<Value>, Contents), EngineError> {
             answered.clear();
             let mut tool_calls = Vec::with_capacity(calls.len());
             for (name, arguments) in calls {
-                if !is_tool_name(&name) {
+                if !tool_call::is_tool_name(&name) {
                     return Err(EngineError::Input(format!(
                         "an earlier tool call's name `{name}` is not a tool name"
                     )));
@@ -394,14 +394,6 @@ fn messages(turns: &[ChatTurn]) -> Result<(Vec<Value>, Contents), EngineError> {
         }
     }
     Ok((messages, contents))
-}
-
-/// Whether a name is one a tool may have: 1 to 64 letters, digits, `_` or `-`.
-fn is_tool_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Jinja's `tojson` as Hugging Face's templates get it (Python's `json.dumps`): `", "` and

@@ -109,20 +109,13 @@ async fn a_template_with_its_own_tool_section_shows_the_tools_its_way_and_calls_
     );
 }
 
-/// A chat completion's reply from `server`.
-async fn complete(http: &reqwest::Client, server: &str, body: Value) -> Value {
-    let reply = http
-        .post(format!("{server}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        reply.status().is_success(),
-        "{}",
-        reply.text().await.unwrap()
-    );
-    reply.json().await.unwrap()
+/// A chat completion's reply from `server`, which must succeed.
+async fn complete(server: &str, body: Value) -> Value {
+    let (status, reply) =
+        h2o_chat_test_support::http::post_json(&format!("{server}/v1/chat/completions"), &body)
+            .await;
+    assert!(status.is_success(), "{status}: {reply}");
+    reply
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +167,6 @@ async fn llama_and_mistral_templates_get_calls_in_their_own_syntax_read_back_as_
     for model in ["llama-style", "mistral-style"] {
         // A call, enforced in the model's syntax and read back in OpenAI's shape.
         let reply = complete(
-            &http,
             &server.url(),
             json!({"model": model, "tools": weather(),
             "tool_choice": "required", "messages": [question], "max_tokens": 48, "temperature": 0}),
@@ -195,7 +187,6 @@ async fn llama_and_mistral_templates_get_calls_in_their_own_syntax_read_back_as_
             {"role": "assistant", "content": null, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": call["id"], "content": "18 C and sunny"}]);
         let answer = complete(
-            &http,
             &server.url(),
             json!({"model": model, "tools": weather(),
             "messages": history, "max_tokens": 24, "temperature": 0}),

@@ -43,7 +43,7 @@ pub const MAX_TOOLS: usize = 64;
 pub const MAX_TOOLS_BYTES: usize = 64 * 1024;
 
 use h2o_chat_engine::ToolUse;
-use h2o_chat_engine::tool_call::{AFTER_NAME, CLOSE, OPEN};
+use h2o_chat_engine::tool_call::{self, AFTER_NAME, CLOSE, OPEN};
 
 /// One tool as the request gives it (`{"type": "function", "function": {...}}`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -139,14 +139,6 @@ impl ToolsError {
     }
 }
 
-/// Whether a name is one a tool may have: 1 to 64 letters, digits, `_` or `-`.
-fn is_tool_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 impl Tools {
     /// Tools the model may call, checked: at most [`MAX_TOOLS`] of at most
     /// [`MAX_TOOLS_BYTES`] together, each name valid and once, a named choice among them.
@@ -189,7 +181,7 @@ impl Tools {
             ));
         }
         for (i, tool) in tools.iter().enumerate() {
-            if !is_tool_name(&tool.name) {
+            if !tool_call::is_tool_name(&tool.name) {
                 return Err(ToolsError::invalid(
                     format!("tool {i}'s name must be 1 to 64 letters, digits, `_` or `-`"),
                     "tools",
@@ -574,7 +566,6 @@ impl CallReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use h2o_chat_engine::tool_call;
 
     fn read_all(reader: &mut CallReader, text: &str, piece: usize) -> Vec<Read> {
         let mut out = Vec::new();

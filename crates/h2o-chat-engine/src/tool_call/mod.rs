@@ -49,6 +49,15 @@ pub const CLOSE: &str = HERMES.close;
 /// What stands between two calls.
 pub const BETWEEN: &str = HERMES.between;
 
+/// Whether a name is one a tool may have: 1 to 64 letters, digits, `_` or `-` (OpenAI's
+/// rule; templates write names bare, so nothing else may stand there).
+pub fn is_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// A call as the model writes it; empty arguments are an empty object.
 pub fn written(name: &str, arguments: &str) -> String {
     HERMES.written(name, arguments)
