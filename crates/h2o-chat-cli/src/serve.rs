@@ -127,7 +127,7 @@ pub async fn run(global: &Global, args: &ServeArgs) -> Result<(), CliError> {
     tokio::spawn(async move {
         signals.next().await;
         eprintln!("h2o-chat serve: second signal, exiting now");
-        std::process::exit(FORCED_EXIT);
+        exit_now(FORCED_EXIT);
     });
     let served = server
         .wait()
@@ -192,6 +192,23 @@ fn open_store(db: Option<&Path>, bounds: StoreBounds) -> Result<Arc<dyn Store>, 
     let store = store.map_err(|e| CliError::Usage(format!("--db: {e}")))?;
     eprintln!("conversations: {}", store.location());
     Ok(Arc::new(store))
+}
+
+/// Ends the process at once, with `code`. Not `std::process::exit`: that runs llama.cpp's
+/// static destructors while its scheduler thread may still be decoding, which can end the
+/// process by a signal instead of `code`. What the store committed is on disk already;
+/// stdout is flushed first (stderr is unbuffered).
+fn exit_now(code: i32) -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    #[cfg(unix)]
+    // SAFETY: `_exit` takes any status and does not return; it runs no destructors and
+    // touches no state of this process.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
 }
 
 /// SIGINT and SIGTERM, as one stream.

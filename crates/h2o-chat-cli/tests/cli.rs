@@ -592,7 +592,7 @@ fn a_second_signal_exits_at_once() {
     }
     serve.signal("TERM");
     let status = serve.exit_status(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(130), "{status:?}");
 }
 
 #[test]
