@@ -209,10 +209,11 @@ impl Sequence {
         let token = LlamaToken(id as i32);
         self.generated += 1;
         let is_eos = vocab.is_eog(token);
+        let is_control = vocab.is_control(token);
         // A control token that is part of a call's frame (Mistral's `[TOOL_CALLS]`) is text
         // to the translator.
-        let framing = self.translator.is_some() && !is_eos && vocab.is_control(token);
-        let special = !framing && (is_eos || vocab.is_control(token));
+        let framing = self.translator.is_some() && !is_eos && is_control;
+        let special = !framing && (is_eos || is_control);
         let text = if special {
             String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
         } else {

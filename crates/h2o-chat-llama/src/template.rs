@@ -329,69 +329,52 @@ fn render_jinja(
     split(&rendered, &contents)
 }
 
-/// The messages a template with tools sees: an assistant turn of calls as `tool_calls`
-/// (with ids, as Mistral's templates want them: nine letters and digits), each tool's
-/// result as a `tool` message answering the call before it; content as markers.
+/// The messages a template with tools sees ([`tool_call::exchanges`]): an assistant turn of
+/// calls as `tool_calls` (with ids, as Mistral's templates want them: nine letters and
+/// digits), each tool's result as a `tool` message answering its call; content as markers.
 fn messages(turns: &[ChatTurn]) -> Result<(Vec<Value>, Contents), EngineError> {
     let mut contents = Contents::default();
+    let id = |(turn, index): (usize, usize)| format!("c{turn:05}{index:03}");
     let mut messages = Vec::with_capacity(turns.len());
-    // The calls the next results answer: (id, name).
-    let mut answered: Vec<(String, String)> = Vec::new();
-    let mut ids = 0usize;
-    for turn in turns {
-        let calls = (turn.role == "assistant")
-            .then(|| tool_call::read_written(&turn.content))
-            .flatten();
-        let results = (turn.role == "user")
-            .then(|| tool_call::read_responses(&turn.content))
-            .flatten();
-        if let Some((words, calls)) = calls {
-            answered.clear();
-            let mut tool_calls = Vec::with_capacity(calls.len());
-            for (name, arguments) in calls {
-                if !tool_call::is_tool_name(&name) {
-                    return Err(EngineError::Input(format!(
-                        "an earlier tool call's name `{name}` is not a tool name"
-                    )));
+    for exchange in tool_call::exchanges(turns) {
+        messages.push(match exchange {
+            tool_call::Exchange::Turn(turn) => {
+                json!({"role": turn.role, "content": contents.marker(&turn.content, false)})
+            }
+            tool_call::Exchange::Calls { turn, words, calls } => {
+                let mut tool_calls = Vec::with_capacity(calls.len());
+                for (k, (name, arguments)) in calls.into_iter().enumerate() {
+                    if !tool_call::is_tool_name(&name) {
+                        return Err(EngineError::Input(format!(
+                            "an earlier tool call's name `{name}` is not a tool name"
+                        )));
+                    }
+                    // Decoded, the arguments may hold what the raw text did not (`\uf8f3`).
+                    let arguments: Value = serde_json::from_str(&arguments)
+                        .ok()
+                        .filter(|a: &Value| a.is_object() && !a.to_string().contains(RESERVED))
+                        .ok_or_else(|| {
+                            EngineError::Input(format!(
+                                "an earlier call of `{name}` has arguments that are not a JSON object (or hold a reserved private-use character)"
+                            ))
+                        })?;
+                    tool_calls.push(json!({"id": id((turn, k)), "type": "function",
+                        "function": {"name": name, "arguments": arguments}}));
                 }
-                // Decoded, the arguments may hold what the raw text did not (`\uf8f3`).
-                let arguments: Value = serde_json::from_str(&arguments)
-                    .ok()
-                    .filter(|a: &Value| a.is_object() && !a.to_string().contains(RESERVED))
-                    .ok_or_else(|| {
-                        EngineError::Input(format!(
-                            "an earlier call of `{name}` has arguments that are not a JSON object (or hold a reserved private-use character)"
-                        ))
-                    })?;
-                ids += 1;
-                let id = format!("call{ids:05}");
-                tool_calls.push(json!({"id": id, "type": "function",
-                    "function": {"name": name, "arguments": arguments}}));
-                answered.push((id, name));
+                let content = if words.is_empty() {
+                    String::new()
+                } else {
+                    contents.marker(&words, true)
+                };
+                json!({"role": "assistant", "content": content, "tool_calls": tool_calls})
             }
-            let content = if words.is_empty() {
-                String::new()
-            } else {
-                contents.marker(&words, true)
-            };
-            messages
-                .push(json!({"role": "assistant", "content": content, "tool_calls": tool_calls}));
-        } else if let Some(results) = results {
-            for (i, result) in results.iter().enumerate() {
-                let (id, name) = answered.get(i).cloned().unwrap_or_else(|| {
-                    ids += 1;
-                    (format!("call{ids:05}"), String::new())
-                });
-                messages.push(
-                    json!({"role": "tool", "content": contents.marker(result, false),
-                    "tool_call_id": id, "name": name}),
-                );
-            }
-            answered.clear();
-        } else {
-            messages
-                .push(json!({"role": turn.role, "content": contents.marker(&turn.content, false)}));
-        }
+            tool_call::Exchange::Result {
+                call,
+                name,
+                content,
+            } => json!({"role": "tool", "content": contents.marker(&content, false),
+                "tool_call_id": id(call), "name": name}),
+        });
     }
     Ok((messages, contents))
 }

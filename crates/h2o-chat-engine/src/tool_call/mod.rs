@@ -32,10 +32,12 @@
 //! assert_eq!(tool_call::read_responses("Thanks!"), None);
 //! ```
 
+mod exchange;
 mod grammar;
 mod syntax;
 mod translator;
 
+pub use exchange::{Exchange, exchanges};
 pub use grammar::MAX_PARALLEL_CALLS;
 pub use syntax::{HERMES, LLAMA3, MISTRAL, SYNTAXES, Syntax};
 pub use translator::Translator;

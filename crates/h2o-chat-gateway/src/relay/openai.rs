@@ -119,51 +119,30 @@ fn body_of(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
 /// the model keeps none). A turn that does not read back whole stays text.
 fn native_messages(turns: &[h2o_chat_engine::ChatTurn], tools: &ToolUse) -> Vec<Value> {
     let turns = tools.without_section(turns);
-    let mut messages = Vec::with_capacity(turns.len());
-    // The ids of the last assistant turn's calls not answered yet.
-    let mut unanswered: std::collections::VecDeque<String> = Default::default();
-    for (i, turn) in turns.iter().enumerate() {
-        match turn.role.as_str() {
-            "assistant" => {
-                if let Some((words, calls)) = tool_call::read_written(&turn.content) {
-                    let calls: Vec<Value> = calls
-                        .into_iter()
-                        .enumerate()
-                        .map(|(k, (name, arguments))| {
-                            json!({"id": format!("call_{i}_{k}"), "type": "function",
-                                   "function": {"name": name, "arguments": arguments}})
-                        })
-                        .collect();
-                    unanswered = calls
-                        .iter()
-                        .filter_map(|c| c["id"].as_str().map(str::to_string))
-                        .collect();
-                    let content = (!words.is_empty()).then_some(words);
-                    messages.push(
-                        json!({"role": "assistant", "content": content, "tool_calls": calls}),
-                    );
-                    continue;
-                }
+    let id = |(turn, index): (usize, usize)| format!("call_{turn}_{index}");
+    tool_call::exchanges(&turns)
+        .into_iter()
+        .map(|exchange| match exchange {
+            tool_call::Exchange::Turn(turn) => {
+                json!({"role": turn.role, "content": turn.content})
             }
-            "user" => {
-                if let Some(results) = tool_call::read_responses(&turn.content)
-                    && results.len() <= unanswered.len()
-                {
-                    for result in results {
-                        let id = unanswered.pop_front();
-                        messages
-                            .push(json!({"role": "tool", "tool_call_id": id, "content": result}));
-                    }
-                    continue;
-                }
+            tool_call::Exchange::Calls { turn, words, calls } => {
+                let calls: Vec<Value> = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, (name, arguments))| {
+                        json!({"id": id((turn, k)), "type": "function",
+                               "function": {"name": name, "arguments": arguments}})
+                    })
+                    .collect();
+                let content = (!words.is_empty()).then_some(words);
+                json!({"role": "assistant", "content": content, "tool_calls": calls})
             }
-            _ => {}
-        }
-        // Results answer only the calls just before them.
-        unanswered.clear();
-        messages.push(json!({"role": turn.role, "content": turn.content}));
-    }
-    messages
+            tool_call::Exchange::Result { call, content, .. } => {
+                json!({"role": "tool", "tool_call_id": id(call), "content": content})
+            }
+        })
+        .collect()
 }
 
 /// The tokens of a chunk's `logprobs`, each with its alternatives (empty when none were
