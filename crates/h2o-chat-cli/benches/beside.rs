@@ -234,10 +234,10 @@ fn user(text: String) -> Vec<Value> {
 }
 
 /// A question no earlier request began like (its own system message): evaluated whole by
-/// both servers. (`serve` reuses a cached prefix only from 16 shared tokens up, so as not to
-/// take over another conversation's slot for a template's first markers; llama-server
-/// reuses any, which would make a question that shares the system message with the one
-/// before it cheaper there for a reason other than speed.)
+/// both servers, so that the figure measures prompt evaluation, not the two prompt caches'
+/// rules for taking over a slot that shares a few tokens (`serve`: from 16 tokens up, or a
+/// tenth of the prompt when every slot holds a conversation; llama-server: more than a
+/// tenth of the prompt).
 fn fresh(tag: &str, question: &str) -> Vec<Value> {
     vec![
         json!({"role": "system", "content": format!("{tag} You are a helpful assistant.")}),

@@ -337,18 +337,16 @@ impl<'m> Scheduler<'m> {
             }
             let hint = job.request.cache_hint.as_deref();
             let scope = &job.request.cache_scope;
-            let Some(placement) = place(&free, &job.tokens, hint, scope, self.config.prompt_cache)
-            else {
+            // A prompt to be scored is evaluated whole (a cached prefix has no logits left to
+            // read), so it is placed as if there were no prompt cache: it takes an empty or
+            // least recently used slot, not a conversation's for a prefix it cannot use.
+            let reuse = self.config.prompt_cache && !job.request.prompt_logprobs;
+            let Some(placement) = place(&free, &job.tokens, hint, scope, reuse) else {
                 return;
             };
             let slot = &mut self.slots[placement.index];
-            // Forget what follows the shared prefix in this sequence. A prompt to be scored
-            // is evaluated whole: a cached prefix has no logits left to read.
-            let keep = if job.request.prompt_logprobs {
-                0
-            } else {
-                placement.reused
-            };
+            // Forget what follows the shared prefix in this sequence.
+            let keep = placement.reused;
             let removed =
                 self.context
                     .clear_kv_cache_seq(Some(slot.seq as u32), Some(keep as u32), None);
