@@ -171,13 +171,13 @@ impl Sampler {
             return None;
         }
         self.penalize(&mut candidates, mask.is_some());
-        let (token, logprob) = if self.sampling {
+        let ((token, logprob), denominator) = if self.sampling {
             self.warp(&mut candidates);
             self.draw(&candidates)
         } else {
             greedy(&candidates)
         };
-        let top = ranked(&mut candidates, top);
+        let top = ranked(&mut candidates, top, denominator);
         self.scratch = candidates;
         self.observe(token);
         Some(Choice {
@@ -192,7 +192,7 @@ impl Sampler {
         candidates.clear();
         candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         self.penalize(&mut candidates, false);
-        let choice = if self.sampling {
+        let (choice, _) = if self.sampling {
             self.warp(&mut candidates);
             self.draw(&candidates)
         } else {
@@ -258,7 +258,7 @@ impl Sampler {
         }
     }
 
-    fn draw(&mut self, candidates: &[(u32, f32)]) -> (u32, f32) {
+    fn draw(&mut self, candidates: &[(u32, f32)]) -> ((u32, f32), Denominator) {
         let max = candidates
             .iter()
             .map(|c| c.1)
@@ -276,20 +276,43 @@ impl Sampler {
         }
         // Reported with the same denominator as the alternatives ([`ranked`]), so that the
         // chosen token's entry among them is its log-probability exactly.
-        let log_total = exp_total(candidates.iter().map(|c| c.1), max).ln();
-        (chosen.0, ((chosen.1 - max) as f64 - log_total) as f32)
+        let denominator = Denominator::of(candidates, max);
+        ((chosen.0, denominator.logprob(chosen.1)), denominator)
     }
 }
 
-fn greedy(candidates: &[(u32, f32)]) -> (u32, f32) {
+fn greedy(candidates: &[(u32, f32)]) -> ((u32, f32), Denominator) {
     let mut best = candidates[0];
     for &candidate in &candidates[1..] {
         if candidate.1 > best.1 {
             best = candidate;
         }
     }
-    let total = exp_total(candidates.iter().map(|c| c.1), best.1);
-    (best.0, -(total.ln()) as f32)
+    let denominator = Denominator::of(candidates, best.1);
+    ((best.0, denominator.logprob(best.1)), denominator)
+}
+
+/// The softmax's denominator over the final candidates, as `ln Σ exp(logit − max)`: the
+/// chosen token and its alternatives are reported with the one computed for the choice.
+#[derive(Debug, Clone, Copy)]
+struct Denominator {
+    max: f32,
+    log_total: f64,
+}
+
+impl Denominator {
+    fn of(candidates: &[(u32, f32)], max: f32) -> Self {
+        let mut total = ExpTotal::new(max);
+        total.push_candidates(candidates);
+        Denominator {
+            max,
+            log_total: total.total().ln(),
+        }
+    }
+
+    fn logprob(self, logit: f32) -> f32 {
+        ((logit - self.max) as f64 - self.log_total) as f32
+    }
 }
 
 /// [`greedy`] over every token's logit, without a candidate list: the common case (no mask,
@@ -322,7 +345,11 @@ fn greedy_over_logits(logits: &[f32]) -> (u32, f32) {
     let best = logits.iter().position(|&logit| logit == max).unwrap_or(0);
     let mut total = ExpTotal::new(logits[best]);
     total.push_slice(logits);
-    (best as u32, -(total.total().ln()) as f32)
+    let denominator = Denominator {
+        max: logits[best],
+        log_total: total.total().ln(),
+    };
+    (best as u32, denominator.logprob(logits[best]))
 }
 
 /// Σ exp(value − max), the softmax's denominator for reported log-probabilities, over a whole
@@ -380,6 +407,27 @@ impl ExpTotal {
         }
     }
 
+    /// The candidates' logits, in the same blocks as [`ExpTotal::push_slice`] would make.
+    fn push_candidates(&mut self, candidates: &[(u32, f32)]) {
+        let mut candidates = candidates;
+        while self.filled != 0 {
+            let Some((&(_, first), rest)) = candidates.split_first() else {
+                return;
+            };
+            self.push(first);
+            candidates = rest;
+        }
+        let blocks = candidates.chunks_exact(LANES);
+        let rest = blocks.remainder();
+        for block in blocks {
+            let block: [f32; LANES] = std::array::from_fn(|i| block[i].1);
+            add_block(&mut self.sums, &block, self.max);
+        }
+        for &(_, value) in rest {
+            self.push(value);
+        }
+    }
+
     fn total(mut self) -> f64 {
         if self.filled > 0 {
             // exp(−∞ − max) adds 1.2 × 10⁻³⁸ a lane: nothing, and the same either way.
@@ -388,12 +436,6 @@ impl ExpTotal {
         }
         self.sums.iter().sum()
     }
-}
-
-fn exp_total(values: impl Iterator<Item = f32>, max: f32) -> f64 {
-    let mut total = ExpTotal::new(max);
-    values.for_each(|value| total.push(value));
-    total.total()
 }
 
 #[inline(always)]
@@ -429,24 +471,41 @@ fn exp_at_most_zero(x: f32) -> f32 {
 
 /// The `n` likeliest candidates with their log-probabilities under the candidates'
 /// distribution, most likely first (ties by id, so the order is stable).
-fn ranked(candidates: &mut [(u32, f32)], n: usize) -> Vec<(u32, f32)> {
+/// Up to this many alternatives are kept in one pass; more (a client asking for hundreds)
+/// are selected.
+const FEW_ALTERNATIVES: usize = 32;
+
+fn ranked(candidates: &mut [(u32, f32)], n: usize, denominator: Denominator) -> Vec<(u32, f32)> {
     if n == 0 || candidates.is_empty() {
         return Vec::new();
     }
-    let max = candidates
-        .iter()
-        .map(|c| c.1)
-        .fold(f32::NEG_INFINITY, f32::max);
-    let log_total = exp_total(candidates.iter().map(|c| c.1), max).ln();
     let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     let n = n.min(candidates.len());
-    if n < candidates.len() {
+    let top = if n <= FEW_ALTERNATIVES {
+        // One pass keeping the n best in order: most candidates cost one comparison with the
+        // last kept, where a selection moves every candidate around.
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+        for &candidate in candidates.iter() {
+            if top.len() == n
+                && top
+                    .last()
+                    .is_some_and(|last| by_logit(&candidate, last).is_ge())
+            {
+                continue;
+            }
+            let at = top.partition_point(|kept| by_logit(kept, &candidate).is_lt());
+            top.insert(at, candidate);
+            top.truncate(n);
+        }
+        top
+    } else {
         candidates.select_nth_unstable_by(n - 1, by_logit);
-    }
-    let mut top: Vec<(u32, f32)> = candidates[..n].to_vec();
-    top.sort_unstable_by(by_logit);
+        let mut top = candidates[..n].to_vec();
+        top.sort_unstable_by(by_logit);
+        top
+    };
     top.into_iter()
-        .map(|(id, logit)| (id, ((logit - max) as f64 - log_total) as f32))
+        .map(|(id, logit)| (id, denominator.logprob(logit)))
         .collect()
 }
 
@@ -572,7 +631,7 @@ mod tests {
             .map(|(i, &l)| (i as u32, l))
             .collect();
         let (token, logprob) = greedy_over_logits(&logits);
-        assert_eq!((token, logprob), greedy(&candidates));
+        assert_eq!((token, logprob), greedy(&candidates).0);
         let max = logits[token as usize];
         assert!(logits.iter().all(|&l| l <= max));
         let exact = -logits
@@ -612,6 +671,24 @@ mod tests {
     }
 
     #[test]
+    fn a_few_alternatives_in_one_pass_are_those_a_full_sort_ranks_first() {
+        let mut rng = SplitMix64::new(5);
+        // Coarse logits, so that many tie and the id decides.
+        let candidates: Vec<(u32, f32)> = (0..3_000)
+            .map(|i| (i, (rng.next_f64() * 40.0).floor() as f32))
+            .collect();
+        let mut sorted = candidates.clone();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for n in [1, 5, 20, FEW_ALTERNATIVES, FEW_ALTERNATIVES + 1, 3_000] {
+            let denominator = Denominator::of(&candidates, sorted[0].1);
+            let top = ranked(&mut candidates.clone(), n, denominator);
+            let ids: Vec<u32> = top.iter().map(|(id, _)| *id).collect();
+            let expected: Vec<u32> = sorted[..n].iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, expected, "{n}");
+        }
+    }
+
+    #[test]
     fn ties_go_to_the_first_token_across_blocks_and_the_remainder() {
         // 8-lane blocks, then a remainder of 3: equal maxima in a later block, an earlier
         // block and the remainder; the earliest wins, as with the candidate list.
@@ -625,7 +702,7 @@ mod tests {
             .map(|(i, &l)| (i as u32, l))
             .collect();
         assert_eq!(greedy_over_logits(&logits).0, 5);
-        assert_eq!(greedy_over_logits(&logits), greedy(&candidates));
+        assert_eq!(greedy_over_logits(&logits), greedy(&candidates).0);
         logits[5] = 0.0;
         logits[12] = 0.0;
         assert_eq!(greedy_over_logits(&logits).0, 17);
