@@ -323,13 +323,12 @@ fn greedy_over_logits(logits: &[f32]) -> (u32, f32) {
     // The largest logit by lanes (so that it vectorizes), then the first token holding it.
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let blocks = logits.chunks_exact(LANES);
-    let mut max =
-        blocks.remainder().iter().fold(
-            f32::NEG_INFINITY,
-            |max, &logit| {
-                if logit > max { logit } else { max }
-            },
-        );
+    let mut max = f32::NEG_INFINITY;
+    for &logit in blocks.remainder() {
+        if logit > max {
+            max = logit;
+        }
+    }
     for block in blocks {
         for (lane, &logit) in lanes.iter_mut().zip(block) {
             if logit > *lane {
