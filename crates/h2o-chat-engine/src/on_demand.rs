@@ -587,13 +587,18 @@ impl Engine for OnDemand {
             fleet: self.fleet.clone(),
             index: self.index,
         };
-        let mut inner = match engine.start(request) {
+        let inner = match engine.start(request) {
             Ok(generation) => generation.events,
             Err(err) => return Err(err),
         };
         let (sender, events) = mpsc::channel(64);
         runtime.spawn(async move {
             let _in_flight = in_flight;
+            // Declared after `_in_flight`, so dropped before it on every path (a return, or
+            // the task dropped when the runtime ends): this task may hold the last user of
+            // the model, and an engine's drop waits for its running sequences, which wait
+            // for their reader to go.
+            let mut inner = inner;
             loop {
                 let event = tokio::select! {
                     event = inner.recv() => event,
@@ -679,6 +684,80 @@ mod tests {
         assert!(loaded.is_ok(), "{loaded:?}");
         assert!(!a.is_loaded() && b.is_loaded());
         assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    /// A model whose drop records whether the reader of its one generation was gone by then.
+    struct Holding {
+        script: ScriptedEngine,
+        writer: std::sync::Mutex<Option<mpsc::Sender<crate::request::GenerationEvent>>>,
+        reader_gone_at_drop: Arc<std::sync::Mutex<Option<bool>>>,
+    }
+
+    impl Engine for Holding {
+        fn info(&self) -> EngineInfo {
+            self.script.info()
+        }
+        fn render_chat(&self, turns: &[ChatTurn]) -> Result<Prompt, EngineError> {
+            self.script.render_chat(turns)
+        }
+        fn tokenize(&self, prompt: &Prompt) -> Result<Tokenized, EngineError> {
+            self.script.tokenize(prompt)
+        }
+        fn start(&self, _: GenerationRequest) -> Result<Generation, EngineError> {
+            let (writer, events) = mpsc::channel(4);
+            if let Ok(mut held) = self.writer.lock() {
+                *held = Some(writer);
+            }
+            Ok(Generation { events })
+        }
+    }
+
+    impl Drop for Holding {
+        fn drop(&mut self) {
+            let gone = self
+                .writer
+                .lock()
+                .ok()
+                .and_then(|held| held.as_ref().map(mpsc::Sender::is_closed));
+            if let Ok(mut seen) = self.reader_gone_at_drop.lock() {
+                *seen = gone;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_last_user_of_a_model_lets_go_of_its_reader_before_the_engine() {
+        // A real engine's drop waits for its running sequences, and they for their reader:
+        // the task relaying a generation, when it holds the model's last user, must drop
+        // the engine's reader first, or the drop waits for a reader it holds itself.
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let fleet = Fleet::new(FleetConfig {
+            keep_alive: None,
+            ..FleetConfig::default()
+        });
+        let model = fleet.add("a", {
+            let seen = seen.clone();
+            Box::new(move || {
+                Ok(Arc::new(Holding {
+                    script: ScriptedEngine::new(Script::default()),
+                    writer: std::sync::Mutex::new(None),
+                    reader_gone_at_drop: seen.clone(),
+                }) as Arc<dyn Engine>)
+            })
+        });
+        model.render_chat(&[]).unwrap();
+        let generation = model
+            .start(GenerationRequest::new(Prompt::raw("Hi"), 4))
+            .unwrap();
+        // The client leaves, and every other holder of the model goes: the relay, on its
+        // next turn, is the last.
+        drop(generation);
+        drop(model);
+        drop(fleet);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*seen.lock().unwrap(), Some(true));
     }
 
     /// A scripted model that says it holds `bytes`.
