@@ -68,41 +68,35 @@ fn reference(logits: &[f32], candidates: &mut Vec<(u32, f32)>) -> f32 {
 fn main() {
     let logits = logits(3);
     let logits = black_box(logits.as_slice());
-    let with = |params: SamplingParams| Sampler::new(&params, VOCABULARY);
     let mut candidates = Vec::new();
     let reference = per_token(|| reference(logits, &mut candidates));
-    let mut greedy = with(SamplingParams::default());
-    let plain = per_token(|| {
-        greedy
-            .choose_from(logits, None, 0)
-            .map_or(0.0, |c| c.logprob)
-    });
-    let mut greedy = with(SamplingParams::default());
-    let alternatives = per_token(|| {
-        greedy
-            .choose_from(logits, None, 5)
-            .map_or(0.0, |c| c.logprob)
-    });
-    let mut penalized = with(SamplingParams {
-        repetition_penalty: Some(1.2),
-        ..SamplingParams::default()
-    });
-    let penalty = per_token(|| {
-        penalized
-            .choose_from(logits, None, 0)
-            .map_or(0.0, |c| c.logprob)
-    });
-    let mut sampler = with(SamplingParams {
-        temperature: Some(0.7),
-        top_p: Some(0.9),
-        seed: Some(1),
-        ..SamplingParams::default()
-    });
-    let sampling = per_token(|| {
-        sampler
-            .choose_from(logits, None, 0)
-            .map_or(0.0, |c| c.logprob)
-    });
+    // One sampler per path, `top` alternatives asked for.
+    let time = |params: SamplingParams, top: usize| {
+        let mut sampler = Sampler::new(&params, VOCABULARY);
+        per_token(|| {
+            sampler
+                .choose_from(logits, None, top)
+                .map_or(0.0, |c| c.logprob)
+        })
+    };
+    let plain = time(SamplingParams::default(), 0);
+    let alternatives = time(SamplingParams::default(), 5);
+    let penalty = time(
+        SamplingParams {
+            repetition_penalty: Some(1.2),
+            ..SamplingParams::default()
+        },
+        0,
+    );
+    let sampling = time(
+        SamplingParams {
+            temperature: Some(0.7),
+            top_p: Some(0.9),
+            seed: Some(1),
+            ..SamplingParams::default()
+        },
+        0,
+    );
     println!("| choosing a token over {VOCABULARY} logits | µs per token |");
     println!("|---|---|");
     println!("| reference: greedy with a candidate list and f64::exp | {reference:.1} |");

@@ -276,7 +276,7 @@ impl Sampler {
         }
         // Reported with the same denominator as the alternatives ([`ranked`]), so that the
         // chosen token's entry among them is its log-probability exactly.
-        let denominator = Denominator::of(candidates, max);
+        let denominator = Denominator::of(candidates, |candidate| candidate.1, max);
         ((chosen.0, denominator.logprob(chosen.1)), denominator)
     }
 }
@@ -288,7 +288,7 @@ fn greedy(candidates: &[(u32, f32)]) -> ((u32, f32), Denominator) {
             best = candidate;
         }
     }
-    let denominator = Denominator::of(candidates, best.1);
+    let denominator = Denominator::of(candidates, |candidate| candidate.1, best.1);
     ((best.0, denominator.logprob(best.1)), denominator)
 }
 
@@ -301,9 +301,10 @@ struct Denominator {
 }
 
 impl Denominator {
-    fn of(candidates: &[(u32, f32)], max: f32) -> Self {
+    /// Over the logits `logit` reads from `items` (logits, or candidates).
+    fn of<T>(items: &[T], logit: impl Fn(&T) -> f32, max: f32) -> Self {
         let mut total = ExpTotal::new(max);
-        total.push_each(candidates, |candidate| candidate.1);
+        total.push_each(items, logit);
         Denominator {
             max,
             log_total: total.total().ln(),
@@ -342,12 +343,7 @@ fn greedy_over_logits(logits: &[f32]) -> (u32, f32) {
         }
     }
     let best = logits.iter().position(|&logit| logit == max).unwrap_or(0);
-    let mut total = ExpTotal::new(logits[best]);
-    total.push_each(logits, |logit| *logit);
-    let denominator = Denominator {
-        max: logits[best],
-        log_total: total.total().ln(),
-    };
+    let denominator = Denominator::of(logits, |logit| *logit, logits[best]);
     (best as u32, denominator.logprob(logits[best]))
 }
 
@@ -660,7 +656,7 @@ mod tests {
         let mut sorted = candidates.clone();
         sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         for n in [1, 5, 20, FEW_ALTERNATIVES, FEW_ALTERNATIVES + 1, 3_000] {
-            let denominator = Denominator::of(&candidates, sorted[0].1);
+            let denominator = Denominator::of(&candidates, |candidate| candidate.1, sorted[0].1);
             let top = ranked(&mut candidates.clone(), n, denominator);
             let ids: Vec<u32> = top.iter().map(|(id, _)| *id).collect();
             let expected: Vec<u32> = sorted[..n].iter().map(|(id, _)| *id).collect();
